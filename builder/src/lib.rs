@@ -1,0 +1,4 @@
+//! osk's builder library. The `osk` binary is a thin CLI over these modules.
+
+pub mod reference;
+pub mod store;

@@ -1,0 +1,1 @@
+//! The local OCI image-layout store.

@@ -1,0 +1,1 @@
+//! osk-init: PID 1 for osk machines.

@@ -1,0 +1,1 @@
+//! Helpers for osk end-to-end tests: build images, boot QEMU, watch the console.
