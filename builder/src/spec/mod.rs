@@ -529,7 +529,16 @@ fn json_bytes<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 /// `config.json` bytes: keys sorted, pretty, trailing newline.
 pub fn to_json_bytes(spec: &Spec) -> Vec<u8> {
-    json_bytes(spec)
+    let mut v = serde_json::to_value(spec).expect("spec types serialize to JSON");
+    // oci-spec keeps capability sets in HashSets: order them.
+    if let Some(Value::Object(caps)) = v.pointer_mut("/process/capabilities") {
+        for set in caps.values_mut() {
+            if let Value::Array(a) = set {
+                a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+            }
+        }
+    }
+    json_bytes(&v)
 }
 
 /// `runtime.json` bytes, in the same form as [`to_json_bytes`].
