@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use osk_layout::RestartPolicy;
 
-use super::model::{ContainerKind, FileEntry, ImageConfig, ImageEntry, ImageRef, Kernel, Manifest, Origin, Volume};
+use super::model::{
+    ContainerKind, FileEntry, ImageConfig, ImageEntry, ImageRef, Kernel, Manifest, Origin, Volume,
+};
 use super::node::{self, DeError, Kind, Node, Pos};
 use super::{suggest, ManifestError};
 
@@ -82,8 +84,12 @@ fn key_positions(node: &Node) -> BTreeMap<String, Pos> {
 }
 
 fn key_of<'a>(ctx: &Ctx, k: &'a Node) -> Result<&'a str, ManifestError> {
-    k.as_str()
-        .ok_or_else(|| ctx.err(k.pos, format!("keys must be strings, found {}", k.describe())))
+    k.as_str().ok_or_else(|| {
+        ctx.err(
+            k.pos,
+            format!("keys must be strings, found {}", k.describe()),
+        )
+    })
 }
 
 fn list<'a>(ctx: &Ctx, key: &str, v: &'a Node) -> Result<&'a [Node], ManifestError> {
@@ -108,9 +114,9 @@ pub(crate) fn document(text: &str, ctx: &Ctx) -> Result<Manifest, ManifestError>
             return Err(ctx.err(
                 root.pos,
                 format!(
-                    "a manifest is a mapping with keys like `kernel`, `init` and `services`, found {}",
-                    root.describe()
-                ),
+                "a manifest is a mapping with keys like `kernel`, `init` and `services`, found {}",
+                root.describe()
+            ),
             ))
         }
     };
@@ -183,7 +189,9 @@ pub(crate) fn document(text: &str, ctx: &Ctx) -> Result<Manifest, ManifestError>
             }
             // LinuxKit's long-removed content trust section: harmless, ignored.
             "trust" => tracing::warn!("{}:{}: ignoring obsolete `trust` section", ctx.file, k.pos),
-            other => return Err(ctx.err(k.pos, suggest::unknown_key(other, TOP_KEYS.iter().copied()))),
+            other => {
+                return Err(ctx.err(k.pos, suggest::unknown_key(other, TOP_KEYS.iter().copied())))
+            }
         }
     }
     Ok(m)
@@ -248,7 +256,9 @@ fn image_entry(ctx: &Ctx, kind: ContainerKind, node: &Node) -> Result<ImageEntry
             if !kinds.contains(&kind) {
                 let hint = match key {
                     "timeout" => "; services run until stopped, see `stop_grace_period`",
-                    "stop_grace_period" => "; use `timeout` to bound an onboot/onshutdown container",
+                    "stop_grace_period" => {
+                        "; use `timeout` to bound an onboot/onshutdown container"
+                    }
                     _ => "",
                 };
                 return Err(ctx.err(
@@ -335,10 +345,7 @@ pub(crate) fn label(text: &str, image: &str) -> Result<ImageConfig, ManifestErro
     if let Kind::Map(entries) = &root.kind {
         for (k, _) in entries {
             if let Some(key @ ("name" | "image")) = k.as_str() {
-                return Err(ctx.err(
-                    k.pos,
-                    format!("`{key}` cannot be set in an image's label"),
-                ));
+                return Err(ctx.err(k.pos, format!("`{key}` cannot be set in an image's label")));
             }
         }
     } else if !matches!(root.kind, Kind::Null) {

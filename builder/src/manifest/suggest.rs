@@ -38,7 +38,10 @@ pub fn unknown_value<'a>(value: &str, valid: impl IntoIterator<Item = &'a str> +
             "invalid value `{value}` (did you mean `{s}`?); expected one of: {}",
             list.join(", ")
         ),
-        None => format!("invalid value `{value}`; expected one of: {}", list.join(", ")),
+        None => format!(
+            "invalid value `{value}`; expected one of: {}",
+            list.join(", ")
+        ),
     }
 }
 

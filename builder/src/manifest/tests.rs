@@ -134,7 +134,10 @@ fn parses_every_key() {
     assert_eq!(c.capabilities.as_deref(), Some(&["all".to_string()][..]));
     assert_eq!(c.capabilities_add.as_ref().unwrap(), &["CAP_SYS_ADMIN"]);
     assert_eq!(c.ambient.as_ref().unwrap(), &["CAP_NET_RAW"]);
-    assert_eq!(c.mounts.as_ref().unwrap()[0].kind.as_deref(), Some("cgroup"));
+    assert_eq!(
+        c.mounts.as_ref().unwrap()[0].kind.as_deref(),
+        Some("cgroup")
+    );
     assert_eq!(c.binds.as_ref().unwrap(), &["/etc:/hostetc"]);
     assert_eq!(c.binds_add.as_ref().unwrap(), &["/var:/var"]);
     assert_eq!(c.tmpfs.as_ref().unwrap(), &["/run:size=1m"]);
@@ -142,8 +145,20 @@ fn parses_every_key() {
     assert_eq!(c.env.as_ref().unwrap(), &["A=1"]);
     assert_eq!(c.cwd.as_deref(), Some("/root"));
     assert_eq!(
-        (c.net.as_deref(), c.pid.as_deref(), c.ipc.as_deref(), c.uts.as_deref(), c.userns.as_deref()),
-        (Some("host"), Some("new"), Some("host"), Some("host"), Some("host"))
+        (
+            c.net.as_deref(),
+            c.pid.as_deref(),
+            c.ipc.as_deref(),
+            c.uts.as_deref(),
+            c.userns.as_deref()
+        ),
+        (
+            Some("host"),
+            Some("new"),
+            Some("host"),
+            Some("host"),
+            Some("host")
+        )
     );
     assert_eq!(c.uid_mappings.as_ref().unwrap()[0].host_id, 1000);
     assert_eq!(c.gid_mappings.as_ref().unwrap()[0].size, 1);
@@ -188,7 +203,10 @@ fn parses_every_key() {
     assert_eq!(m.files.len(), 5);
     assert_eq!(m.files[0].mode_bits(), Ok(0o644));
     assert_eq!(m.files[1].mode_bits(), Ok(0o700));
-    assert_eq!(m.files[3].source_path(), Some(PathBuf::from("/work/m/key.pub")));
+    assert_eq!(
+        m.files[3].source_path(),
+        Some(PathBuf::from("/work/m/key.pub"))
+    );
     assert_eq!(m.files[4].metadata.as_deref(), Some("yaml"));
     assert_eq!(m.volumes[0].format, Some(VolumeFormat::Oci));
     assert!(m.volumes[0].readonly);
@@ -341,7 +359,10 @@ fn depends_on_must_exist_and_not_cycle() {
     image: x
     depends_on: [a]
 ";
-    assert_eq!(error(cyc), "node.yml:10:18: dependency cycle: a -> b -> c -> a");
+    assert_eq!(
+        error(cyc),
+        "node.yml:10:18: dependency cycle: a -> b -> c -> a"
+    );
 }
 
 #[test]
@@ -396,7 +417,8 @@ fn volume_rules() {
         error("volumes:\n  - name: Data\n"),
         "node.yml:2:5: invalid volume name `Data`: use lowercase letters, digits, `_` and `-`"
     );
-    assert!(error("volumes:\n  - name: d\n    format: tar\n").starts_with("node.yml:3:13: invalid value `tar`"));
+    assert!(error("volumes:\n  - name: d\n    format: tar\n")
+        .starts_with("node.yml:3:13: invalid value `tar`"));
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -446,9 +468,13 @@ fn merged_dependencies_are_checked_after_merge() {
         "a.yml",
         "services:\n  - name: web\n    image: w\n    depends_on: [db]\n",
     );
-    let b = write(dir.path(), "b.yml", "services:\n  - name: db\n    image: d\n");
+    let b = write(
+        dir.path(),
+        "b.yml",
+        "services:\n  - name: db\n    image: d\n",
+    );
     assert_eq!(load(&[a.clone(), b]).unwrap().services.len(), 2);
-    let e = load(&[a.clone()]).unwrap_err().to_string();
+    let e = load(std::slice::from_ref(&a)).unwrap_err().to_string();
     assert_eq!(
         e,
         format!(

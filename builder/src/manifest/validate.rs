@@ -35,7 +35,11 @@ fn dependencies(services: &[ImageEntry]) -> Result<(), ManifestError> {
         for (i, dep) in s.depends_on.iter().enumerate() {
             let pos = s.origin.at(&format!("depends_on[{i}]"));
             if dep == &s.name {
-                return Err(err(&s.origin, pos, format!("service `{dep}` depends on itself")));
+                return Err(err(
+                    &s.origin,
+                    pos,
+                    format!("service `{dep}` depends on itself"),
+                ));
             }
             if !index.contains_key(dep.as_str()) {
                 let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
@@ -79,8 +83,10 @@ fn dependencies(services: &[ImageEntry]) -> Result<(), ManifestError> {
                 Mark::White => visit(j, services, index, marks, stack)?,
                 Mark::Grey => {
                     let start = stack.iter().position(|x| *x == j).unwrap_or(0);
-                    let mut names: Vec<&str> =
-                        stack[start..].iter().map(|x| services[*x].name.as_str()).collect();
+                    let mut names: Vec<&str> = stack[start..]
+                        .iter()
+                        .map(|x| services[*x].name.as_str())
+                        .collect();
                     names.push(&services[j].name);
                     return Err(err(
                         &s.origin,
@@ -175,8 +181,7 @@ fn file(f: &FileEntry) -> Result<(), ManifestError> {
 
 fn volume(v: &Volume) -> Result<(), ManifestError> {
     let ok = !v.name.is_empty()
-        && v
-            .name
+        && v.name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !ok {

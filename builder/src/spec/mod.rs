@@ -119,13 +119,16 @@ fn pick<'a, T>(entry: &'a Option<T>, label: Option<&'a Option<T>>) -> Option<&'a
     entry.as_ref().or(label.and_then(|l| l.as_ref()))
 }
 
+/// A label's list and its `.add` companion.
+type ListWithAdds<'a> = (&'a Option<Vec<String>>, &'a Option<Vec<String>>);
+
 /// A list with an `.add` companion: each level's `.add` appends to that
 /// level's list, the manifest's list replaces the label's, and the
 /// manifest's `.add` appends to whatever results. Repeats are dropped.
 fn with_adds(
     entry: &Option<Vec<String>>,
     entry_add: &Option<Vec<String>>,
-    label: Option<(&Option<Vec<String>>, &Option<Vec<String>>)>,
+    label: Option<ListWithAdds<'_>>,
 ) -> Vec<String> {
     let label_list = label.and_then(|(l, la)| {
         if l.is_none() && la.is_none() {
@@ -216,8 +219,8 @@ pub fn generate(
         label.map(|l| (&l.capabilities, &l.capabilities_add)),
     );
     let caps = parse::capabilities(&caps).map_err(&fail)?;
-    let ambient = parse::capabilities(pick!(ambient).map(Vec::as_slice).unwrap_or(&[]))
-        .map_err(&fail)?;
+    let ambient =
+        parse::capabilities(pick!(ambient).map(Vec::as_slice).unwrap_or(&[])).map_err(&fail)?;
     let mut bounding: Vec<String> = caps.iter().chain(&ambient).cloned().collect();
     bounding.sort();
     bounding.dedup();
@@ -292,9 +295,20 @@ pub fn generate(
         "/dev/pts",
         "devpts",
         "devpts",
-        strs(&["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]),
+        strs(&[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ]),
     );
-    put("/sys", "sysfs", "sysfs", ro(strs(&["nosuid", "noexec", "nodev"])));
+    put(
+        "/sys",
+        "sysfs",
+        "sysfs",
+        ro(strs(&["nosuid", "noexec", "nodev"])),
+    );
     put(
         "/sys/fs/cgroup",
         "cgroup",
@@ -349,10 +363,15 @@ pub fn generate(
         ("ipc", "ipc", s(&m.ipc, label.map(|l| &l.ipc)), "root"),
         ("uts", "uts", s(&m.uts, label.map(|l| &l.uts)), "root"),
         ("pid", "pid", s(&m.pid, label.map(|l| &l.pid)), "new"),
-        ("user", "userns", s(&m.userns, label.map(|l| &l.userns)), "root"),
+        (
+            "user",
+            "userns",
+            s(&m.userns, label.map(|l| &l.userns)),
+            "root",
+        ),
     ] {
-        if let Some(ns) = parse::namespace(typ, key, value.as_deref().unwrap_or(default))
-            .map_err(&fail)?
+        if let Some(ns) =
+            parse::namespace(typ, key, value.as_deref().unwrap_or(default)).map_err(&fail)?
         {
             namespaces.push(ns);
         }

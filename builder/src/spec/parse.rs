@@ -20,7 +20,11 @@ pub struct Bind {
 pub fn parse_bind(s: &str) -> Result<Bind, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let (source, destination, options) = match parts.as_slice() {
-        [src, dst] => (*src, *dst, vec!["rw".into(), "rbind".into(), "rshared".into()]),
+        [src, dst] => (
+            *src,
+            *dst,
+            vec!["rw".into(), "rbind".into(), "rshared".into()],
+        ),
         [src, dst, opts] => {
             let mut o: Vec<String> = opts
                 .split(',')
@@ -57,7 +61,12 @@ pub fn parse_tmpfs(s: &str) -> Result<(String, Vec<String>), String> {
         return Err(format!("tmpfs `{s}` has no destination"));
     }
     let opts = opts
-        .map(|o| o.split(',').filter(|o| !o.is_empty()).map(str::to_owned).collect())
+        .map(|o| {
+            o.split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     Ok((dest.into(), opts))
 }
@@ -101,7 +110,12 @@ pub fn parse_rlimit(s: &str) -> Result<Rlimit, String> {
     }
     if !RLIMITS.contains(&kind.as_str()) {
         let hint = nearest(&kind, RLIMITS.iter().copied())
-            .map(|n| format!(" (did you mean `{}`?)", n.trim_start_matches("RLIMIT_").to_lowercase()))
+            .map(|n| {
+                format!(
+                    " (did you mean `{}`?)",
+                    n.trim_start_matches("RLIMIT_").to_lowercase()
+                )
+            })
             .unwrap_or_default();
         return Err(format!("unknown rlimit `{name}`{hint}"));
     }
@@ -178,7 +192,9 @@ pub(crate) fn image_user(user: Option<&str>) -> (Option<u32>, Option<u32>) {
     let uid = u.parse().ok();
     let gid = g.and_then(|g| g.parse().ok());
     if uid.is_none() || (g.is_some() && gid.is_none()) {
-        tracing::warn!("image user `{user}` is not numeric; ignoring it (set `uid`/`gid` in the manifest)");
+        tracing::warn!(
+            "image user `{user}` is not numeric; ignoring it (set `uid`/`gid` in the manifest)"
+        );
     }
     (uid, gid)
 }
@@ -329,8 +345,12 @@ mod tests {
     #[test]
     fn capability_names() {
         assert_eq!(
-            capabilities(&["sys_admin".into(), "CAP_NET_ADMIN".into(), "CAP_SYS_ADMIN".into()])
-                .unwrap(),
+            capabilities(&[
+                "sys_admin".into(),
+                "CAP_NET_ADMIN".into(),
+                "CAP_SYS_ADMIN".into()
+            ])
+            .unwrap(),
             ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
         );
         assert_eq!(capabilities(&["ALL".into()]).unwrap().len(), 41);
@@ -359,7 +379,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!((m.kind.as_str(), m.destination.as_str()), ("mqueue", "/dev/mqueue"));
+        assert_eq!(
+            (m.kind.as_str(), m.destination.as_str()),
+            ("mqueue", "/dev/mqueue")
+        );
         let m = mount(&MountConfig {
             kind: Some("tmpfs".into()),
             destination: Some("/x".into()),

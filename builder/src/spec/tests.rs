@@ -32,12 +32,22 @@ fn image() -> ImageDefaults {
 
 #[test]
 fn falls_back_to_image_config() {
-    let s = spec(&entry("services:\n  - name: a\n    image: x\n"), None, &image());
+    let s = spec(
+        &entry("services:\n  - name: a\n    image: x\n"),
+        None,
+        &image(),
+    );
     assert_eq!(s["process"]["args"], serde_json::json!(["/entry", "arg"]));
     assert_eq!(s["process"]["env"], serde_json::json!(["PATH=/bin", "X=1"]));
     assert_eq!(s["process"]["cwd"], "/work");
-    assert_eq!(s["process"]["user"], serde_json::json!({"uid": 5, "gid": 6}));
-    assert_eq!(s["root"], serde_json::json!({"path": "rootfs", "readonly": false}));
+    assert_eq!(
+        s["process"]["user"],
+        serde_json::json!({"uid": 5, "gid": 6})
+    );
+    assert_eq!(
+        s["root"],
+        serde_json::json!({"path": "rootfs", "readonly": false})
+    );
 }
 
 #[test]
@@ -52,14 +62,20 @@ fn defaults_match_linuxkit() {
     );
     assert_eq!(s["process"]["cwd"], "/");
     assert_eq!(s["process"]["env"], serde_json::json!([DEFAULT_PATH]));
-    assert_eq!(s["process"]["capabilities"]["bounding"], serde_json::json!([]));
+    assert_eq!(
+        s["process"]["capabilities"]["bounding"],
+        serde_json::json!([])
+    );
     let dests: Vec<&str> = s["mounts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["destination"].as_str().unwrap())
         .collect();
-    assert_eq!(dests, ["/dev", "/dev/pts", "/proc", "/sys", "/sys/fs/cgroup"]);
+    assert_eq!(
+        dests,
+        ["/dev", "/dev/pts", "/proc", "/sys", "/sys/fs/cgroup"]
+    );
     assert_eq!(
         s["linux"]["namespaces"],
         serde_json::json!([{"type": "pid"}, {"type": "mount"}])
@@ -69,8 +85,14 @@ fn defaults_match_linuxkit() {
 
 #[test]
 fn manifest_beats_label_beats_image() {
-    let l = label(r#"{"command":["/label"],"cwd":"/l","capabilities":["CAP_SYS_CHROOT"],"net":"new","readonly":true}"#);
-    let s = spec(&entry("services:\n  - name: a\n    image: x\n"), Some(&l), &image());
+    let l = label(
+        r#"{"command":["/label"],"cwd":"/l","capabilities":["CAP_SYS_CHROOT"],"net":"new","readonly":true}"#,
+    );
+    let s = spec(
+        &entry("services:\n  - name: a\n    image: x\n"),
+        Some(&l),
+        &image(),
+    );
     assert_eq!(s["process"]["args"], serde_json::json!(["/label"]));
     assert_eq!(s["process"]["cwd"], "/l");
     assert_eq!(s["root"]["readonly"], true);
@@ -78,7 +100,10 @@ fn manifest_beats_label_beats_image() {
         s["process"]["capabilities"]["effective"],
         serde_json::json!(["CAP_SYS_CHROOT"])
     );
-    assert_eq!(s["linux"]["namespaces"][0], serde_json::json!({"type": "network"}));
+    assert_eq!(
+        s["linux"]["namespaces"][0],
+        serde_json::json!({"type": "network"})
+    );
 
     let e = entry("services:\n  - name: a\n    image: x\n    command: [/m]\n    capabilities: [CAP_SYS_ADMIN]\n    net: host\n    readonly: false\n");
     let s = spec(&e, Some(&l), &image());
@@ -89,7 +114,10 @@ fn manifest_beats_label_beats_image() {
         s["process"]["capabilities"]["bounding"],
         serde_json::json!(["CAP_SYS_ADMIN"])
     );
-    assert_eq!(s["linux"]["namespaces"][0], serde_json::json!({"type": "pid"}));
+    assert_eq!(
+        s["linux"]["namespaces"][0],
+        serde_json::json!({"type": "pid"})
+    );
 }
 
 #[test]
@@ -130,7 +158,10 @@ fn later_mount_wins_by_destination() {
     let proc = mounts.iter().find(|m| m["destination"] == "/proc").unwrap();
     assert_eq!(proc["type"], "bind");
     assert_eq!(proc["options"], serde_json::json!(["ro", "rbind"]));
-    let pts = mounts.iter().find(|m| m["destination"] == "/dev/pts").unwrap();
+    let pts = mounts
+        .iter()
+        .find(|m| m["destination"] == "/dev/pts")
+        .unwrap();
     assert_eq!(pts["type"], "tmpfs");
 }
 
@@ -139,7 +170,10 @@ fn all_capabilities_and_ambient() {
     let e = entry("services:\n  - name: a\n    image: x\n    command: [x]\n    capabilities: [all]\n    ambient: [CAP_NET_RAW]\n");
     let s = spec(&e, None, &image());
     assert_eq!(
-        s["process"]["capabilities"]["bounding"].as_array().unwrap().len(),
+        s["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .len(),
         ALL_CAPABILITIES.len()
     );
     assert_eq!(
@@ -160,7 +194,10 @@ fn errors_name_the_service() {
     assert!(err.to_string().contains("no command"), "{err}");
     let e = entry("services:\n  - name: web\n    image: x\n    command: [x]\n    uid: nobody\n");
     let err = generate(&e, None, &image(), ContainerKind::Service).unwrap_err();
-    assert!(err.to_string().contains("unknown user or group `nobody`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown user or group `nobody`"),
+        "{err}"
+    );
     let e = entry("services:\n  - name: web\n    image: x\n    command: [x]\n    net: bogus\n");
     let err = generate(&e, None, &image(), ContainerKind::Service).unwrap_err();
     assert!(err.to_string().contains("`net: bogus`"), "{err}");
@@ -168,7 +205,9 @@ fn errors_name_the_service() {
 
 #[test]
 fn runtime_takes_label_then_manifest_and_osk_extras() {
-    let l = label(r#"{"runtime":{"mkdir":["/l"],"cgroups":["c"],"bindNS":{"net":"/run/netns/l","ipc":"/run/ipc/l"}}}"#);
+    let l = label(
+        r#"{"runtime":{"mkdir":["/l"],"cgroups":["c"],"bindNS":{"net":"/run/netns/l","ipc":"/run/ipc/l"}}}"#,
+    );
     let e = entry("services:\n  - name: a\n    image: x\n    command: [x]\n    runtime:\n      mkdir: [/m]\n      bindNS: {net: /run/netns/m}\n    restart: \"no\"\n    depends_on: []\n    stop_grace_period: 3\n");
     let (_, rt) = generate(&e, Some(&l), &image(), ContainerKind::Service).unwrap();
     assert_eq!(rt.mkdir, ["/m"]);
@@ -185,15 +224,24 @@ fn runtime_takes_label_then_manifest_and_osk_extras() {
 
 #[test]
 fn json_is_sorted_and_stable() {
-    let e = entry("services:\n  - name: a\n    image: x\n    command: [x]\n    annotations: {z: 1, a: 2}\n");
+    let e = entry(
+        "services:\n  - name: a\n    image: x\n    command: [x]\n    annotations: {z: 1, a: 2}\n",
+    );
     let (s, _) = generate(&e, None, &image(), ContainerKind::Service).unwrap();
     let bytes = to_json_bytes(&s);
     assert_eq!(bytes, to_json_bytes(&s));
     assert!(bytes.ends_with(b"}\n"));
     let text = String::from_utf8(bytes).unwrap();
-    let keys: Vec<usize> = ["\"annotations\"", "\"linux\"", "\"mounts\"", "\"ociVersion\"", "\"process\"", "\"root\""]
-        .iter()
-        .map(|k| text.find(k).unwrap())
-        .collect();
+    let keys: Vec<usize> = [
+        "\"annotations\"",
+        "\"linux\"",
+        "\"mounts\"",
+        "\"ociVersion\"",
+        "\"process\"",
+        "\"root\"",
+    ]
+    .iter()
+    .map(|k| text.find(k).unwrap())
+    .collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "{text}");
 }
