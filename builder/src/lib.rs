@@ -1,4 +1,6 @@
 //! osk's builder library. The `osk` binary is a thin CLI over these modules.
 
+pub mod manifest;
 pub mod reference;
+pub mod spec;
 pub mod store;
