@@ -99,7 +99,10 @@ impl ImageRef {
         let source = match text.strip_prefix(PKG_PREFIX) {
             Some("") => return Err(format!("`{text}` names no package directory")),
             Some(path) => ImageSource::Package(PathBuf::from(path)),
-            None => ImageSource::Reference(text.to_owned()),
+            None => {
+                crate::reference::Reference::parse(text).map_err(|e| e.to_string())?;
+                ImageSource::Reference(text.to_owned())
+            }
         };
         Ok(ImageRef {
             text: text.to_owned(),

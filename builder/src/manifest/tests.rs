@@ -389,6 +389,10 @@ fn bad_names_and_refs() {
         error("services:\n  - name: a\n    image: \"a b\"\n"),
         "node.yml:3:12: image reference `a b` contains whitespace"
     );
+    assert_eq!(
+        error("services:\n  - name: a\n    image: Linuxkit/getty:v1\n"),
+        "node.yml:3:12: image reference \"Linuxkit/getty:v1\": repository component \"Linuxkit\" must be lowercase letters and digits, separated by '.', '_', '__' or '-'"
+    );
 }
 
 #[test]
