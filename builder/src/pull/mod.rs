@@ -84,13 +84,13 @@ pub enum PullError {
         reference: String,
         registry: String,
         #[source]
-        source: CredentialsError,
+        source: Box<CredentialsError>,
     },
     #[error("cannot pull {reference} into the store")]
     Store {
         reference: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("cannot pull {reference}: {detail}")]
     Setup { reference: String, detail: String },
@@ -156,7 +156,7 @@ pub fn ensure(
             .resolve(reference)
             .map_err(|source| PullError::Store {
                 reference: reference.familiar(),
-                source,
+                source: Box::new(source),
             })?;
         if present.is_some() {
             match store.image(reference, &opts.os, &opts.arch) {
@@ -211,7 +211,7 @@ impl<'a> Puller<'a> {
             PullError::Credentials {
                 reference: reference.familiar(),
                 registry: registry.to_string(),
-                source,
+                source: Box::new(source),
             }
         })?;
         tracing::debug!("{}: credentials {credentials:?}", reference.familiar());
@@ -453,7 +453,7 @@ impl<'a> Puller<'a> {
     fn store_err(&self, source: StoreError) -> PullError {
         PullError::Store {
             reference: self.reference.familiar(),
-            source,
+            source: Box::new(source),
         }
     }
 
