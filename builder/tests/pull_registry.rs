@@ -554,6 +554,8 @@ impl std::io::Read for Noise {
 
 /// Runs `cmd` to its end; returns whether it succeeded and its peak RSS in KiB.
 fn run_measuring_rss(cmd: &mut Command) -> (bool, i64) {
+    // Reaped by wait4 below, which also reports the peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.stdout(Stdio::null()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;

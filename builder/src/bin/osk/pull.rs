@@ -10,12 +10,14 @@ use osk_builder::store::{host_arch, Store};
 
 #[derive(Args)]
 pub struct PullArgs {
+    /// Images to pull, e.g. alpine:3.20 or 127.0.0.1:5000/osk/test:1.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<String>,
     /// Refresh tags from the registry even when the image is in the store.
     #[arg(long = "pull")]
     force: bool,
-    /// Platform to pull from a multi-platform image (OS/ARCH). Default: linux/<host>.
+    /// Platform to pull from a multi-platform image (OS/ARCH; a /VARIANT is
+    /// accepted but not matched). Default: linux/<host architecture>.
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<String>,
     /// A registry (HOST or HOST:PORT) to reach over plain HTTP; loopback ones always are.
@@ -29,10 +31,13 @@ pub fn run(args: PullArgs, store_path: PathBuf) -> anyhow::Result<()> {
     let (os, arch) = match args.platform.as_deref() {
         None => ("linux".to_string(), host_arch().to_string()),
         Some(p) => {
-            let (os, arch) = p
-                .split_once('/')
-                .with_context(|| format!("--platform {p:?} must be OS/ARCH, e.g. linux/arm64"))?;
-            (os.to_string(), arch.to_string())
+            let mut parts = p.split('/');
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(os), Some(arch), _, None) if !os.is_empty() && !arch.is_empty() => {
+                    (os.to_string(), arch.to_string())
+                }
+                _ => anyhow::bail!("--platform {p:?} must be OS/ARCH, e.g. linux/arm64"),
+            }
         }
     };
     let opts = PullOptions {
