@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache;
+mod pull;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,8 @@ enum Command {
     /// Manage the local OCI image store.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Pull images from registries into the local store.
+    Pull(pull::PullArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(osk_builder::store::Store::default_path);
     let result = match cli.command {
         Command::Cache(cmd) => cache::run(cmd, store),
+        Command::Pull(args) => pull::run(args, store),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
