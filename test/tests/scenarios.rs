@@ -1,5 +1,5 @@
-//! The seven end-to-end scenarios of the full stack (`osk build` + osk-init
-//! + containerd). They are written against the expected CLI and contracts and
+//! The seven end-to-end scenarios of the full stack: `osk build`, osk-init
+//! and containerd. They are written against the expected CLI and contracts and
 //! stay #[ignore]d until those land; run them with
 //! `cargo test -p osk-e2e --test scenarios -- --ignored`.
 //!
@@ -146,7 +146,7 @@ fn restarts(ps: &str, service: &str) -> Result<u64> {
         .parse()?)
 }
 
-/// 1. minimal: every service starts, the demo page answers through --publish.
+/// Scenario 1, minimal: every service starts, the demo page answers through --publish.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
 fn s1_minimal() -> Result<()> {
@@ -174,7 +174,7 @@ fn s1_minimal() -> Result<()> {
     Ok(())
 }
 
-/// 2. sshd: log in with a key, `oskctl ps` lists the services, and
+/// Scenario 2, sshd: log in with a key, `oskctl ps` lists the services, and
 /// `ctr -n services.osk containers ls` lists every service as a container.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
@@ -207,7 +207,7 @@ fn s2_sshd() -> Result<()> {
     Ok(())
 }
 
-/// 3. restart: kill a service's main process; osk-init restarts it and counts it.
+/// Scenario 3, restart: kill a service's main process; osk-init restarts it and counts it.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
 fn s3_restart() -> Result<()> {
@@ -247,7 +247,7 @@ fn s3_restart() -> Result<()> {
     Ok(())
 }
 
-/// 4. shutdown: ACPI power button → onshutdown containers run → QEMU exits within 30 s.
+/// Scenario 4, shutdown: ACPI power button → onshutdown containers run → QEMU exits within 30 s.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
 fn s4_shutdown() -> Result<()> {
@@ -266,7 +266,7 @@ fn s4_shutdown() -> Result<()> {
     Ok(())
 }
 
-/// 5. persistence: a file written on the data disk survives a reboot.
+/// Scenario 5, persistence: a file written on the data disk survives a reboot.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
 fn s5_persistence() -> Result<()> {
@@ -295,7 +295,7 @@ fn s5_persistence() -> Result<()> {
     Ok(())
 }
 
-/// 6. reproducibility: two builds of the same manifest are byte-identical.
+/// Scenario 6, reproducibility: two builds of the same manifest are byte-identical.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
 fn s6_reproducible() -> Result<()> {
@@ -312,7 +312,7 @@ fn s6_reproducible() -> Result<()> {
     Ok(())
 }
 
-/// 7. bad input: a clear error naming the problem, non-zero exit, no output files.
+/// Scenario 7, bad input: a clear error naming the problem, non-zero exit, no output files.
 #[test]
 #[ignore = "needs `osk build` and osk-init (full stack); run with --ignored once they land"]
 fn s7_bad_input() -> Result<()> {

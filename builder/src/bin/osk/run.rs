@@ -14,7 +14,7 @@ pub enum RunCommand {
     /// Ctrl-a x quits, Ctrl-a c switches to the QEMU monitor. With --detach
     /// QEMU runs in the background: the console goes to STATE/console.log, the
     /// monitor listens on STATE/monitor.sock, the pid is in STATE/qemu.pid.
-    Qemu(QemuArgs),
+    Qemu(Box<QemuArgs>),
 }
 
 #[derive(Args)]
@@ -81,7 +81,7 @@ fn parse_mem(s: &str) -> Result<u64, String> {
 
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
-        RunCommand::Qemu(args) => qemu(args),
+        RunCommand::Qemu(args) => qemu(*args),
     }
 }
 
