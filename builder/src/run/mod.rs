@@ -16,9 +16,9 @@ pub use config::{
 };
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use spawn::{
-    detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, Detached,
-    Prepared, ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY,
-    UEFI_VARS,
+    detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, AttachedExit,
+    Detached, Prepared, ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE,
+    QEMU_BINARY, UEFI_VARS,
 };
 
 use std::path::PathBuf;

@@ -215,22 +215,32 @@ fn tmp_name(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// How a foreground VM ended.
+#[derive(Debug, Clone, Copy)]
+pub struct AttachedExit {
+    pub status: ExitStatus,
+    /// The timeout was reached and osk stopped the VM.
+    pub timed_out: bool,
+}
+
 /// Runs QEMU in the foreground with the serial console on this terminal and
 /// returns its exit status. With a timeout, the VM is told to `quit` through
 /// its monitor when the time is up (and killed if that fails).
-pub fn run_attached(p: &Prepared, timeout: Option<Duration>) -> Result<ExitStatus> {
+pub fn run_attached(p: &Prepared, timeout: Option<Duration>) -> Result<AttachedExit> {
     tracing::debug!(command = %p.display(), "starting QEMU");
     let mut child = Command::new(&p.program)
         .args(&p.args)
         .spawn()
         .map_err(Error::io(&p.program))?;
+    let exit = |status, timed_out| AttachedExit { status, timed_out };
     let Some(timeout) = timeout else {
-        return child.wait().map_err(Error::io(&p.program));
+        let status = child.wait().map_err(Error::io(&p.program))?;
+        return Ok(exit(status, false));
     };
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().map_err(Error::io(&p.program))? {
-            return Ok(status);
+            return Ok(exit(status, false));
         }
         if Instant::now() >= deadline {
             tracing::warn!(
@@ -242,12 +252,13 @@ pub fn run_attached(p: &Prepared, timeout: Option<Duration>) -> Result<ExitStatu
             let grace = Instant::now() + Duration::from_secs(5);
             while Instant::now() < grace {
                 if let Some(status) = child.try_wait().map_err(Error::io(&p.program))? {
-                    return Ok(status);
+                    return Ok(exit(status, true));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = child.kill();
-            return child.wait().map_err(Error::io(&p.program));
+            let status = child.wait().map_err(Error::io(&p.program))?;
+            return Ok(exit(status, true));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -135,7 +135,12 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         println!("monitor {}", vm.monitor_socket.display());
         return Ok(());
     }
-    let status = run::run_attached(&prepared, args.timeout.map(Duration::from_secs))?;
-    anyhow::ensure!(status.success(), "QEMU exited with {status}");
+    let exit = run::run_attached(&prepared, args.timeout.map(Duration::from_secs))?;
+    anyhow::ensure!(
+        !exit.timed_out,
+        "VM stopped after --timeout {} s",
+        args.timeout.unwrap_or_default()
+    );
+    anyhow::ensure!(exit.status.success(), "QEMU exited with {}", exit.status);
     Ok(())
 }
