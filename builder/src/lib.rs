@@ -3,5 +3,6 @@
 pub mod manifest;
 pub mod pull;
 pub mod reference;
+pub mod run;
 pub mod spec;
 pub mod store;

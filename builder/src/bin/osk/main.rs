@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod cache;
 mod pull;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,9 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Pull images from registries into the local store.
     Pull(pull::PullArgs),
+    /// Boot a build result.
+    #[command(subcommand)]
+    Run(run::RunCommand),
 }
 
 fn init_tracing(verbose: u8) {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cache(cmd) => cache::run(cmd, store),
         Command::Pull(args) => pull::run(args, store),
+        Command::Run(cmd) => run::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
