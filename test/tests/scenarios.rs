@@ -12,7 +12,7 @@
 //!   HOME at a temp dir holding a fresh key);
 //! - examples/persist.yml is sshd.yml plus an onboot format+mount of the first
 //!   virtio disk on /var/lib/osk-e2e;
-//! - `OSK_CACHE_DIR` points osk at a private OCI store laid out as an OCI
+//! - `OSK_CACHE` points osk at a private OCI store laid out as an OCI
 //!   image layout (`blobs/sha256/...`);
 //! - `oskctl ps` prints one line per service with its name, state and restart count
 //!   in a RESTARTS column.
@@ -351,7 +351,7 @@ fn s7_bad_input() -> Result<()> {
     // Corrupt blob: build once to fill a private cache, flip a byte of the
     // largest blob, build again: the error must name the digest.
     let cache = dir.path().join("cache");
-    let env = [("OSK_CACHE_DIR", cache.as_path())];
+    let env = [("OSK_CACHE", cache.as_path())];
     let (o, _) = build_env(MINIMAL, &dir.path().join("warm"), "warm", &env)?;
     ensure!(
         o.status.success(),

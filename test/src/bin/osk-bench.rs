@@ -234,7 +234,7 @@ fn timed_build(manifest: &Path, out: &Path, cache: &Path) -> Result<(f64, u64)> 
         .arg(out)
         .args(["--name", "bench"])
         .arg(manifest)
-        .env("OSK_CACHE_DIR", cache)
+        .env("OSK_CACHE", cache)
         .env("SOURCE_DATE_EPOCH", "0")
         .status()
         .context("running /usr/bin/time osk build (apt-get install time)")?;
