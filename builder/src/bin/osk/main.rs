@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache;
+mod pkg;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,9 @@ enum Command {
     /// Manage the local OCI image store.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Build base OCI images from Debian packages (pkgs/NAME).
+    #[command(subcommand)]
+    Pkg(pkg::PkgCommand),
 }
 
 fn init_tracing(verbose: u8) {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Cache(cmd) => cache::run(cmd),
+        Command::Pkg(cmd) => pkg::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
