@@ -17,6 +17,9 @@ use super::resolve::{resolve, Universe};
 use super::spec::{parse_mode, Spec};
 use super::tree::{normalise, Kind, Node, Patterns, Tree, MERGED_USR_DIRS};
 use super::{apt_source, kernel, Error};
+use crate::reference::Reference;
+use crate::store::Store;
+use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 
 /// Bumped when the builder's output for the same inputs changes.
 const FORMAT: &str = "osk-pkg-1";
@@ -502,84 +505,29 @@ pub fn show_tag(dir: &Path, opts: &Options) -> Result<String, Error> {
     Ok(prepare(dir, opts, 0)?.reference())
 }
 
-/// Builds the package into the OCI layout at `store` unless it already holds
-/// the reference; returns the reference.
-pub fn ensure_built(dir: &Path, store: &Path, opts: &Options) -> Result<String, Error> {
+/// Stores a built image under its reference; returns the manifest descriptor.
+pub fn write_to_store(store: &Store, built: &Built) -> Result<Descriptor, Error> {
+    let layer = store.put_bytes(MediaType::ImageLayerGzip, &built.image.layer)?;
+    let config: ImageConfiguration = serde_json::from_slice(&built.image.config)
+        .map_err(|e| Error::Image(format!("config does not parse as OCI: {e}")))?;
+    let reference = Reference::parse(&built.reference).map_err(|e| Error::Image(e.to_string()))?;
+    Ok(store.write_image(&reference, &config, vec![layer])?)
+}
+
+/// Returns the package's reference, building it into `store` only if the
+/// store lacks it. `osk build` calls this for `@pkg:PATH` images.
+pub fn ensure_built(dir: &Path, store: &Store, opts: &Options) -> Result<Reference, Error> {
     let p = prepare(dir, opts, 0)?;
-    let reference = p.reference();
-    if layout::has(store, &reference)? {
+    let reference = Reference::parse(&p.reference()).map_err(|e| Error::Image(e.to_string()))?;
+    if store.resolve(&reference)?.is_some() {
         return Ok(reference);
     }
     let tree = assemble(&p, opts)?;
-    let image = image::build(&tree, &run_config(&p.pkg.spec), opts.source_date_epoch)?;
-    layout::write(store, &reference, &image)?;
+    let built = Built {
+        reference: p.reference(),
+        content_size: tree.content_size(),
+        image: image::build(&tree, &run_config(&p.pkg.spec), opts.source_date_epoch)?,
+    };
+    write_to_store(store, &built)?;
     Ok(reference)
-}
-
-/// Writes a built image into the store under its reference.
-pub fn write_to_store(store: &Path, built: &Built) -> Result<(), Error> {
-    layout::write(store, &built.reference, &built.image)
-}
-
-/// Interim output: an OCI image layout directory, until the shared store
-/// lands (then these two functions call `Store`).
-pub mod layout {
-    use super::*;
-    use serde_json::{json, Value};
-
-    const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
-
-    fn put(dir: &Path, data: &[u8]) -> Result<(), Error> {
-        let digest = hex::encode(Sha256::digest(data));
-        let blobs = dir.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, e))?;
-        let path = blobs.join(&digest);
-        if path.exists() {
-            return Ok(());
-        }
-        let mut tmp = tempfile::NamedTempFile::new_in(&blobs).map_err(|e| Error::io(&blobs, e))?;
-        std::io::Write::write_all(&mut tmp, data).map_err(|e| Error::io(&path, e))?;
-        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-        Ok(())
-    }
-
-    fn index(dir: &Path) -> Result<Value, Error> {
-        let path = dir.join("index.json");
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Other(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(json!({"schemaVersion": 2, "manifests": []}))
-            }
-            Err(e) => Err(Error::io(&path, e)),
-        }
-    }
-
-    pub fn has(dir: &Path, reference: &str) -> Result<bool, Error> {
-        Ok(index(dir)?["manifests"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|d| d["annotations"][REF_ANNOTATION] == reference)))
-    }
-
-    pub fn write(dir: &Path, reference: &str, image: &Image) -> Result<(), Error> {
-        put(dir, &image.layer)?;
-        put(dir, &image.config)?;
-        let manifest = image.manifest();
-        put(dir, &manifest)?;
-        let layout = dir.join("oci-layout");
-        std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| Error::io(&layout, e))?;
-        let mut idx = index(dir)?;
-        let list = idx["manifests"].as_array_mut().ok_or_else(|| Error::Other("index.json: no manifests".into()))?;
-        list.retain(|d| d["annotations"][REF_ANNOTATION] != reference);
-        list.push(json!({
-            "mediaType": image::MANIFEST_MEDIA_TYPE,
-            "digest": image.manifest_digest(),
-            "size": manifest.len(),
-            "annotations": {REF_ANNOTATION: reference},
-        }));
-        let path = dir.join("index.json");
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-        std::io::Write::write_all(&mut tmp, &serde_json::to_vec(&idx).unwrap_or_default()).map_err(|e| Error::io(&path, e))?;
-        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-        Ok(())
-    }
 }

@@ -79,6 +79,8 @@ pub enum Error {
     Kernel { file: String, message: String },
     #[error("cargo build of `{package}`: {message}")]
     Cargo { package: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("image: {0}")]
     Image(String),
     #[error("{0}")]

@@ -38,6 +38,8 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "lib/systemd",
     "usr/lib/x86_64-linux-gnu/gconv",
     "usr/share/debconf",
+    "usr/share/initramfs-tools",
+    "etc/initramfs-tools",
 ];
 
 /// Kept even if an exclude matches: licence texts are small and owed.

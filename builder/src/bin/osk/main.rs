@@ -17,6 +17,9 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// The local image store (an OCI layout). Default: $XDG_CACHE_HOME/osk.
+    #[arg(long, global = true, env = "OSK_CACHE", value_name = "DIR")]
+    cache: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,9 +53,12 @@ fn init_tracing(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let store = cli
+        .cache
+        .unwrap_or_else(osk_builder::store::Store::default_path);
     let result = match cli.command {
-        Command::Cache(cmd) => cache::run(cmd),
-        Command::Pkg(cmd) => pkg::run(cmd),
+        Command::Cache(cmd) => cache::run(cmd, store),
+        Command::Pkg(cmd) => pkg::run(cmd, store),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,308 @@
+//! Moving images into and out of the store: OCI layout directories and OCI archives.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType, ANNOTATION_REF_NAME};
+
+use super::{descriptor_digest, io_err, to_json, verify_error, Result, Store, StoreError};
+use crate::reference::{Digest, Reference};
+
+/// containerd and Docker put the full image name here and only the tag in `ref.name`.
+const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+
+/// How an exported image is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// An OCI image layout directory.
+    Dir,
+    /// An OCI archive: the layout as an uncompressed tar.
+    Tar,
+}
+
+impl ArchiveFormat {
+    /// `.tar` means an archive, anything else a directory.
+    pub fn for_path(path: &Path) -> ArchiveFormat {
+        match path.extension() {
+            Some(e) if e == "tar" => ArchiveFormat::Tar,
+            _ => ArchiveFormat::Dir,
+        }
+    }
+}
+
+impl Store {
+    /// Imports every named image of an OCI layout directory or OCI archive.
+    /// `rename` names the image when the source holds exactly one.
+    pub fn import(&self, source: &Path, rename: Option<&Reference>) -> Result<Vec<Reference>> {
+        let meta = fs::metadata(source).map_err(io_err(source))?;
+        let index = if meta.is_dir() {
+            self.import_dir_blobs(source)?
+        } else {
+            self.import_tar_blobs(source)?
+        };
+        let named = name_entries(source, &index, rename)?;
+        // Verify that everything each image needs arrived before naming it.
+        for (_, desc) in &named {
+            for digest in self.reachable(desc)? {
+                if !self.has_blob(&digest) {
+                    return Err(StoreError::Import(format!(
+                        "{}: blob {digest} is referenced but missing; the layout is incomplete",
+                        source.display()
+                    )));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (reference, desc) in named {
+            self.tag(&reference, &desc)?;
+            out.push(reference);
+        }
+        Ok(out)
+    }
+
+    fn import_dir_blobs(&self, source: &Path) -> Result<ImageIndex> {
+        let index_path = source.join("index.json");
+        let index = read_index_file(&index_path)?;
+        let blobs = source.join("blobs").join("sha256");
+        // Copy only what the index reaches, verifying each blob as it streams in.
+        let mut todo: Vec<Descriptor> = index.manifests().clone();
+        while let Some(desc) = todo.pop() {
+            let digest = descriptor_digest(&desc)?;
+            if !self.has_blob(&digest) {
+                let path = blobs.join(digest.hex());
+                let file = File::open(&path).map_err(|e| {
+                    StoreError::Import(format!(
+                        "{}: blob {digest} is missing: {e}",
+                        source.display()
+                    ))
+                })?;
+                self.put_blob(BufReader::new(file), Some(&digest))
+                    .map_err(|e| in_source(e, source))?;
+            }
+            todo.extend(children(self, &desc)?);
+        }
+        Ok(index)
+    }
+
+    fn import_tar_blobs(&self, source: &Path) -> Result<ImageIndex> {
+        let file = File::open(source).map_err(io_err(source))?;
+        let mut archive = tar::Archive::new(BufReader::new(file));
+        let mut index = None;
+        for entry in archive.entries().map_err(io_err(source))? {
+            let mut entry = entry.map_err(io_err(source))?;
+            let path = entry.path().map_err(io_err(source))?.into_owned();
+            let path = path.strip_prefix("./").unwrap_or(&path).to_path_buf();
+            if path == Path::new("index.json") {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(io_err(source))?;
+                index = Some(parse_index(&bytes, &source.join("index.json"))?);
+            } else if let Ok(hex) = path.strip_prefix("blobs/sha256") {
+                let digest: Digest =
+                    format!("sha256:{}", hex.display())
+                        .parse()
+                        .map_err(|e: String| {
+                            StoreError::Import(format!("{}: {e}", source.display()))
+                        })?;
+                if !self.has_blob(&digest) {
+                    self.put_blob(&mut entry, Some(&digest))
+                        .map_err(|e| in_source(e, source))?;
+                }
+            }
+        }
+        index.ok_or_else(|| {
+            StoreError::Import(format!(
+                "{} is not an OCI archive: it has no index.json",
+                source.display()
+            ))
+        })
+    }
+
+    /// Writes `reference` as an OCI layout directory or archive at `dest`.
+    pub fn export(&self, reference: &Reference, dest: &Path, format: ArchiveFormat) -> Result<()> {
+        let desc = self
+            .resolve(reference)?
+            .ok_or_else(|| StoreError::NotFound {
+                reference: reference.familiar(),
+                store: self.root.clone(),
+            })?;
+        let mut named = desc.clone();
+        let mut ann = named.annotations().clone().unwrap_or_default();
+        ann.insert(
+            ANNOTATION_REF_NAME.to_string(),
+            reference.without_digest().to_string(),
+        );
+        named.set_annotations(Some(ann));
+        let index = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(vec![named])
+            .build()
+            .expect("index with one manifest always builds");
+        let blobs = self.reachable(&desc)?;
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match format {
+            ArchiveFormat::Dir => {
+                let tmp = tempfile::Builder::new()
+                    .prefix(".osk-export-")
+                    .tempdir_in(parent)
+                    .map_err(io_err(parent))?;
+                let dir = tmp.path();
+                fs::create_dir_all(dir.join("blobs/sha256")).map_err(io_err(dir))?;
+                fs::write(dir.join("oci-layout"), super::OCI_LAYOUT).map_err(io_err(dir))?;
+                fs::write(dir.join("index.json"), to_json(&index)).map_err(io_err(dir))?;
+                for d in &blobs {
+                    let mut reader = self.open_blob(d)?;
+                    let target = dir.join("blobs/sha256").join(d.hex());
+                    let mut out = File::create(&target).map_err(io_err(&target))?;
+                    io::copy(&mut reader, &mut out).map_err(|e| verify_error(e, &target))?;
+                }
+                if dest.exists() {
+                    return Err(StoreError::Import(format!(
+                        "{} already exists; remove it or choose another path",
+                        dest.display()
+                    )));
+                }
+                let kept = tmp.keep();
+                fs::rename(&kept, dest).map_err(io_err(dest))?;
+            }
+            ArchiveFormat::Tar => {
+                let tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err(parent))?;
+                let mut builder = tar::Builder::new(tmp.as_file());
+                append_bytes(&mut builder, "oci-layout", super::OCI_LAYOUT.as_bytes())?;
+                append_bytes(&mut builder, "index.json", &to_json(&index))?;
+                for d in &blobs {
+                    let path = self.blob_path(d);
+                    let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+                    let mut header = fixed_header(size);
+                    let mut reader = self.open_blob(d)?;
+                    builder
+                        .append_data(
+                            &mut header,
+                            format!("blobs/sha256/{}", d.hex()),
+                            &mut reader,
+                        )
+                        .map_err(|e| verify_error(e, &path))?;
+                }
+                builder.finish().map_err(io_err(dest))?;
+                drop(builder);
+                tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fixed_header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
+}
+
+fn append_bytes(builder: &mut tar::Builder<&File>, name: &str, bytes: &[u8]) -> Result<()> {
+    let mut header = fixed_header(bytes.len() as u64);
+    builder
+        .append_data(&mut header, name, bytes)
+        .map_err(|e| io_err(Path::new(name))(e))
+}
+
+fn read_index_file(path: &Path) -> Result<ImageIndex> {
+    let bytes = fs::read(path).map_err(|e| {
+        StoreError::Import(format!(
+            "{} is not an OCI layout: cannot read index.json: {e}",
+            path.parent().unwrap_or(path).display()
+        ))
+    })?;
+    parse_index(&bytes, path)
+}
+
+fn parse_index(bytes: &[u8], path: &Path) -> Result<ImageIndex> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Json {
+        path: path.to_path_buf(),
+        what: "the index".into(),
+        source,
+    })
+}
+
+/// Descriptors one level below `desc` (an index's manifests, a manifest's config and layers).
+fn children(store: &Store, desc: &Descriptor) -> Result<Vec<Descriptor>> {
+    let digest = descriptor_digest(desc)?;
+    let bytes = store.read_blob(&digest)?;
+    let v: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut out = Vec::new();
+    let parse = |x: &serde_json::Value| serde_json::from_value::<Descriptor>(x.clone()).ok();
+    if let Some(ms) = v.get("manifests").and_then(|m| m.as_array()) {
+        out.extend(ms.iter().filter_map(parse));
+    }
+    if let Some(c) = v.get("config").and_then(parse) {
+        out.push(c);
+    }
+    if let Some(ls) = v.get("layers").and_then(|l| l.as_array()) {
+        out.extend(ls.iter().filter_map(parse));
+    }
+    Ok(out)
+}
+
+/// Names each entry of an imported index.
+fn name_entries(
+    source: &Path,
+    index: &ImageIndex,
+    rename: Option<&Reference>,
+) -> Result<Vec<(Reference, Descriptor)>> {
+    let entries = index.manifests();
+    if let Some(r) = rename {
+        if entries.len() != 1 {
+            return Err(StoreError::Import(format!(
+                "{} holds {} images; --as names exactly one",
+                source.display(),
+                entries.len()
+            )));
+        }
+        return Ok(vec![(r.clone(), entries[0].clone())]);
+    }
+    entries
+        .iter()
+        .map(|d| {
+            let ann = d.annotations().clone().unwrap_or_default();
+            let name = ann
+                .get(CONTAINERD_IMAGE_NAME)
+                .or_else(|| ann.get(ANNOTATION_REF_NAME))
+                .filter(|n| n.contains(['/', ':']))
+                .ok_or_else(|| {
+                    StoreError::Import(format!(
+                        "{}: image {} has no full name (ref.name is {:?}); name it with --as REFERENCE",
+                        source.display(),
+                        d.digest(),
+                        ann.get(ANNOTATION_REF_NAME)
+                    ))
+                })?;
+            let r = Reference::parse(name)
+                .map_err(|e| StoreError::Import(format!("{}: {e}", source.display())))?;
+            Ok((r, d.clone()))
+        })
+        .collect()
+}
+
+fn in_source(e: StoreError, source: &Path) -> StoreError {
+    match e {
+        StoreError::DigestMismatch {
+            expected, actual, ..
+        } => StoreError::DigestMismatch {
+            expected,
+            actual,
+            context: format!(" (in {})", source.display()),
+        },
+        other => other,
+    }
+}
