@@ -6,7 +6,10 @@ use osk_builder::pkg::version::Version;
 
 fn universe() -> Universe {
     let text = include_str!("fixtures/debian/Packages");
-    Universe::new(parse_packages(text, "fixtures/debian/Packages").unwrap(), "amd64")
+    Universe::new(
+        parse_packages(text, "fixtures/debian/Packages").unwrap(),
+        "amd64",
+    )
 }
 
 fn names_versions(requests: &[&str]) -> Vec<(String, String)> {
@@ -31,7 +34,10 @@ fn highest_satisfying_version_first_alternative_and_virtuals() {
         ("libfoo", "1:0.5-1"),
         ("lynx", "2.9.0-1"),
     ];
-    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -44,7 +50,10 @@ fn essential_packages_are_not_pulled_in_unasked() {
 #[test]
 fn request_with_constraint_picks_highest_matching() {
     let got = names_versions(&["libfoo (<< 2.1)"]);
-    assert!(got.contains(&("libfoo".into(), "2.0~rc1-1".into())), "{got:?}");
+    assert!(
+        got.contains(&("libfoo".into(), "2.0~rc1-1".into())),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -56,7 +65,9 @@ fn versioned_dependency_needs_versioned_provides() {
 
 #[test]
 fn missing_dependency_names_the_chain() {
-    let err = resolve(&universe(), &[parse_atom("broken").unwrap()], &[]).unwrap_err().to_string();
+    let err = resolve(&universe(), &[parse_atom("broken").unwrap()], &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("does-not-exist (>= 1)"), "{err}");
     assert!(err.contains("middle <- broken <- (requested)"), "{err}");
 }
@@ -79,21 +90,48 @@ fn other_architectures_are_invisible() {
 fn one_version_per_package() {
     // libfoo is first chosen at its highest (1:0.5-1); a later request for
     // `libfoo (>= 2.0)` cannot add a second version.
-    let reqs = [parse_atom("libfoo").unwrap(), parse_atom("libfoo (>= 2.0)").unwrap()];
+    let reqs = [
+        parse_atom("libfoo").unwrap(),
+        parse_atom("libfoo (>= 2.0)").unwrap(),
+    ];
     let got = resolve(&universe(), &reqs, &[]).unwrap();
     assert_eq!(got.iter().filter(|p| p.name == "libfoo").count(), 1);
-    let reqs = [parse_atom("libfoo (<< 2.0)").unwrap(), parse_atom("libfoo (= 2.1-1)").unwrap()];
+    let reqs = [
+        parse_atom("libfoo (<< 2.0)").unwrap(),
+        parse_atom("libfoo (= 2.1-1)").unwrap(),
+    ];
     let err = resolve(&universe(), &reqs, &[]).unwrap_err().to_string();
     assert!(err.contains("already chosen"), "{err}");
 }
 
 #[test]
 fn debian_version_ordering() {
-    let mut vs: Vec<Version> = ["1.0", "1:0.1", "1.0~rc1", "1.0-1", "1.0+b1", "0.9", "1.0-1~bpo1", "1.0a"]
-        .iter()
-        .map(|s| Version::parse(s).unwrap())
-        .collect();
+    let mut vs: Vec<Version> = [
+        "1.0",
+        "1:0.1",
+        "1.0~rc1",
+        "1.0-1",
+        "1.0+b1",
+        "0.9",
+        "1.0-1~bpo1",
+        "1.0a",
+    ]
+    .iter()
+    .map(|s| Version::parse(s).unwrap())
+    .collect();
     vs.sort();
     let sorted: Vec<&str> = vs.iter().map(Version::as_str).collect();
-    assert_eq!(sorted, ["0.9", "1.0~rc1", "1.0", "1.0-1~bpo1", "1.0-1", "1.0a", "1.0+b1", "1:0.1"]);
+    assert_eq!(
+        sorted,
+        [
+            "0.9",
+            "1.0~rc1",
+            "1.0",
+            "1.0-1~bpo1",
+            "1.0-1",
+            "1.0a",
+            "1.0+b1",
+            "1:0.1"
+        ]
+    );
 }

@@ -85,7 +85,8 @@ fn parse_deb822(text: &str) -> Vec<Source> {
     paragraphs(text)
         .into_iter()
         .filter(|p| {
-            p.get("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"))
+            p.get("Types")
+                .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"))
                 && p.get("Enabled").is_none_or(|e| e != "no")
         })
         .flat_map(|p| {
@@ -126,7 +127,10 @@ fn parse_one_line(text: &str) -> Vec<Source> {
                 .map(String::from);
             let mut words = rest.split_whitespace();
             let uri = words.next()?.to_string();
-            let suites = words.next().map(|s| vec![s.to_string()]).unwrap_or_default();
+            let suites = words
+                .next()
+                .map(|s| vec![s.to_string()])
+                .unwrap_or_default();
             Some(Source {
                 uri,
                 suites,

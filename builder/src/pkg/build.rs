@@ -148,7 +148,12 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
                     message: format!("lists no {base}.xz or .gz"),
                 })?;
             let name = format!("dists/{suite}/{key}");
-            let path = fetcher.get_verified(&format!("{mirror}/{name}"), &entry.sha256, entry.size, &name)?;
+            let path = fetcher.get_verified(
+                &format!("{mirror}/{name}"),
+                &entry.sha256,
+                entry.size,
+                &name,
+            )?;
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             let mut text = String::new();
             let mut reader: Box<dyn Read> = if key.ends_with(".xz") {
@@ -156,7 +161,9 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
             } else {
                 Box::new(flate2::read::GzDecoder::new(file))
             };
-            reader.read_to_string(&mut text).map_err(|e| Error::io(&path, e))?;
+            reader
+                .read_to_string(&mut text)
+                .map_err(|e| Error::io(&path, e))?;
             all.extend(parse_packages(&text, &name)?);
         }
     }
@@ -203,7 +210,11 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
 }
 
 /// Downloads (or finds cached) every locked .deb.
-fn fetch_debs(pkg: &Package, lock: &Lock, opts: &Options) -> Result<BTreeMap<String, PathBuf>, Error> {
+fn fetch_debs(
+    pkg: &Package,
+    lock: &Lock,
+    opts: &Options,
+) -> Result<BTreeMap<String, PathBuf>, Error> {
     let fetcher = Fetcher::new(opts.cache_dir.clone());
     let mut mirror: Option<String> = None;
     let mut out = BTreeMap::new();
@@ -257,7 +268,12 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
     }
     let root = workspace_root(&pkg.dir)?;
     const TARGET: &str = "x86_64-unknown-linux-gnu";
-    let mut packages: Vec<&str> = pkg.spec.binaries.iter().map(|b| b.package.as_str()).collect();
+    let mut packages: Vec<&str> = pkg
+        .spec
+        .binaries
+        .iter()
+        .map(|b| b.package.as_str())
+        .collect();
     packages.sort();
     packages.dedup();
     let cargo_home = std::env::var("CARGO_HOME")
@@ -274,7 +290,16 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
             .env("RUSTFLAGS", &rustflags)
-            .args(["build", "--release", "--locked", "-p", p, "--bins", "--target", TARGET])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                p,
+                "--bins",
+                "--target",
+                TARGET,
+            ])
             .output()
             .map_err(|e| Error::Cargo {
                 package: p.to_string(),
@@ -283,7 +308,15 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
         if !out.status.success() {
             return Err(Error::Cargo {
                 package: p.to_string(),
-                message: String::from_utf8_lossy(&out.stderr).lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+                message: String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             });
         }
     }
@@ -315,7 +348,11 @@ fn folder_files(dir: &Path) -> Result<Vec<(String, u32, Vec<u8>)>, Error> {
                 stack.push(p);
             } else {
                 use std::os::unix::fs::PermissionsExt;
-                let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().to_string();
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .to_string();
                 let data = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
                 out.push((rel, meta.permissions().mode() & 0o111, data));
             }
@@ -335,7 +372,10 @@ struct Prepared {
 
 fn prepare(dir: &Path, opts: &Options, depth: usize) -> Result<Prepared, Error> {
     if depth > 8 {
-        return Err(Error::Other(format!("{}: `from` chain too deep (a cycle?)", dir.display())));
+        return Err(Error::Other(format!(
+            "{}: `from` chain too deep (a cycle?)",
+            dir.display()
+        )));
     }
     let pkg = Package::load(dir)?;
     pkg.checked_lock()?;
@@ -353,7 +393,10 @@ fn prepare(dir: &Path, opts: &Options, depth: usize) -> Result<Prepared, Error> 
     };
     field("format", FORMAT.as_bytes());
     field("name", pkg.name.as_bytes());
-    field("source-date-epoch", opts.source_date_epoch.to_string().as_bytes());
+    field(
+        "source-date-epoch",
+        opts.source_date_epoch.to_string().as_bytes(),
+    );
     for (rel, exec, data) in folder_files(&pkg.dir)? {
         field(&format!("file:{rel}:{exec:o}"), &data);
     }
@@ -389,7 +432,10 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
     if let Some(k) = &spec.kernel {
         let deb = debs.get(&k.package).ok_or_else(|| Error::Lock {
             path: p.pkg.dir.join(LOCK_FILE).display().to_string(),
-            message: format!("does not list the kernel package {}; run `osk pkg lock`", k.package),
+            message: format!(
+                "does not list the kernel package {}; run `osk pkg lock`",
+                k.package
+            ),
         })?;
         return kernel::kernel_tree(deb, &k.modules, opts.source_date_epoch);
     }
@@ -423,13 +469,19 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
         }
     }
     for d in ["dev", "proc", "sys", "run", "etc", "var", "root"] {
-        tree.insert(d.to_string(), Node::dir(if d == "root" { 0o700 } else { 0o755 }));
+        tree.insert(
+            d.to_string(),
+            Node::dir(if d == "root" { 0o700 } else { 0o755 }),
+        );
     }
     tree.insert("tmp".into(), Node::dir(0o1777));
     if let Some(dest) = &spec.ca_bundle {
         let mut bundle = Vec::new();
         for (path, node) in &tree.entries {
-            if let (true, Kind::File(d)) = (path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt"), &node.kind) {
+            if let (true, Kind::File(d)) = (
+                path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt"),
+                &node.kind,
+            ) {
                 bundle.extend_from_slice(d);
                 if !d.ends_with(b"\n") {
                     bundle.push(b'\n');
@@ -442,23 +494,38 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
                 message: "ca-bundle: no usr/share/ca-certificates/**.crt (add ca-certificates to debian.packages)".into(),
             });
         }
-        tree.insert(normalise(dest, merged_usr).unwrap_or_default(), Node::file(bundle, 0o644));
+        tree.insert(
+            normalise(dest, merged_usr).unwrap_or_default(),
+            Node::file(bundle, 0o644),
+        );
     }
     for d in &spec.directories {
         let mode = d.mode.as_deref().and_then(parse_mode).unwrap_or(0o755);
-        tree.insert(normalise(&d.path, merged_usr).unwrap_or_default(), Node::dir(mode));
+        tree.insert(
+            normalise(&d.path, merged_usr).unwrap_or_default(),
+            Node::dir(mode),
+        );
     }
     for f in &spec.files {
         let src = p.pkg.dir.join(&f.src);
         let data = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
         let mode = f.mode.as_deref().and_then(parse_mode).unwrap_or(0o644);
-        tree.insert(normalise(&f.dest, merged_usr).unwrap_or_default(), Node::file(data, mode));
+        tree.insert(
+            normalise(&f.dest, merged_usr).unwrap_or_default(),
+            Node::file(data, mode),
+        );
     }
     for (dest, data) in &p.binaries {
-        tree.insert(normalise(dest, merged_usr).unwrap_or_default(), Node::file(data.clone(), 0o755));
+        tree.insert(
+            normalise(dest, merged_usr).unwrap_or_default(),
+            Node::file(data.clone(), 0o755),
+        );
     }
     for s in &spec.symlinks {
-        tree.insert(normalise(&s.path, merged_usr).unwrap_or_default(), Node::symlink(&s.target));
+        tree.insert(
+            normalise(&s.path, merged_usr).unwrap_or_default(),
+            Node::symlink(&s.target),
+        );
     }
     Ok(tree)
 }
@@ -466,7 +533,10 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
 fn run_config(spec: &Spec) -> RunConfig {
     let mut env = spec.env.clone();
     if spec.kernel.is_none() && !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
     }
     RunConfig {
         entrypoint: spec.entrypoint.clone(),

@@ -36,7 +36,9 @@ pub fn with_data_tar<T>(
         let name = String::from_utf8_lossy(entry.header().identifier()).to_string();
         let reader: Box<dyn Read> = match name.as_str() {
             "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new(entry)),
-            "data.tar.zst" => Box::new(zstd::stream::read::Decoder::new(entry).map_err(|e| bad(e.to_string()))?),
+            "data.tar.zst" => {
+                Box::new(zstd::stream::read::Decoder::new(entry).map_err(|e| bad(e.to_string()))?)
+            }
             "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(entry)),
             "data.tar" => Box::new(entry),
             n if n.starts_with("data.tar") => return Err(bad(format!("unsupported member {n}"))),
@@ -57,7 +59,11 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
     with_data_tar(deb, |archive| {
         for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
             let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-            let raw = entry.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().to_string();
+            let raw = entry
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .to_string();
             let Some(path) = normalise(&raw, filter.merged_usr) else {
                 continue;
             };
@@ -72,7 +78,9 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
                 tar::EntryType::Directory => Kind::Dir,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let mut data = Vec::with_capacity(h.size().unwrap_or(0) as usize);
-                    entry.read_to_end(&mut data).map_err(|e| bad(format!("{raw}: {e}")))?;
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(|e| bad(format!("{raw}: {e}")))?;
                     Kind::File(data)
                 }
                 tar::EntryType::Symlink => {
@@ -97,7 +105,15 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
                 }
                 other => return Err(bad(format!("{raw}: unsupported entry type {other:?}"))),
             };
-            tree.insert(path, Node { kind, mode, uid, gid });
+            tree.insert(
+                path,
+                Node {
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                },
+            );
         }
         Ok(())
     })

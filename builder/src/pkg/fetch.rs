@@ -78,7 +78,13 @@ impl Fetcher {
 
     /// Returns the cached file for `sha256`, downloading `url` first if it
     /// is missing. `name` says what it is in errors (a package or index).
-    pub fn get_verified(&self, url: &str, sha256: &str, size: u64, name: &str) -> Result<PathBuf, Error> {
+    pub fn get_verified(
+        &self,
+        url: &str,
+        sha256: &str,
+        size: u64,
+        name: &str,
+    ) -> Result<PathBuf, Error> {
         let dest = self.cached_path(sha256);
         if dest.exists() {
             return Ok(dest);
@@ -86,8 +92,12 @@ impl Fetcher {
         std::fs::create_dir_all(&self.cache).map_err(|e| Error::io(&self.cache, e))?;
         tracing::info!("fetching {name}");
         let body = self.open(url)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.cache).map_err(|e| Error::io(&self.cache, e))?;
-        let mut reader = body.into_with_config().limit(size.saturating_add(1)).reader();
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&self.cache).map_err(|e| Error::io(&self.cache, e))?;
+        let mut reader = body
+            .into_with_config()
+            .limit(size.saturating_add(1))
+            .reader();
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0u64;
@@ -102,7 +112,8 @@ impl Fetcher {
             }
             total += n as u64;
             hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(|e| Error::io(tmp.path(), e))?;
+            tmp.write_all(&buf[..n])
+                .map_err(|e| Error::io(tmp.path(), e))?;
         }
         let got = hex::encode(hasher.finalize());
         if got != sha256 || total != size {

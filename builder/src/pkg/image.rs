@@ -84,7 +84,8 @@ pub fn build(tree: &Tree, run: &RunConfig, mtime: u64) -> Result<Image, Error> {
         .mtime(0)
         .operating_system(255)
         .write(Vec::new(), flate2::Compression::best());
-    gz.write_all(&tar).map_err(|e| Error::Image(e.to_string()))?;
+    gz.write_all(&tar)
+        .map_err(|e| Error::Image(e.to_string()))?;
     let layer = gz.finish().map_err(|e| Error::Image(e.to_string()))?;
 
     let mut cfg = serde_json::Map::new();
@@ -173,7 +174,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().to_string())
             .collect();
-        assert_eq!(names, ["bin", "etc/", "etc/a", "usr/", "usr/bin/", "usr/bin/b"]);
+        assert_eq!(
+            names,
+            ["bin", "etc/", "etc/a", "usr/", "usr/bin/", "usr/bin/b"]
+        );
         let cfg: Value = serde_json::from_slice(&a.config).unwrap();
         assert_eq!(
             cfg["config"]["Labels"][osk_layout::CONFIG_LABEL],

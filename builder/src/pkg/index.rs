@@ -88,8 +88,8 @@ pub fn parse_atom(s: &str) -> Result<Atom, String> {
             let split = inner
                 .find(|c: char| !matches!(c, '<' | '>' | '='))
                 .ok_or_else(|| format!("missing version in `{s}`"))?;
-            let relation = Relation::parse(&inner[..split])
-                .ok_or_else(|| format!("bad relation in `{s}`"))?;
+            let relation =
+                Relation::parse(&inner[..split]).ok_or_else(|| format!("bad relation in `{s}`"))?;
             let version = Version::parse(inner[split..].trim())
                 .ok_or_else(|| format!("bad version in `{s}`"))?;
             (name.trim(), Some(Constraint { relation, version }))
@@ -143,8 +143,8 @@ pub fn parse_packages(text: &str, origin: &str) -> Result<Vec<Package>, Error> {
             message: what,
         };
         let need = |k: &str| get(k).ok_or_else(|| bad(format!("missing {k}")));
-        let version = Version::parse(need("Version")?)
-            .ok_or_else(|| bad("bad Version".to_string()))?;
+        let version =
+            Version::parse(need("Version")?).ok_or_else(|| bad("bad Version".to_string()))?;
         let mut depends = Vec::new();
         for field in ["Pre-Depends", "Depends"] {
             if let Some(v) = get(field) {
@@ -188,11 +188,15 @@ mod tests {
 
     #[test]
     fn parses_alternatives_and_constraints() {
-        let deps = parse_depends("libc6 (>= 2.34), debconf (>= 0.5) | debconf-2.0, python3:any").unwrap();
+        let deps =
+            parse_depends("libc6 (>= 2.34), debconf (>= 0.5) | debconf-2.0, python3:any").unwrap();
         assert_eq!(deps.len(), 3);
         assert_eq!(deps[1].len(), 2);
         assert_eq!(deps[1][0].name, "debconf");
-        assert_eq!(deps[1][0].constraint.as_ref().unwrap().relation, Relation::Ge);
+        assert_eq!(
+            deps[1][0].constraint.as_ref().unwrap().relation,
+            Relation::Ge
+        );
         assert_eq!(deps[1][1].name, "debconf-2.0");
         assert_eq!(deps[2].name(), "python3");
     }

@@ -70,19 +70,32 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
     with_data_tar(deb, |ar| {
         for e in ar.entries().map_err(|e| bad(e.to_string()))? {
             let mut e = e.map_err(|e| bad(e.to_string()))?;
-            let path = e.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().to_string();
-            let Some(path) = normalise(&path, false) else { continue };
+            let path = e
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .to_string();
+            let Some(path) = normalise(&path, false) else {
+                continue;
+            };
             if let Some(v) = path.strip_prefix("boot/vmlinuz-") {
                 version = Some(v.to_string());
             }
             if let Some(file) = path.strip_suffix(".ko") {
                 let mut data = Vec::new();
-                e.read_to_end(&mut data).map_err(|err| bad(format!("{path}: {err}")))?;
-                let deps = modinfo_depends(&data).ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
+                e.read_to_end(&mut data)
+                    .map_err(|err| bad(format!("{path}: {err}")))?;
+                let deps =
+                    modinfo_depends(&data).ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
                 let name = canon(file.rsplit('/').next().unwrap_or(file));
                 modules.insert(name, (path.clone(), deps));
-            } else if path.ends_with(".ko.xz") || path.ends_with(".ko.zst") || path.ends_with(".ko.gz") {
-                return Err(bad(format!("{path}: compressed modules are not supported yet")));
+            } else if path.ends_with(".ko.xz")
+                || path.ends_with(".ko.zst")
+                || path.ends_with(".ko.gz")
+            {
+                return Err(bad(format!(
+                    "{path}: compressed modules are not supported yet"
+                )));
             }
         }
         Ok(())
@@ -123,8 +136,14 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
     with_data_tar(deb, |ar| {
         for e in ar.entries().map_err(|e| bad(e.to_string()))? {
             let mut e = e.map_err(|e| bad(e.to_string()))?;
-            let path = e.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().to_string();
-            let Some(path) = normalise(&path, false) else { continue };
+            let path = e
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .to_string();
+            let Some(path) = normalise(&path, false) else {
+                continue;
+            };
             let is_meta = path == format!("{moddir}/modules.builtin")
                 || path == format!("{moddir}/modules.builtin.modinfo")
                 || path == format!("{moddir}/modules.order");
@@ -141,21 +160,50 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
         }
         Ok(())
     })?;
-    let rel = |p: &str| p.strip_prefix(&format!("{moddir}/")).unwrap_or(p).to_string();
+    let rel = |p: &str| {
+        p.strip_prefix(&format!("{moddir}/"))
+            .unwrap_or(p)
+            .to_string()
+    };
     let mut dep = String::new();
     for m in &order {
         let (path, _) = &modules[m];
-        let deps: Vec<String> = closure_of(m, &modules).iter().filter(|d| *d != m).map(|d| rel(&modules[d].0)).collect();
-        dep.push_str(&format!("{}:{}{}\n", rel(path), if deps.is_empty() { "" } else { " " }, deps.join(" ")));
+        let deps: Vec<String> = closure_of(m, &modules)
+            .iter()
+            .filter(|d| *d != m)
+            .map(|d| rel(&modules[d].0))
+            .collect();
+        dep.push_str(&format!(
+            "{}:{}{}\n",
+            rel(path),
+            if deps.is_empty() { "" } else { " " },
+            deps.join(" ")
+        ));
     }
-    modtree.insert(format!("usr/{moddir}/modules.dep"), Node::file(dep.into_bytes(), 0o644));
-    modtree.insert(MODULES_LIST.to_string(), Node::file(format!("{}\n", order.join("\n")).into_bytes(), 0o644));
+    modtree.insert(
+        format!("usr/{moddir}/modules.dep"),
+        Node::file(dep.into_bytes(), 0o644),
+    );
+    modtree.insert(
+        MODULES_LIST.to_string(),
+        Node::file(format!("{}\n", order.join("\n")).into_bytes(), 0o644),
+    );
 
     let mut tree = Tree::default();
-    tree.insert(KERNEL_BINARY.to_string(), Node::file(vmlinuz.ok_or_else(|| bad("vmlinuz vanished".into()))?, 0o644));
+    tree.insert(
+        KERNEL_BINARY.to_string(),
+        Node::file(
+            vmlinuz.ok_or_else(|| bad("vmlinuz vanished".into()))?,
+            0o644,
+        ),
+    );
     let tar = super::image::layer_tar(&modtree, mtime).map_err(|e| bad(e.to_string()))?;
     tree.insert(KERNEL_TAR.to_string(), Node::file(tar, 0o644));
-    tracing::info!("kernel {version}: {} modules ({} requested)", order.len(), wanted.len());
+    tracing::info!(
+        "kernel {version}: {} modules ({} requested)",
+        order.len(),
+        wanted.len()
+    );
     Ok(tree)
 }
 

@@ -118,10 +118,13 @@ pub struct Release {
 
 impl Release {
     pub fn parse(text: &str, origin: &str) -> Result<Release, Error> {
-        let p = paragraphs(text).into_iter().next().ok_or_else(|| Error::Release {
-            file: origin.to_string(),
-            message: "empty Release".to_string(),
-        })?;
+        let p = paragraphs(text)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Release {
+                file: origin.to_string(),
+                message: "empty Release".to_string(),
+            })?;
         let mut files = BTreeMap::new();
         for line in p.get("SHA256").map(String::as_str).unwrap_or("").lines() {
             let parts: Vec<&str> = line.split_whitespace().collect();

@@ -34,7 +34,10 @@ impl Universe {
             list.sort_by(|a, b| b.version.cmp(&a.version));
             for (i, p) in list.iter().enumerate() {
                 for prov in &p.provides {
-                    providers.entry(prov.name.clone()).or_default().push((name.clone(), i));
+                    providers
+                        .entry(prov.name.clone())
+                        .or_default()
+                        .push((name.clone(), i));
                 }
             }
         }
@@ -71,12 +74,19 @@ fn satisfies(p: &Package, atom: &Atom) -> bool {
 }
 
 fn describe(dep: &Dependency) -> String {
-    dep.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+    dep.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// Resolves `requests` to the closure of packages to install, sorted by name.
 /// Dependencies on a name in `skip` count as met and are not installed.
-pub fn resolve(universe: &Universe, requests: &[Atom], skip: &[String]) -> Result<Vec<Package>, Error> {
+pub fn resolve(
+    universe: &Universe,
+    requests: &[Atom],
+    skip: &[String],
+) -> Result<Vec<Package>, Error> {
     // name -> (index into universe list, who pulled it in)
     let mut selected: BTreeMap<String, (usize, Option<String>)> = BTreeMap::new();
     let mut queue: VecDeque<(Dependency, Option<String>)> =
@@ -100,8 +110,8 @@ pub fn resolve(universe: &Universe, requests: &[Atom], skip: &[String]) -> Resul
         let is_satisfied = dep.iter().any(|atom| {
             skip.contains(&atom.name)
                 || selected
-                .iter()
-                .any(|(n, (i, _))| satisfies(universe.package(n, *i), atom))
+                    .iter()
+                    .any(|(n, (i, _))| satisfies(universe.package(n, *i), atom))
         });
         if is_satisfied {
             continue;
@@ -125,7 +135,10 @@ pub fn resolve(universe: &Universe, requests: &[Atom], skip: &[String]) -> Resul
                 .unwrap_or_default();
             provs.sort();
             for (name, i) in provs {
-                if !selected.contains_key(name) && !skip.contains(name) && satisfies(universe.package(name, *i), atom) {
+                if !selected.contains_key(name)
+                    && !skip.contains(name)
+                    && satisfies(universe.package(name, *i), atom)
+                {
                     choice = Some((name.clone(), *i));
                     break 'alts;
                 }
@@ -135,7 +148,10 @@ pub fn resolve(universe: &Universe, requests: &[Atom], skip: &[String]) -> Resul
             let mut known = Vec::new();
             for atom in &dep {
                 if let Some((n, (i, _))) = selected.get_key_value(&atom.name) {
-                    known.push(format!("{n} {} is already chosen", universe.package(n, *i).version));
+                    known.push(format!(
+                        "{n} {} is already chosen",
+                        universe.package(n, *i).version
+                    ));
                 } else if let Some(list) = universe.get(&atom.name) {
                     let vs: Vec<String> = list.iter().map(|p| p.version.to_string()).collect();
                     known.push(format!("{} has only {}", atom.name, vs.join(", ")));
@@ -152,7 +168,12 @@ pub fn resolve(universe: &Universe, requests: &[Atom], skip: &[String]) -> Resul
             });
         };
         let pkg = universe.package(&name, i);
-        tracing::debug!("selected {} {} for {}", pkg.name, pkg.version, describe(&dep));
+        tracing::debug!(
+            "selected {} {} for {}",
+            pkg.name,
+            pkg.version,
+            describe(&dep)
+        );
         for d in &pkg.depends {
             queue.push_back((d.clone(), Some(name.clone())));
         }

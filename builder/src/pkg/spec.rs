@@ -176,7 +176,9 @@ pub struct Directory {
 
 /// Parses an octal mode string ("0755", "755", "1777").
 pub fn parse_mode(s: &str) -> Option<u32> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o7777)
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
 }
 
 /// Formats a serde-saphyr error as `file:line:col: message`.
@@ -210,7 +212,10 @@ impl Spec {
                 return bad("`kernel` needs a `debian` section naming the suites".into());
             }
             if k.modules.is_empty() {
-                return bad("`kernel.modules` is empty: a guest without modules has no disk or network".into());
+                return bad(
+                    "`kernel.modules` is empty: a guest without modules has no disk or network"
+                        .into(),
+                );
             }
             if !self.files.is_empty() || !self.binaries.is_empty() || self.from.is_some() {
                 return bad("a `kernel` package holds only /kernel and /kernel.tar (no files, binaries or from)".into());
@@ -226,7 +231,9 @@ impl Spec {
         }
         if let Some(f) = &self.from {
             if !f.starts_with("@pkg:") {
-                return bad(format!("`from: {f}`: only `@pkg:PATH` (another osk package) is supported"));
+                return bad(format!(
+                    "`from: {f}`: only `@pkg:PATH` (another osk package) is supported"
+                ));
             }
         }
         for f in &self.files {
@@ -234,11 +241,17 @@ impl Spec {
                 return bad(format!("files: dest `{}` must be absolute", f.dest));
             }
             if f.src.starts_with('/') || f.src.split('/').any(|p| p == "..") {
-                return bad(format!("files: src `{}` must stay inside the package folder", f.src));
+                return bad(format!(
+                    "files: src `{}` must stay inside the package folder",
+                    f.src
+                ));
             }
             if let Some(m) = &f.mode {
                 if parse_mode(m).is_none() {
-                    return bad(format!("files: bad mode `{m}` for {} (octal string, e.g. \"0755\")", f.dest));
+                    return bad(format!(
+                        "files: bad mode `{m}` for {} (octal string, e.g. \"0755\")",
+                        f.dest
+                    ));
                 }
             }
         }
@@ -287,7 +300,9 @@ mod tests {
     #[test]
     fn unknown_key_names_line_and_column() {
         let text = "debian:\n  suites: [bookworm]\n  packages: [a]\n  pakages: [b]\n";
-        let err = Spec::parse(text, Path::new("pkgs/x/build.yml")).unwrap_err().to_string();
+        let err = Spec::parse(text, Path::new("pkgs/x/build.yml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pkgs/x/build.yml:4:"), "{err}");
         assert!(err.contains("pakages"), "{err}");
     }
@@ -301,17 +316,26 @@ mod tests {
         assert_eq!(d.components, ["main"]);
         assert_eq!(d.architecture, "amd64");
         assert!(d.merged_usr);
-        assert_eq!(s.config.unwrap()["net"], "host");
+        assert_eq!(s.config.as_ref().unwrap()["net"], "host");
         assert!(s.excludes().contains(&"usr/share/doc".to_string()));
     }
 
     #[test]
     fn rejects_bad_mode_and_escaping_src() {
         let base = "debian:\n  suites: [bookworm]\n  packages: [a]\n";
-        let e = Spec::parse(&format!("{base}files:\n  - {{src: x, dest: /x, mode: \"999\"}}\n"), Path::new("b"));
+        let e = Spec::parse(
+            &format!("{base}files:\n  - {{src: x, dest: /x, mode: \"999\"}}\n"),
+            Path::new("b"),
+        );
         assert!(e.unwrap_err().to_string().contains("bad mode"));
-        let e = Spec::parse(&format!("{base}files:\n  - {{src: ../x, dest: /x}}\n"), Path::new("b"));
-        assert!(e.unwrap_err().to_string().contains("inside the package folder"));
+        let e = Spec::parse(
+            &format!("{base}files:\n  - {{src: ../x, dest: /x}}\n"),
+            Path::new("b"),
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("inside the package folder"));
     }
 
     #[test]

@@ -105,7 +105,9 @@ impl Tree {
     pub fn insert(&mut self, path: String, node: Node) {
         let mut parent = path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
-            self.entries.entry(p.to_string()).or_insert_with(|| Node::dir(0o755));
+            self.entries
+                .entry(p.to_string())
+                .or_insert_with(|| Node::dir(0o755));
             parent = p;
         }
         // A directory shipped twice keeps the first owner/mode; anything else is replaced.
@@ -122,7 +124,8 @@ impl Tree {
     /// Drops `path` and everything below it.
     pub fn remove_all(&mut self, path: &str) {
         let prefix = format!("{path}/");
-        self.entries.retain(|k, _| k != path && !k.starts_with(&prefix));
+        self.entries
+            .retain(|k, _| k != path && !k.starts_with(&prefix));
     }
 
     /// Total bytes of file contents.
@@ -152,13 +155,20 @@ mod tests {
     fn normalises_and_merges_usr() {
         assert_eq!(normalise("./bin/sh", true).as_deref(), Some("usr/bin/sh"));
         assert_eq!(normalise("./bin/sh", false).as_deref(), Some("bin/sh"));
-        assert_eq!(normalise("./usr/lib/x/", true).as_deref(), Some("usr/lib/x"));
+        assert_eq!(
+            normalise("./usr/lib/x/", true).as_deref(),
+            Some("usr/lib/x")
+        );
         assert_eq!(normalise("./", true), None);
     }
 
     #[test]
     fn patterns_cover_subtrees() {
-        let p = Patterns::new(&["usr/share/doc".into(), "usr/share/locale/*/LC_MESSAGES".into()]).unwrap();
+        let p = Patterns::new(&[
+            "usr/share/doc".into(),
+            "usr/share/locale/*/LC_MESSAGES".into(),
+        ])
+        .unwrap();
         assert!(p.matches("usr/share/doc"));
         assert!(p.matches("usr/share/doc/libc6/copyright"));
         assert!(p.matches("usr/share/locale/de/LC_MESSAGES/x.mo"));

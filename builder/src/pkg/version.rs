@@ -206,7 +206,10 @@ mod tests {
     #[test]
     fn splits_revision_at_last_hyphen() {
         let v = Version::parse("1:1.0-a-1").unwrap();
-        assert_eq!((v.epoch, v.upstream.as_str(), v.revision.as_str()), (1, "1.0-a", "1"));
+        assert_eq!(
+            (v.epoch, v.upstream.as_str(), v.revision.as_str()),
+            (1, "1.0-a", "1")
+        );
     }
 
     #[test]

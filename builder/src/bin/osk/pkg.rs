@@ -67,7 +67,8 @@ pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
         PkgCommand::Lock { dirs, opts } => {
             let opts = opts.options(&store_dir);
             for d in dirs {
-                let lock = pkg::lock(&d, &opts).with_context(|| format!("locking {}", d.display()))?;
+                let lock =
+                    pkg::lock(&d, &opts).with_context(|| format!("locking {}", d.display()))?;
                 println!("{}: {} packages locked", d.display(), lock.packages.len());
             }
         }
@@ -75,7 +76,8 @@ pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
             let opts = opts.options(&store_dir);
             let store = Store::open(&store_dir)?;
             for d in dirs {
-                let built = pkg::build(&d, &opts).with_context(|| format!("building {}", d.display()))?;
+                let built =
+                    pkg::build(&d, &opts).with_context(|| format!("building {}", d.display()))?;
                 let desc = pkg::write_to_store(&store, &built)?;
                 println!(
                     "{}\t{}\tcompressed {}\tcontent {}",
@@ -89,7 +91,10 @@ pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
         PkgCommand::ShowTag { dirs, opts } => {
             let opts = opts.options(&store_dir);
             for d in dirs {
-                println!("{}", pkg::show_tag(&d, &opts).with_context(|| format!("tagging {}", d.display()))?);
+                println!(
+                    "{}",
+                    pkg::show_tag(&d, &opts).with_context(|| format!("tagging {}", d.display()))?
+                );
             }
         }
     }
