@@ -1,6 +1,7 @@
 //! osk's builder library. The `osk` binary is a thin CLI over these modules.
 
 pub mod manifest;
+pub mod pkg;
 pub mod pull;
 pub mod reference;
 pub mod run;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache;
+mod pkg;
 mod pull;
 mod run;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Boot a build result.
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Build base OCI images from Debian packages (pkgs/NAME).
+    #[command(subcommand)]
+    Pkg(pkg::PkgCommand),
 }
 
 fn init_tracing(verbose: u8) {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Cache(cmd) => cache::run(cmd, store),
         Command::Pull(args) => pull::run(args, store),
         Command::Run(cmd) => run::run(cmd),
+        Command::Pkg(cmd) => pkg::run(cmd, store),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
