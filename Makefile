@@ -2,6 +2,8 @@
 CARGO ?= cargo
 # KVM hangs on our machines; `osk run qemu --accel auto` would pick it.
 export OSK_QEMU_ACCEL ?= tcg
+# The package tests build a real package from the Debian mirror in the host's apt sources.
+export OSK_TEST_NETWORK ?= 1
 # Parallel VMs under TCG: each wants a core; more only slows all of them down.
 E2E_THREADS ?= 2
 
