@@ -64,8 +64,8 @@ printf '%s\n' $MODS > etc/osk/modules
 spec() { # spec ARGS_JSON [extra namespaces json]
     cat <<JSON
 {"ociVersion":"1.0.2","process":{"terminal":false,"user":{"uid":0,"gid":0},"args":$1,
- "env":["PATH=/bin"],"cwd":"/","capabilities":{"bounding":["CAP_NET_BIND_SERVICE","CAP_KILL","CAP_CHOWN","CAP_SETUID","CAP_SETGID"],
- "effective":["CAP_NET_BIND_SERVICE","CAP_KILL","CAP_CHOWN","CAP_SETUID","CAP_SETGID"],"permitted":["CAP_NET_BIND_SERVICE","CAP_KILL","CAP_CHOWN","CAP_SETUID","CAP_SETGID"]},
+ "env":["PATH=/bin"],"cwd":"/","capabilities":{"bounding":["CAP_NET_BIND_SERVICE","CAP_KILL","CAP_CHOWN","CAP_SETUID","CAP_SETGID","CAP_NET_ADMIN","CAP_NET_RAW"],
+ "effective":["CAP_NET_BIND_SERVICE","CAP_KILL","CAP_CHOWN","CAP_SETUID","CAP_SETGID","CAP_NET_ADMIN","CAP_NET_RAW"],"permitted":["CAP_NET_BIND_SERVICE","CAP_KILL","CAP_CHOWN","CAP_SETUID","CAP_SETGID","CAP_NET_ADMIN","CAP_NET_RAW"]},
  "noNewPrivileges":true},
  "root":{"path":"rootfs","readonly":true},"hostname":"osk",
  "mounts":[{"destination":"/proc","type":"proc","source":"proc","options":["nosuid","noexec","nodev"]},
@@ -85,6 +85,8 @@ bundle() { # bundle DIR ARGS_JSON RUNTIME_JSON [extra namespaces]
     echo "$3" > "$1/runtime.json"
 }
 bundle containers/onboot/000-hello '["/bin/busybox","sh","-c","echo hello from onboot; busybox uname -r"]' '{"timeout":20}'
+# QEMU user networking without a DHCP client: static address.
+bundle containers/onboot/001-net '["/bin/busybox","sh","-c","busybox ip link set eth0 up && busybox ip addr add 10.0.2.15/24 dev eth0 && busybox ip route add default via 10.0.2.2 && busybox ip addr show eth0"]' '{}'
 bundle containers/onshutdown/000-bye '["/bin/busybox","echo","bye from onshutdown"]' '{}'
 bundle containers/services/web '["/bin/busybox","httpd","-f","-v","-p","8080","-h","/www"]' '{"restart":"always","stopGracePeriod":3}'
 echo "hello from osk" > containers/services/web/rootfs/www/index.html

@@ -16,7 +16,11 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(60))
+        Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
     }
 }
 
@@ -73,7 +77,10 @@ mod tests {
         let quick = Duration::from_millis(100);
         let delays: Vec<u64> = (0..7).map(|_| b.delay_after(quick).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(b.delay_after(Duration::from_secs(61)), Duration::from_secs(1));
+        assert_eq!(
+            b.delay_after(Duration::from_secs(61)),
+            Duration::from_secs(1)
+        );
         assert_eq!(b.delay_after(quick), Duration::from_secs(2));
     }
 

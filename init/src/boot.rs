@@ -69,7 +69,9 @@ pub fn main() -> ! {
 
 /// Logs, syncs and powers off. Never returns.
 fn fatal(msg: &str) -> ! {
-    logger::write_raw(format!("osk-init: FATAL: {msg}; powering off (PID 1 must not exit)\n").as_bytes());
+    logger::write_raw(
+        format!("osk-init: FATAL: {msg}; powering off (PID 1 must not exit)\n").as_bytes(),
+    );
     let sys = RealSys;
     sys.sync();
     std::thread::sleep(Duration::from_secs(2));
@@ -96,14 +98,20 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
     for f in ["/etc/hosts", "/etc/resolv.conf"] {
         if !Path::new(f).exists() {
             let _ = std::fs::create_dir_all("/etc");
-            let content = if f == "/etc/hosts" { "127.0.0.1 localhost\n::1 localhost\n" } else { "" };
+            let content = if f == "/etc/hosts" {
+                "127.0.0.1 localhost\n::1 localhost\n"
+            } else {
+                ""
+            };
             if let Err(e) = std::fs::write(f, content) {
                 tracing::warn!("creating {f}: {e}");
             }
         }
     }
     let nofile = 1 << 20;
-    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile) {
+    if let Err(e) =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
+    {
         tracing::warn!("raising RLIMIT_NOFILE: {e}");
     }
     if let Err(e) = net::link_up("lo") {
@@ -132,13 +140,22 @@ fn load_modules(sys: &dyn Sys) {
     }
     let (order, missing) = modules::load_order(&index, wanted.as_deref());
     for m in missing {
-        tracing::warn!("module {m} not found under {} (listed in /{} or a dependency)", dir.display(), osk_layout::MODULES_LIST);
+        tracing::warn!(
+            "module {m} not found under {} (listed in /{} or a dependency)",
+            dir.display(),
+            osk_layout::MODULES_LIST
+        );
     }
     let report = modules::load(sys, &index, &order);
     for (m, e) in &report.failed {
         tracing::warn!("loading module {m} failed: {e}");
     }
-    tracing::info!("modules: {} loaded, {} already present, {} failed", report.loaded.len(), report.present.len(), report.failed.len());
+    tracing::info!(
+        "modules: {} loaded, {} already present, {} failed",
+        report.loaded.len(),
+        report.present.len(),
+        report.failed.len()
+    );
     mark(Event::ModulesLoaded);
 }
 
@@ -152,7 +169,13 @@ fn run(cmd: &Cmdline) -> Result<PowerAction, String> {
     let action = rt.block_on(async_main(cmd.clone()));
     tracing::info!("shutting down: {action:?}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    shutdown::finish(&sys, action, &mounts, Duration::from_secs(2), &std::thread::sleep);
+    shutdown::finish(
+        &sys,
+        action,
+        &mounts,
+        Duration::from_secs(2),
+        &std::thread::sleep,
+    );
     Ok(action)
 }
 
@@ -237,7 +260,11 @@ async fn debug_shell(console: String) {
         return;
     }
     loop {
-        let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open(&console) else {
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&console)
+        else {
             tracing::warn!("osk.shell: cannot open {console}");
             return;
         };
@@ -273,16 +300,37 @@ async fn debug_shell(console: String) {
 async fn async_main(cmd: Cmdline) -> PowerAction {
     tokio::spawn(reaper::run());
     let (power_tx, mut power_rx) = mpsc::unbounded_channel();
-    spawn_signal(SignalKind::terminate(), PowerAction::PowerOff, power_tx.clone());
-    spawn_signal(SignalKind::user_defined2(), PowerAction::PowerOff, power_tx.clone());
-    spawn_signal(SignalKind::from_raw(libc::SIGPWR), PowerAction::PowerOff, power_tx.clone());
-    spawn_signal(SignalKind::interrupt(), PowerAction::Reboot, power_tx.clone());
+    spawn_signal(
+        SignalKind::terminate(),
+        PowerAction::PowerOff,
+        power_tx.clone(),
+    );
+    spawn_signal(
+        SignalKind::user_defined2(),
+        PowerAction::PowerOff,
+        power_tx.clone(),
+    );
+    spawn_signal(
+        SignalKind::from_raw(libc::SIGPWR),
+        PowerAction::PowerOff,
+        power_tx.clone(),
+    );
+    spawn_signal(
+        SignalKind::interrupt(),
+        PowerAction::Reboot,
+        power_tx.clone(),
+    );
     crate::power::watch(power_tx.clone());
     if cmd.shell {
         tokio::spawn(debug_shell(cmd.console_paths()[0].clone()));
     }
 
-    onboot::run_all(&Path::new("/").join(osk_layout::ONBOOT_DIR), "/var/log/onboot", cmd.onboot_timeout).await;
+    onboot::run_all(
+        &Path::new("/").join(osk_layout::ONBOOT_DIR),
+        "/var/log/onboot",
+        cmd.onboot_timeout,
+    )
+    .await;
     mark(Event::OnbootDone);
 
     let (cd_tx, cd_rx) = watch::channel(None);
@@ -312,10 +360,18 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     let action = power_rx.recv().await.unwrap_or(PowerAction::PowerOff);
     mark(Event::ShutdownStart);
     tracing::info!("{action:?} requested: stopping services");
-    if tokio::time::timeout(Duration::from_secs(120), sup.stop_all()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(120), sup.stop_all())
+        .await
+        .is_err()
+    {
         tracing::error!("services did not stop within 120s; going on");
     }
-    onboot::run_all(&Path::new("/").join(osk_layout::ONSHUTDOWN_DIR), "/var/log/onshutdown", None).await;
+    onboot::run_all(
+        &Path::new("/").join(osk_layout::ONSHUTDOWN_DIR),
+        "/var/log/onshutdown",
+        None,
+    )
+    .await;
     mark(Event::OnshutdownDone);
     let (done_tx, done_rx) = oneshot::channel();
     if stop_tx.send(done_tx).await.is_ok() {

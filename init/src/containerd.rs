@@ -48,7 +48,10 @@ impl Error {
     }
     /// containerd itself is gone (as opposed to refusing the request).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.code(), None | Some(Code::Unavailable) | Some(Code::Unknown) | Some(Code::Cancelled))
+        matches!(
+            self.code(),
+            None | Some(Code::Unavailable) | Some(Code::Unknown) | Some(Code::Cancelled)
+        )
     }
 }
 
@@ -102,12 +105,13 @@ fn rpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> Error {
 
 impl Containerd {
     pub async fn connect(socket: &Path, ns: &str) -> Result<Containerd, Error> {
-        let channel = containerd_client::connect(socket)
-            .await
-            .map_err(|source| Error::Connect {
-                path: socket.display().to_string(),
-                source,
-            })?;
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| Error::Connect {
+                    path: socket.display().to_string(),
+                    source,
+                })?;
         Ok(Containerd {
             channel,
             ns: ns.to_string(),
@@ -153,18 +157,24 @@ impl Containerd {
             ..Default::default()
         };
         ContainersClient::new(self.channel.clone())
-            .create(req(&self.ns, CreateContainerRequest {
-                container: Some(container),
-            }))
+            .create(req(
+                &self.ns,
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+            ))
             .await
             .map_err(rpc("create container", id))?;
         let created = TasksClient::new(self.channel.clone())
-            .create(req(&self.ns, CreateTaskRequest {
-                container_id: id.to_string(),
-                stdout: def.stdout.to_string(),
-                stderr: def.stderr.to_string(),
-                ..Default::default()
-            }))
+            .create(req(
+                &self.ns,
+                CreateTaskRequest {
+                    container_id: id.to_string(),
+                    stdout: def.stdout.to_string(),
+                    stderr: def.stderr.to_string(),
+                    ..Default::default()
+                },
+            ))
             .await
             .map_err(rpc("create task", id))?
             .into_inner();
@@ -177,10 +187,13 @@ impl Containerd {
             });
         }
         TasksClient::new(self.channel.clone())
-            .start(req(&self.ns, StartRequest {
-                container_id: id.to_string(),
-                ..Default::default()
-            }))
+            .start(req(
+                &self.ns,
+                StartRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            ))
             .await
             .map_err(rpc("start task", id))?;
         Ok(created.pid)
@@ -190,10 +203,13 @@ impl Containerd {
     /// signal N).
     pub async fn wait_exit(&self, id: &str) -> Result<u32, Error> {
         let r = TasksClient::new(self.channel.clone())
-            .wait(req(&self.ns, WaitRequest {
-                container_id: id.to_string(),
-                ..Default::default()
-            }))
+            .wait(req(
+                &self.ns,
+                WaitRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            ))
             .await
             .map_err(rpc("wait", id))?;
         Ok(r.into_inner().exit_status)
@@ -202,12 +218,15 @@ impl Containerd {
     /// Sends `signal` to every process of the task.
     pub async fn kill(&self, id: &str, signal: i32) -> Result<(), Error> {
         TasksClient::new(self.channel.clone())
-            .kill(req(&self.ns, KillRequest {
-                container_id: id.to_string(),
-                signal: signal as u32,
-                all: true,
-                ..Default::default()
-            }))
+            .kill(req(
+                &self.ns,
+                KillRequest {
+                    container_id: id.to_string(),
+                    signal: signal as u32,
+                    all: true,
+                    ..Default::default()
+                },
+            ))
             .await
             .map_err(rpc("kill", id))?;
         Ok(())
@@ -239,10 +258,13 @@ impl Containerd {
     /// The task's pid and state, `None` without a task.
     pub async fn task(&self, id: &str) -> Result<Option<(u32, TaskState)>, Error> {
         match TasksClient::new(self.channel.clone())
-            .get(req(&self.ns, GetRequest {
-                container_id: id.to_string(),
-                ..Default::default()
-            }))
+            .get(req(
+                &self.ns,
+                GetRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            ))
             .await
         {
             Ok(r) => Ok(r.into_inner().process.map(|p| {
@@ -267,9 +289,12 @@ impl Containerd {
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit(id)).await;
             }
             match TasksClient::new(self.channel.clone())
-                .delete(req(&self.ns, DeleteTaskRequest {
-                    container_id: id.to_string(),
-                }))
+                .delete(req(
+                    &self.ns,
+                    DeleteTaskRequest {
+                        container_id: id.to_string(),
+                    },
+                ))
                 .await
             {
                 Ok(_) => {}

@@ -97,7 +97,11 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
-            let _ = reply(&mut w, &Response::err(format!("bad request {:?}: {e}", line.trim()))).await;
+            let _ = reply(
+                &mut w,
+                &Response::err(format!("bad request {:?}: {e}", line.trim())),
+            )
+            .await;
             return;
         }
     };
@@ -134,7 +138,10 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
                     }
                 }
             }
-            while follow {
+            if !follow {
+                return;
+            }
+            loop {
                 match rx.recv().await {
                     Ok(chunk) => {
                         if w.write_all(&chunk).await.is_err() {
@@ -145,7 +152,6 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
                     Err(_) => return,
                 }
             }
-            return;
         }
     };
     let _ = reply(&mut w, &resp).await;
@@ -164,9 +170,18 @@ mod tests {
 
     #[test]
     fn requests_are_tagged_json_lines() {
-        assert_eq!(serde_json::to_string(&Request::Ps).unwrap(), r#"{"cmd":"ps"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Ps).unwrap(),
+            r#"{"cmd":"ps"}"#
+        );
         let r: Request = serde_json::from_str(r#"{"cmd":"logs","name":"sshd"}"#).unwrap();
-        assert_eq!(r, Request::Logs { name: "sshd".into(), follow: false });
+        assert_eq!(
+            r,
+            Request::Logs {
+                name: "sshd".into(),
+                follow: false
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
     }
 }

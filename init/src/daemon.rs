@@ -48,7 +48,11 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
     let _ = std::fs::remove_file(SOCKET);
     let (r, w) = logfile::async_pipe()?;
     let w2 = w.try_clone()?;
-    let log = RotatingLog::open(format!("{}/containerd.log", osk_layout::LOG_DIR), logfile::DEFAULT_CAP).ok();
+    let log = RotatingLog::open(
+        format!("{}/containerd.log", osk_layout::LOG_DIR),
+        logfile::DEFAULT_CAP,
+    )
+    .ok();
     let sink = Sink::shared(log, debug.then(|| "containerd: ".to_string()));
     let mut cmd = Command::new(BINARY);
     cmd.args(["--config", CONFIG])
@@ -68,7 +72,9 @@ pub async fn wait_ready(timeout: Duration) -> Option<Containerd> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if Path::new(SOCKET).exists() {
-            if let Ok(c) = Containerd::connect(Path::new(SOCKET), osk_layout::CONTAINERD_NAMESPACE).await {
+            if let Ok(c) =
+                Containerd::connect(Path::new(SOCKET), osk_layout::CONTAINERD_NAMESPACE).await
+            {
                 if let Ok(v) = c.version().await {
                     tracing::info!("containerd {v} ready");
                     return Some(c);

@@ -42,13 +42,43 @@ pub fn plan() -> Vec<MountSpec> {
     vec![
         m("proc", "/proc", "proc", nosuid_nodev_noexec, None),
         m("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None),
-        m("dev", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        m("devpts", "/dev/pts", "devpts", nosuid_noexec, Some("gid=5,mode=0620,ptmxmode=0666")),
+        m(
+            "dev",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        m(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            nosuid_noexec,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+        ),
         m("shm", "/dev/shm", "tmpfs", nosuid_nodev, Some("mode=1777")),
         m("mqueue", "/dev/mqueue", "mqueue", nosuid_nodev_noexec, None),
-        m("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev_noexec, Some("nsdelegate")),
-        m("securityfs", "/sys/kernel/security", "securityfs", nosuid_nodev_noexec, None),
-        m("bpf", "/sys/fs/bpf", "bpf", nosuid_nodev_noexec, Some("mode=0700")),
+        m(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_nodev_noexec,
+            Some("nsdelegate"),
+        ),
+        m(
+            "securityfs",
+            "/sys/kernel/security",
+            "securityfs",
+            nosuid_nodev_noexec,
+            None,
+        ),
+        m(
+            "bpf",
+            "/sys/fs/bpf",
+            "bpf",
+            nosuid_nodev_noexec,
+            Some("mode=0700"),
+        ),
         m("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
         m("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
         m("tmpfs", "/var", "tmpfs", nosuid_nodev, Some("mode=0755")),
@@ -75,14 +105,26 @@ pub fn mount_all(sys: &dyn Sys) -> Vec<(String, io::Error)> {
         if sys.is_mountpoint(spec.target) {
             continue;
         }
-        let res = sys
-            .mkdir_p(spec.target)
-            .and_then(|()| sys.mount(spec.source, spec.target, Some(spec.fstype), spec.flags, spec.data));
+        let res = sys.mkdir_p(spec.target).and_then(|()| {
+            sys.mount(
+                spec.source,
+                spec.target,
+                Some(spec.fstype),
+                spec.flags,
+                spec.data,
+            )
+        });
         if let Err(e) = res {
             failed.push((spec.target.to_string(), e));
         }
     }
-    if let Err(e) = sys.mount("none", "/", None, MsFlags::MS_REC | MsFlags::MS_SHARED, None) {
+    if let Err(e) = sys.mount(
+        "none",
+        "/",
+        None,
+        MsFlags::MS_REC | MsFlags::MS_SHARED,
+        None,
+    ) {
         failed.push(("/ (rshared)".into(), e));
     }
     for d in DIRS {
@@ -104,7 +146,9 @@ mod tests {
         for (i, spec) in p.iter().enumerate() {
             for earlier_child in &p[..i] {
                 assert!(
-                    !earlier_child.target.starts_with(&format!("{}/", spec.target)),
+                    !earlier_child
+                        .target
+                        .starts_with(&format!("{}/", spec.target)),
                     "{} mounted before its parent {}",
                     earlier_child.target,
                     spec.target
@@ -121,15 +165,26 @@ mod tests {
         let calls = sys.calls();
         let mounts: Vec<&String> = calls.iter().filter(|c| c.starts_with("mount")).collect();
         assert!(mounts.iter().all(|c| !c.contains(" /dev devtmpfs")));
-        assert!(mounts.iter().any(|c| c.starts_with("mount cgroup2 /sys/fs/cgroup cgroup2")));
+        assert!(mounts
+            .iter()
+            .any(|c| c.starts_with("mount cgroup2 /sys/fs/cgroup cgroup2")));
         let last = mounts.last().unwrap();
         assert_eq!(
             **last,
-            format!("mount none / - {:#x}", (MsFlags::MS_REC | MsFlags::MS_SHARED).bits())
+            format!(
+                "mount none / - {:#x}",
+                (MsFlags::MS_REC | MsFlags::MS_SHARED).bits()
+            )
         );
         // /var/log/onboot is created after /var is mounted.
-        let var = calls.iter().position(|c| c.contains(" /var tmpfs")).unwrap();
-        let log = calls.iter().position(|c| c == "mkdir /var/log/onboot").unwrap();
+        let var = calls
+            .iter()
+            .position(|c| c.contains(" /var tmpfs"))
+            .unwrap();
+        let log = calls
+            .iter()
+            .position(|c| c == "mkdir /var/log/onboot")
+            .unwrap();
         assert!(var < log);
     }
 }

@@ -71,36 +71,6 @@ impl RotatingLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rotates_at_cap_and_keeps_one_old_generation() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("svc.log");
-        let mut log = RotatingLog::open(&p, 10).unwrap();
-        log.write_all(b"aaaaaaaa\n").unwrap();
-        log.write_all(b"bbbbbbbb\n").unwrap();
-        log.write_all(b"cccccccc\n").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"cccccccc\n");
-        assert_eq!(
-            std::fs::read(RotatingLog::rotated_path(&p)).unwrap(),
-            b"bbbbbbbb\n"
-        );
-    }
-
-    #[test]
-    fn reopening_continues_the_size_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.log");
-        RotatingLog::open(&p, 10).unwrap().write_all(b"12345678").unwrap();
-        let mut log = RotatingLog::open(&p, 10).unwrap();
-        log.write_all(b"abc").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"abc");
-    }
-}
-
 /// Where a process's output goes: a rotating log, optionally the consoles,
 /// and whoever follows it (`oskctl logs -f`).
 pub struct Sink {
@@ -157,7 +127,10 @@ pub async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, sink: SharedSin
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => sink.lock().unwrap_or_else(|e| e.into_inner()).write(&buf[..n]),
+            Ok(n) => sink
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(&buf[..n]),
         }
     }
 }
@@ -167,4 +140,37 @@ pub fn async_pipe() -> io::Result<(tokio::net::unix::pipe::Receiver, std::io::Pi
     let (r, w) = std::io::pipe()?;
     let r = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(r))?;
     Ok((r, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_at_cap_and_keeps_one_old_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("svc.log");
+        let mut log = RotatingLog::open(&p, 10).unwrap();
+        log.write_all(b"aaaaaaaa\n").unwrap();
+        log.write_all(b"bbbbbbbb\n").unwrap();
+        log.write_all(b"cccccccc\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"cccccccc\n");
+        assert_eq!(
+            std::fs::read(RotatingLog::rotated_path(&p)).unwrap(),
+            b"bbbbbbbb\n"
+        );
+    }
+
+    #[test]
+    fn reopening_continues_the_size_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.log");
+        RotatingLog::open(&p, 10)
+            .unwrap()
+            .write_all(b"12345678")
+            .unwrap();
+        let mut log = RotatingLog::open(&p, 10).unwrap();
+        log.write_all(b"abc").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"abc");
+    }
 }

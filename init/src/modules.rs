@@ -209,7 +209,9 @@ pub fn load(sys: &dyn Sys, index: &Index, order: &[String]) -> LoadReport {
         match sys.finit_module(&m.path) {
             Ok(()) => r.loaded.push(name.clone()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => r.present.push(name.clone()),
-            Err(e) => r.failed.push((name.clone(), format!("{}: {e}", m.path.display()))),
+            Err(e) => r
+                .failed
+                .push((name.clone(), format!("{}: {e}", m.path.display()))),
         }
     }
     r
@@ -289,7 +291,16 @@ mod tests {
             ("odd", &["ghost"]),
         ]);
         let (order, missing) = load_order(&index, Some(&["virtio-net".into(), "odd".into()]));
-        assert_eq!(order, ["failover", "net_failover", "virtio_ring", "virtio_net", "odd"]);
+        assert_eq!(
+            order,
+            [
+                "failover",
+                "net_failover",
+                "virtio_ring",
+                "virtio_net",
+                "odd"
+            ]
+        );
         assert_eq!(missing, ["ghost"]);
         let (all, _) = load_order(&index, None);
         assert_eq!(all.len(), 6);
@@ -318,6 +329,9 @@ mod tests {
 
     #[test]
     fn list_file_ignores_comments_and_blanks() {
-        assert_eq!(parse_list("# net\nvirtio-net\n\n veth # pairs\n"), ["virtio_net", "veth"]);
+        assert_eq!(
+            parse_list("# net\nvirtio-net\n\n veth # pairs\n"),
+            ["virtio_net", "veth"]
+        );
     }
 }

@@ -26,7 +26,9 @@ pub fn pick_hostname() -> String {
         .iter()
         .filter(|n| *n != "lo")
         .find_map(|n| {
-            let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", n.to_string_lossy())).ok()?;
+            let mac =
+                std::fs::read_to_string(format!("/sys/class/net/{}/address", n.to_string_lossy()))
+                    .ok()?;
             hostname_from_mac(mac.trim())
         })
         .unwrap_or_else(|| "osk".into())
@@ -78,12 +80,13 @@ struct Msg(Vec<u8>);
 
 impl Msg {
     fn align(&mut self) {
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }
     fn attr(&mut self, ty: u16, data: &[u8]) {
-        self.0.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        self.0
+            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
         self.0.extend_from_slice(&ty.to_ne_bytes());
         self.0.extend_from_slice(data);
         self.align();
@@ -113,10 +116,24 @@ impl Msg {
 
 /// Sends one RTM_NEWLINK request and checks the kernel's ack.
 fn newlink(body: Msg, flags: u16) -> io::Result<()> {
+    request(libc::RTM_NEWLINK, body, flags)
+}
+
+/// Deletes a root-namespace link (and so its veth peer), if it exists.
+pub fn delete_link(name: &str) -> io::Result<()> {
+    let Ok(index) = nix::net::if_::if_nametoindex(name) else {
+        return Ok(());
+    };
+    let mut m = Msg::default();
+    m.ifinfo(index as i32);
+    request(libc::RTM_DELLINK, m, 0)
+}
+
+fn request(msg_type: u16, body: Msg, flags: u16) -> io::Result<()> {
     let sock = socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
     let mut m = Vec::with_capacity(16 + body.0.len());
     m.extend_from_slice(&((16 + body.0.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    m.extend_from_slice(&msg_type.to_ne_bytes());
     m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16 | flags).to_ne_bytes());
     m.extend_from_slice(&1u32.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes());
@@ -175,7 +192,8 @@ pub fn create_veth(name: &str, peer: &str, pid: u32) -> io::Result<()> {
 
 /// Moves an existing root-namespace interface into the namespace of `pid`.
 pub fn move_link(name: &str, pid: u32) -> io::Result<()> {
-    let index = nix::net::if_::if_nametoindex(name).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let index =
+        nix::net::if_::if_nametoindex(name).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     let mut m = Msg::default();
     m.ifinfo(index as i32);
     m.attr(IFLA_NET_NS_PID, &pid.to_ne_bytes());
@@ -188,7 +206,10 @@ mod tests {
 
     #[test]
     fn hostname_from_last_three_mac_bytes() {
-        assert_eq!(hostname_from_mac("52:54:00:12:34:56").as_deref(), Some("osk-123456"));
+        assert_eq!(
+            hostname_from_mac("52:54:00:12:34:56").as_deref(),
+            Some("osk-123456")
+        );
         assert_eq!(hostname_from_mac("00:00:00:00:00:00"), None);
         assert_eq!(hostname_from_mac("bogus"), None);
     }

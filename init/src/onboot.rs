@@ -20,7 +20,10 @@ const RUNC_ROOT: &str = "/run/osk/runc";
 
 async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32, String> {
     let mut cmd = Command::new(runc_path());
-    cmd.arg("--root").arg(RUNC_ROOT).args(args).stdin(Stdio::null());
+    cmd.arg("--root")
+        .arg(RUNC_ROOT)
+        .args(args)
+        .stdin(Stdio::null());
     cmd.env("PATH", crate::daemon::PATH);
     if let Some(w) = stdout {
         let w2 = w.try_clone().map_err(|e| e.to_string())?;
@@ -57,7 +60,11 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
     let bundle = b.dir.display().to_string();
     // A leftover from an earlier failure would make create fail.
     let _ = runc(&["delete", "-f", &id], None).await;
-    let rc = runc(&["create", "--bundle", &bundle, "--pid-file", &pid_file, &id], Some(w)).await?;
+    let rc = runc(
+        &["create", "--bundle", &bundle, "--pid-file", &pid_file, &id],
+        Some(w),
+    )
+    .await?;
     if rc != 0 {
         let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
         return Err(format!("runc create {id} (bundle {bundle}) exited {rc}"));
@@ -78,7 +85,10 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
             Ok(Err(_)) => Err(format!("{id}: lost its exit status")),
             Err(_) => {
                 let _ = runc(&["kill", "--all", &id, "KILL"], None).await;
-                Err(format!("{id}: killed after its {}s timeout", timeout.as_secs()))
+                Err(format!(
+                    "{id}: killed after its {}s timeout",
+                    timeout.as_secs()
+                ))
             }
         }
     }
@@ -101,8 +111,9 @@ pub async fn run_all(dir: &Path, log_dir: &str, timeout_override: Option<Duratio
                 continue;
             }
         };
-        let timeout = timeout_override
-            .unwrap_or(Duration::from_secs(b.runtime.timeout.unwrap_or(Runtime::DEFAULT_TIMEOUT)));
+        let timeout = timeout_override.unwrap_or(Duration::from_secs(
+            b.runtime.timeout.unwrap_or(Runtime::DEFAULT_TIMEOUT),
+        ));
         tracing::info!("running {}", b.name);
         match run_one(&b, log_dir, timeout).await {
             Ok(0) => tracing::info!("{} done", b.name),

@@ -23,7 +23,9 @@ pub fn is_power_press(ev: &[u8]) -> bool {
 /// Watches every /dev/input/event* for a power button press.
 pub fn watch(power: mpsc::UnboundedSender<PowerAction>) {
     let Ok(rd) = std::fs::read_dir("/dev/input") else {
-        tracing::debug!("no /dev/input: the power button will not work (load modules button and evdev)");
+        tracing::debug!(
+            "no /dev/input: the power button will not work (load modules button and evdev)"
+        );
         return;
     };
     for e in rd.flatten() {
@@ -43,12 +45,18 @@ pub fn watch(power: mpsc::UnboundedSender<PowerAction>) {
         tokio::spawn(async move {
             // SAFETY: the AsyncFd owns the File, so the fd stays open and the
             // same for the AsyncFd's whole life.
-            let Ok(fd) = (unsafe { AsyncFd::register(file) }) else { return };
+            let Ok(fd) = (unsafe { AsyncFd::register(file) }) else {
+                return;
+            };
             let mut buf = [0u8; 24 * 16];
             loop {
-                let Ok(mut guard) = fd.readable().await else { return };
+                let Ok(mut guard) = fd.readable().await else {
+                    return;
+                };
                 // SAFETY: buf is valid for its length; the fd is open.
-                let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                let n = unsafe {
+                    libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                };
                 if n < 0 {
                     if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
                         guard.clear_ready();

@@ -18,16 +18,26 @@ pub struct Bundle {
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid runtime.json: {source} (see osk_layout::Runtime for the fields)")]
-    Runtime { path: PathBuf, source: serde_json::Error },
+    Runtime {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 impl Bundle {
     /// Reads the bundle in `dir` (its name is the directory's name; a
     /// missing runtime.json means defaults).
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let rt_path = dir.join(osk_layout::RUNTIME_JSON);
         let runtime = match std::fs::read(&rt_path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|source| BundleError::Runtime {
@@ -35,7 +45,12 @@ impl Bundle {
                 source,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Runtime::default(),
-            Err(source) => return Err(BundleError::Read { path: rt_path, source }),
+            Err(source) => {
+                return Err(BundleError::Read {
+                    path: rt_path,
+                    source,
+                })
+            }
         };
         Ok(Bundle {
             name,
@@ -47,7 +62,12 @@ impl Bundle {
     /// Every bundle directly under `dir`, by name (missing dir: none).
     pub fn load_all(dir: &Path) -> Vec<Result<Bundle, BundleError>> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default();
         dirs.sort();
         dirs.iter().map(|d| Bundle::load(d)).collect()
@@ -107,8 +127,17 @@ pub fn before_create(b: &Bundle) -> Result<(), String> {
         let _ = std::fs::create_dir_all(&m.destination);
         let src = m.source.as_deref().unwrap_or("none");
         let data = (!data.is_empty()).then_some(data.as_str());
-        nix::mount::mount(Some(src), m.destination.as_str(), m.kind.as_deref(), flags, data)
-            .map_err(io_ctx(format!("{}: mount {src} on {}", b.name, m.destination)))?;
+        nix::mount::mount(
+            Some(src),
+            m.destination.as_str(),
+            m.kind.as_deref(),
+            flags,
+            data,
+        )
+        .map_err(io_ctx(format!(
+            "{}: mount {src} on {}",
+            b.name, m.destination
+        )))?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
             // A bind mount ignores MS_RDONLY until remounted.
             nix::mount::mount(
@@ -121,13 +150,23 @@ pub fn before_create(b: &Bundle) -> Result<(), String> {
             .map_err(io_ctx(format!("{}: remount ro {}", b.name, m.destination)))?;
         }
         if !prop.is_empty() {
-            nix::mount::mount(None::<&str>, m.destination.as_str(), None::<&str>, prop, None::<&str>)
-                .map_err(io_ctx(format!("{}: propagation of {}", b.name, m.destination)))?;
+            nix::mount::mount(
+                None::<&str>,
+                m.destination.as_str(),
+                None::<&str>,
+                prop,
+                None::<&str>,
+            )
+            .map_err(io_ctx(format!(
+                "{}: propagation of {}",
+                b.name, m.destination
+            )))?;
         }
     }
     for c in &rt.cgroups {
         let p = Path::new("/sys/fs/cgroup").join(c.trim_start_matches('/'));
-        std::fs::create_dir_all(&p).map_err(|e| format!("{}: cgroup {}: {e}", b.name, p.display()))?;
+        std::fs::create_dir_all(&p)
+            .map_err(|e| format!("{}: cgroup {}: {e}", b.name, p.display()))?;
     }
     Ok(())
 }
@@ -137,12 +176,22 @@ pub fn before_create(b: &Bundle) -> Result<(), String> {
 pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
     for i in &b.runtime.interfaces {
         let res = if i.add == "veth" {
-            let peer = if i.peer.is_empty() { format!("{}p", i.name) } else { i.peer.clone() };
-            crate::net::create_veth(&i.name, &peer, pid)
+            let peer = if i.peer.is_empty() {
+                format!("{}p", i.name)
+            } else {
+                i.peer.clone()
+            };
+            // A previous run's pair survives while its namespace is still
+            // bound (bindNS): remove it first.
+            crate::net::delete_link(&peer)
+                .and_then(|()| crate::net::create_veth(&i.name, &peer, pid))
         } else if i.add.is_empty() {
             crate::net::move_link(&i.name, pid)
         } else {
-            Err(std::io::Error::other(format!("interface type {:?} is not supported (use veth)", i.add)))
+            Err(std::io::Error::other(format!(
+                "interface type {:?} is not supported (use veth)",
+                i.add
+            )))
         };
         res.map_err(|e| format!("{}: interface {}: {e}", b.name, i.name))?;
     }
@@ -166,9 +215,17 @@ pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
             .write(true)
             .open(path)
             .map_err(|e| format!("{}: bindNS {kind} {path}: {e}", b.name))?;
+        // Drop the previous run's namespace, if it is still bound here.
+        let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
         let src = format!("/proc/{pid}/ns/{kind}");
-        nix::mount::mount(Some(src.as_str()), path.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(io_ctx(format!("{}: bindNS {src} on {path}", b.name)))?;
+        nix::mount::mount(
+            Some(src.as_str()),
+            path.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(io_ctx(format!("{}: bindNS {src} on {path}", b.name)))?;
     }
     Ok(())
 }

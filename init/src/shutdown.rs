@@ -23,7 +23,13 @@ pub fn unmount_order(mounts: &str) -> Vec<String> {
 /// Kills every remaining process (SIGTERM, `grace`, SIGKILL), syncs,
 /// unmounts (remounting `/` read-only), syncs again and powers off or
 /// reboots. `sleep` is injectable so tests run instantly.
-pub fn finish(sys: &dyn Sys, action: PowerAction, mounts: &str, grace: Duration, sleep: &dyn Fn(Duration)) {
+pub fn finish(
+    sys: &dyn Sys,
+    action: PowerAction,
+    mounts: &str,
+    grace: Duration,
+    sleep: &dyn Fn(Duration),
+) {
     let _ = sys.kill(-1, libc::SIGTERM);
     sleep(grace);
     let _ = sys.kill(-1, libc::SIGKILL);
@@ -33,7 +39,13 @@ pub fn finish(sys: &dyn Sys, action: PowerAction, mounts: &str, grace: Duration,
             let _ = sys.umount(&m, MntFlags::MNT_DETACH);
         }
     }
-    let _ = sys.mount("none", "/", None, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None);
+    let _ = sys.mount(
+        "none",
+        "/",
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    );
     sys.sync();
     let _ = sys.reboot(action);
 }
@@ -47,14 +59,23 @@ mod tests {
 
     #[test]
     fn unmounts_innermost_first_and_keeps_kernel_filesystems() {
-        assert_eq!(unmount_order(MOUNTS), ["/var/lib/my data", "/var", "/sys/fs/cgroup"]);
+        assert_eq!(
+            unmount_order(MOUNTS),
+            ["/var/lib/my data", "/var", "/sys/fs/cgroup"]
+        );
     }
 
     #[test]
     fn sequence_kills_syncs_unmounts_then_powers_off() {
         let sys = Recorder::default();
         let slept = std::cell::Cell::new(Duration::ZERO);
-        finish(&sys, PowerAction::PowerOff, MOUNTS, Duration::from_secs(2), &|d| slept.set(slept.get() + d));
+        finish(
+            &sys,
+            PowerAction::PowerOff,
+            MOUNTS,
+            Duration::from_secs(2),
+            &|d| slept.set(slept.get() + d),
+        );
         let calls = sys.calls();
         assert_eq!(calls[0], format!("kill -1 {}", libc::SIGTERM));
         assert_eq!(calls[1], format!("kill -1 {}", libc::SIGKILL));

@@ -98,7 +98,11 @@ impl Supervisor {
                     since: None,
                 },
             );
-            let log = RotatingLog::open(format!("{}/{name}.log", osk_layout::LOG_DIR), logfile::DEFAULT_CAP).ok();
+            let log = RotatingLog::open(
+                format!("{}/{name}.log", osk_layout::LOG_DIR),
+                logfile::DEFAULT_CAP,
+            )
+            .ok();
             let sink = Sink::shared(log, debug.then(|| format!("{name}: ")));
             let (tx, rx) = mpsc::channel(8);
             cmds.insert(name.clone(), tx);
@@ -141,7 +145,9 @@ impl Supervisor {
             .cmds
             .get(name)
             .ok_or_else(|| format!("no service named {name:?} (see `oskctl ps`)"))?;
-        tx.send(cmd).await.map_err(|_| format!("{name}: supervisor gone"))
+        tx.send(cmd)
+            .await
+            .map_err(|_| format!("{name}: supervisor gone"))
     }
 
     /// Stops every service (in parallel, each with its grace period).
@@ -201,7 +207,12 @@ impl Service {
     }
 
     async fn containerd(&mut self) -> Containerd {
-        let ns = self.b.runtime.namespace.clone().unwrap_or(osk_layout::CONTAINERD_NAMESPACE.into());
+        let ns = self
+            .b
+            .runtime
+            .namespace
+            .clone()
+            .unwrap_or(osk_layout::CONTAINERD_NAMESPACE.into());
         loop {
             if let Some(c) = self.cd.borrow_and_update().clone() {
                 return c.in_namespace(&ns);
@@ -383,7 +394,11 @@ impl Service {
                 continue;
             }
             let delay = backoff.delay_after(ran);
-            tracing::warn!("{name} exited {}; restarting in {}s", exit.code, delay.as_secs());
+            tracing::warn!(
+                "{name} exited {}; restarting in {}s",
+                exit.code,
+                delay.as_secs()
+            );
             self.set("backoff", None, None);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

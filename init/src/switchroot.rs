@@ -30,7 +30,7 @@ pub fn root_is_initramfs() -> bool {
     let Ok(st) = nix::sys::statfs::statfs("/") else {
         return false;
     };
-    let magic = st.filesystem_type().0 as i64;
+    let magic = st.filesystem_type().0;
     if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
         return false;
     }
@@ -76,7 +76,11 @@ fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
 }
 
 fn mtime(md: &fs::Metadata) -> SystemTime {
-    UNIX_EPOCH + Duration::new(md.mtime().max(0) as u64, md.mtime_nsec().clamp(0, 999_999_999) as u32)
+    UNIX_EPOCH
+        + Duration::new(
+            md.mtime().max(0) as u64,
+            md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        )
 }
 
 impl Copier {
@@ -109,7 +113,8 @@ impl Copier {
             if md.dev() == self.dev {
                 self.copy_dir(s, d)?;
             }
-            std::os::unix::fs::lchown(d, Some(md.uid()), Some(md.gid())).map_err(|e| ctx(e, "chown", d))?;
+            std::os::unix::fs::lchown(d, Some(md.uid()), Some(md.gid()))
+                .map_err(|e| ctx(e, "chown", d))?;
             fs::set_permissions(d, fs::Permissions::from_mode(md.mode() & 0o7777))
                 .map_err(|e| ctx(e, "chmod", d))?;
             if let Ok(f) = File::open(d) {
@@ -135,7 +140,8 @@ impl Copier {
         } else if ft.is_symlink() {
             let target = fs::read_link(s).map_err(|e| ctx(e, "readlink", s))?;
             std::os::unix::fs::symlink(&target, d).map_err(|e| ctx(e, "symlink", d))?;
-            std::os::unix::fs::lchown(d, Some(md.uid()), Some(md.gid())).map_err(|e| ctx(e, "chown", d))?;
+            std::os::unix::fs::lchown(d, Some(md.uid()), Some(md.gid()))
+                .map_err(|e| ctx(e, "chown", d))?;
             self.stats.other += 1;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() || ft.is_socket() {
             let c = cstr(d)?;
@@ -145,7 +151,8 @@ impl Copier {
             if rc != 0 {
                 return Err(ctx(io::Error::last_os_error(), "mknod", d));
             }
-            std::os::unix::fs::lchown(d, Some(md.uid()), Some(md.gid())).map_err(|e| ctx(e, "chown", d))?;
+            std::os::unix::fs::lchown(d, Some(md.uid()), Some(md.gid()))
+                .map_err(|e| ctx(e, "chown", d))?;
             fs::set_permissions(d, fs::Permissions::from_mode(md.mode() & 0o7777))
                 .map_err(|e| ctx(e, "chmod", d))?;
             self.stats.other += 1;
@@ -176,7 +183,8 @@ impl Copier {
         }
         // Owner first: chown clears set-uid bits, chmod restores them.
         std::os::fd::AsFd::as_fd(&dst);
-        std::os::unix::fs::fchown(&dst, Some(md.uid()), Some(md.gid())).map_err(|e| ctx(e, "chown", d))?;
+        std::os::unix::fs::fchown(&dst, Some(md.uid()), Some(md.gid()))
+            .map_err(|e| ctx(e, "chown", d))?;
         dst.set_permissions(fs::Permissions::from_mode(md.mode() & 0o7777))
             .map_err(|e| ctx(e, "chmod", d))?;
         let _ = dst.set_modified(mtime(md));
@@ -190,7 +198,9 @@ impl Copier {
 /// `src`'s filesystem and leaving out `skip`. With `move_source`, each source
 /// entry is removed once copied.
 pub fn copy_tree(src: &Path, dst: &Path, skip: &Path, move_source: bool) -> io::Result<CopyStats> {
-    let dev = fs::symlink_metadata(src).map_err(|e| ctx(e, "stat", src))?.dev();
+    let dev = fs::symlink_metadata(src)
+        .map_err(|e| ctx(e, "stat", src))?
+        .dev();
     let mut c = Copier {
         dev,
         skip: skip.to_path_buf(),
@@ -208,20 +218,51 @@ pub fn copy_tree(src: &Path, dst: &Path, skip: &Path, move_source: bool) -> io::
 pub fn switch_root() -> io::Result<CopyStats> {
     let staging = Path::new(STAGING);
     fs::create_dir_all(staging)?;
-    nix::mount::mount(Some("rootfs"), staging, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
-        .map_err(|e| ctx(io::Error::from_raw_os_error(e as i32), "mounting tmpfs on", staging))?;
+    nix::mount::mount(
+        Some("rootfs"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|e| {
+        ctx(
+            io::Error::from_raw_os_error(e as i32),
+            "mounting tmpfs on",
+            staging,
+        )
+    })?;
     let stats = copy_tree(Path::new("/"), staging, staging, true)?;
     for m in ["/dev", "/proc", "/sys", "/run"] {
         if crate::sys::is_mountpoint(Path::new(m)) {
             let target = staging.join(&m[1..]);
             fs::create_dir_all(&target)?;
-            nix::mount::mount(Some(m), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-                .map_err(|e| ctx(io::Error::from_raw_os_error(e as i32), "moving mount", Path::new(m)))?;
+            nix::mount::mount(
+                Some(m),
+                &target,
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                ctx(
+                    io::Error::from_raw_os_error(e as i32),
+                    "moving mount",
+                    Path::new(m),
+                )
+            })?;
         }
     }
     std::env::set_current_dir(staging)?;
-    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| ctx(io::Error::from_raw_os_error(e as i32), "moving new root onto", Path::new("/")))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(
+        |e| {
+            ctx(
+                io::Error::from_raw_os_error(e as i32),
+                "moving new root onto",
+                Path::new("/"),
+            )
+        },
+    )?;
     nix::unistd::chroot(".").map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     std::env::set_current_dir("/")?;
     Ok(stats)
@@ -252,7 +293,11 @@ mod tests {
         fs::set_permissions(s.join("a/b/file"), fs::Permissions::from_mode(0o751)).unwrap();
         fs::create_dir(s.join("skipme")).unwrap();
         fs::write(s.join("skipme/x"), b"x").unwrap();
-        nix::unistd::mkfifo(&s.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+        nix::unistd::mkfifo(
+            &s.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
 
         let stats = copy_tree(s, dst.path(), &s.join("skipme"), true).unwrap();
         let d = dst.path();
@@ -264,10 +309,16 @@ mod tests {
         assert_eq!(md.mode() & 0o7777, 0o751);
         assert_eq!(md.ino(), fs::metadata(d.join("z-link")).unwrap().ino());
         assert_eq!(fs::read_link(d.join("a/sym")).unwrap(), Path::new("b/file"));
-        assert!(fs::symlink_metadata(d.join("fifo")).unwrap().file_type().is_fifo());
+        assert!(fs::symlink_metadata(d.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
         assert!(!d.join("skipme").exists());
         // Moved: the source is empty except for the skipped directory.
-        let left: Vec<_> = fs::read_dir(s).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(s)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, ["skipme"]);
     }
 }

@@ -28,9 +28,15 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
-    Start { name: String },
-    Stop { name: String },
-    Restart { name: String },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
     /// Stop everything and power off.
     Poweroff,
     /// Stop everything and reboot.
@@ -48,8 +54,12 @@ fn main() -> Result<()> {
         Cmd::Poweroff => Request::Poweroff,
         Cmd::Reboot => Request::Reboot,
     };
-    let mut stream = UnixStream::connect(&cli.socket)
-        .with_context(|| format!("connecting to osk-init at {} (is this an osk machine, and /run mounted?)", cli.socket))?;
+    let mut stream = UnixStream::connect(&cli.socket).with_context(|| {
+        format!(
+            "connecting to osk-init at {} (is this an osk machine, and /run mounted?)",
+            cli.socket
+        )
+    })?;
     let mut line = serde_json::to_vec(&req)?;
     line.push(b'\n');
     stream.write_all(&line)?;
@@ -63,11 +73,20 @@ fn main() -> Result<()> {
     }
     match req {
         Request::Ps => {
-            println!("{:<20} {:<12} {:>8} {:>8} {:>10}", "NAME", "STATE", "PID", "RESTARTS", "UPTIME");
+            println!(
+                "{:<20} {:<12} {:>8} {:>8} {:>10}",
+                "NAME", "STATE", "PID", "RESTARTS", "UPTIME"
+            );
             for s in resp.services {
                 let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-                let up = s.uptime.map(|u| format!("{u}s")).unwrap_or_else(|| "-".into());
-                println!("{:<20} {:<12} {:>8} {:>8} {:>10}", s.name, s.state, pid, s.restarts, up);
+                let up = s
+                    .uptime
+                    .map(|u| format!("{u}s"))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<20} {:<12} {:>8} {:>8} {:>10}",
+                    s.name, s.state, pid, s.restarts, up
+                );
             }
         }
         Request::Logs { .. } => {
