@@ -209,12 +209,12 @@ pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
         if let Some(parent) = Path::new(path).parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("{}: bindNS {kind} {path}: {e}", b.name))?;
+        // The path may still be bound to the previous run's namespace
+        // (opening that for writing fails): only create it when missing.
+        if !Path::new(path).exists() {
+            std::fs::File::create(path)
+                .map_err(|e| format!("{}: bindNS {kind} {path}: {e}", b.name))?;
+        }
         // Drop the previous run's namespace, if it is still bound here.
         let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
         let src = format!("/proc/{pid}/ns/{kind}");
