@@ -1,1 +1,4 @@
-fn main() {}
+//! osk-init: PID 1. See init/README.md.
+fn main() {
+    osk_init::boot::main()
+}

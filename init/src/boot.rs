@@ -1,0 +1,381 @@
+//! The whole life of PID 1: early boot, onboot, containerd, services,
+//! shutdown. Never returns: an exiting PID 1 panics the kernel, so any fatal
+//! error is logged, the disks synced and the machine powered off on purpose.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::mount::MsFlags;
+use osk_layout::marker::Event;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backoff::Backoff;
+use crate::cmdline::Cmdline;
+use crate::containerd::Containerd;
+use crate::logger::{self, mark};
+use crate::prepare::Bundle;
+use crate::supervisor::Supervisor;
+use crate::sys::{PowerAction, RealSys, Sys};
+use crate::{daemon, early, modules, net, onboot, reaper, shutdown, switchroot};
+
+/// Set in the environment of the re-executed init after the root switch.
+const SWITCHED_ENV: &str = "OSK_ROOT_SWITCHED";
+
+/// Entry point of the osk-init binary.
+pub fn main() -> ! {
+    let sys = RealSys;
+    // /proc and /dev first: the command line says where the consoles are.
+    for (src, target, fstype) in [("proc", "/proc", "proc"), ("dev", "/dev", "devtmpfs")] {
+        if !sys.is_mountpoint(target) {
+            let _ = sys.mkdir_p(target);
+            let _ = sys.mount(src, target, Some(fstype), MsFlags::MS_NOSUID, None);
+        }
+    }
+    let cmd = Cmdline::read();
+    logger::set_consoles(&cmd.console_paths());
+    logger::init_tracing(cmd.debug);
+    std::panic::set_hook(Box::new(|info| {
+        logger::write_raw(format!("osk-init: PANIC: {info}\n").as_bytes());
+    }));
+    if std::env::var_os(SWITCHED_ENV).is_none() {
+        mark(Event::InitStart);
+        if switchroot::root_is_initramfs() {
+            match switchroot::switch_root() {
+                Ok(stats) => {
+                    mark(Event::RootSwitched);
+                    tracing::debug!("root copied to tmpfs: {stats:?}");
+                    let err = Command::new("/init").env(SWITCHED_ENV, "1").exec();
+                    fatal(&format!("re-executing /init after the root switch: {err}"));
+                }
+                Err(e) => tracing::error!(
+                    "moving the initramfs into a tmpfs failed: {e}; containers will not start (runc cannot pivot_root from the initramfs)"
+                ),
+            }
+        }
+    }
+    let outcome = std::panic::catch_unwind(|| run(&cmd));
+    match outcome {
+        Ok(Ok(action)) => {
+            // run() only returns after shutdown::finish failed to reboot.
+            fatal(&format!("reboot(2) for {action:?} returned"))
+        }
+        Ok(Err(e)) => fatal(&e),
+        Err(_) => fatal("panic in the main loop (see above)"),
+    }
+}
+
+/// Logs, syncs and powers off. Never returns.
+fn fatal(msg: &str) -> ! {
+    logger::write_raw(
+        format!("osk-init: FATAL: {msg}; powering off (PID 1 must not exit)\n").as_bytes(),
+    );
+    let sys = RealSys;
+    sys.sync();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = sys.reboot(PowerAction::PowerOff);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    if let Err(e) = sys.disable_cad() {
+        tracing::warn!("cannot route Ctrl-Alt-Del to init: {e}");
+    }
+    for (target, e) in early::mount_all(sys) {
+        tracing::warn!("mounting {target}: {e}");
+    }
+    logger::set_consoles(&cmd.console_paths());
+    logger::set_file(&format!("{}/init.log", osk_layout::LOG_DIR));
+    // runc bind-mounts these into host-networked containers.
+    for f in ["/etc/hosts", "/etc/resolv.conf"] {
+        if !Path::new(f).exists() {
+            let _ = std::fs::create_dir_all("/etc");
+            let content = if f == "/etc/hosts" {
+                "127.0.0.1 localhost\n::1 localhost\n"
+            } else {
+                ""
+            };
+            if let Err(e) = std::fs::write(f, content) {
+                tracing::warn!("creating {f}: {e}");
+            }
+        }
+    }
+    let nofile = 1 << 20;
+    if let Err(e) =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
+    {
+        tracing::warn!("raising RLIMIT_NOFILE: {e}");
+    }
+    if let Err(e) = net::link_up("lo") {
+        tracing::warn!("bringing up lo: {e}");
+    }
+    load_modules(sys);
+    // After modules: the MAC of a virtio NIC may name the machine.
+    let host = net::pick_hostname();
+    if let Err(e) = nix::unistd::sethostname(&host) {
+        tracing::warn!("setting hostname {host}: {e}");
+    }
+    let _ = std::fs::write("/etc/hostname.osk", format!("{host}\n"));
+}
+
+fn load_modules(sys: &dyn Sys) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = Path::new("/lib/modules").join(&release);
+    let wanted = std::fs::read_to_string(Path::new("/").join(osk_layout::MODULES_LIST))
+        .ok()
+        .map(|t| modules::parse_list(&t));
+    let (index, errors) = modules::index_dir(&dir);
+    for e in errors {
+        tracing::warn!("skipping module: {e}");
+    }
+    let (order, missing) = modules::load_order(&index, wanted.as_deref());
+    for m in missing {
+        tracing::warn!(
+            "module {m} not found under {} (listed in /{} or a dependency)",
+            dir.display(),
+            osk_layout::MODULES_LIST
+        );
+    }
+    let report = modules::load(sys, &index, &order);
+    for (m, e) in &report.failed {
+        tracing::warn!("loading module {m} failed: {e}");
+    }
+    tracing::info!(
+        "modules: {} loaded, {} already present, {} failed",
+        report.loaded.len(),
+        report.present.len(),
+        report.failed.len()
+    );
+    mark(Event::ModulesLoaded);
+}
+
+fn run(cmd: &Cmdline) -> Result<PowerAction, String> {
+    let sys = RealSys;
+    early_setup(&sys, cmd);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("creating the async runtime: {e}"))?;
+    let action = rt.block_on(async_main(cmd.clone()));
+    tracing::info!("shutting down: {action:?}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    shutdown::finish(
+        &sys,
+        action,
+        &mounts,
+        Duration::from_secs(2),
+        &std::thread::sleep,
+    );
+    Ok(action)
+}
+
+/// Stop request for the containerd loop: reply when it is gone.
+type StopContainerd = oneshot::Sender<()>;
+
+async fn containerd_loop(
+    cd_tx: watch::Sender<Option<Containerd>>,
+    debug: bool,
+    mut stop: mpsc::Receiver<StopContainerd>,
+) {
+    let mut backoff = Backoff::default();
+    let mut first = true;
+    loop {
+        let started = std::time::Instant::now();
+        let mut child = match daemon::spawn(debug) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot start {}: {e}", daemon::BINARY);
+                let delay = backoff.delay_after(Duration::ZERO);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    s = stop.recv() => { if let Some(s) = s { let _ = s.send(()); } return; }
+                }
+            }
+        };
+        tokio::select! {
+            ready = daemon::wait_ready(Duration::from_secs(60)) => match ready {
+                Some(c) => {
+                    if first {
+                        mark(Event::ContainerdReady);
+                        first = false;
+                    }
+                    let _ = cd_tx.send(Some(c));
+                }
+                None => tracing::error!("containerd did not answer on {} within 60s", daemon::SOCKET),
+            },
+            _ = &mut child.exit => {}
+        }
+        tokio::select! {
+            status = &mut child.exit => {
+                let _ = cd_tx.send(None);
+                let code = status.map(reaper::code).unwrap_or(-1);
+                let delay = backoff.delay_after(started.elapsed());
+                tracing::error!("containerd exited ({code}); restarting in {}s (log: /var/log/containerd.log)", delay.as_secs());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    s = stop.recv() => { if let Some(s) = s { let _ = s.send(()); } return; }
+                }
+            }
+            s = stop.recv() => {
+                let _ = cd_tx.send(None);
+                let _ = RealSys.kill(child.pid, libc::SIGTERM);
+                if tokio::time::timeout(Duration::from_secs(10), &mut child.exit).await.is_err() {
+                    let _ = RealSys.kill(child.pid, libc::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut child.exit).await;
+                }
+                if let Some(s) = s { let _ = s.send(()); }
+                return;
+            }
+        }
+    }
+}
+
+fn spawn_signal(kind: SignalKind, action: PowerAction, tx: mpsc::UnboundedSender<PowerAction>) {
+    match signal(kind) {
+        Ok(mut s) => {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    let _ = tx.send(action);
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot handle signal {kind:?}: {e}"),
+    }
+}
+
+/// `osk.shell`: /bin/sh on the first console, respawned when it exits.
+async fn debug_shell(console: String) {
+    if !Path::new("/bin/sh").exists() {
+        tracing::warn!("osk.shell: no /bin/sh in the init image; no debug shell");
+        return;
+    }
+    loop {
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&console)
+        else {
+            tracing::warn!("osk.shell: cannot open {console}");
+            return;
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.env("PATH", daemon::PATH)
+            .env("HOME", "/")
+            .env("TERM", "linux")
+            .stdin(Stdio::from(tty.try_clone().expect("dup tty")))
+            .stdout(Stdio::from(tty.try_clone().expect("dup tty")))
+            .stderr(Stdio::from(tty));
+        // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 1);
+                Ok(())
+            });
+        }
+        match reaper::spawn(&mut cmd) {
+            Ok(c) => {
+                drop(cmd);
+                let _ = c.exit.await;
+            }
+            Err(e) => {
+                tracing::warn!("osk.shell: {e}");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn async_main(cmd: Cmdline) -> PowerAction {
+    tokio::spawn(reaper::run());
+    let (power_tx, mut power_rx) = mpsc::unbounded_channel();
+    spawn_signal(
+        SignalKind::terminate(),
+        PowerAction::PowerOff,
+        power_tx.clone(),
+    );
+    spawn_signal(
+        SignalKind::user_defined2(),
+        PowerAction::PowerOff,
+        power_tx.clone(),
+    );
+    spawn_signal(
+        SignalKind::from_raw(libc::SIGPWR),
+        PowerAction::PowerOff,
+        power_tx.clone(),
+    );
+    spawn_signal(
+        SignalKind::interrupt(),
+        PowerAction::Reboot,
+        power_tx.clone(),
+    );
+    crate::power::watch(power_tx.clone());
+    if cmd.shell {
+        tokio::spawn(debug_shell(cmd.console_paths()[0].clone()));
+    }
+
+    onboot::run_all(
+        &Path::new("/").join(osk_layout::ONBOOT_DIR),
+        "/var/log/onboot",
+        cmd.onboot_timeout,
+    )
+    .await;
+    mark(Event::OnbootDone);
+
+    let (cd_tx, cd_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = mpsc::channel(1);
+    tokio::spawn(containerd_loop(cd_tx, cmd.debug, stop_rx));
+
+    let mut bundles = Vec::new();
+    for b in Bundle::load_all(&Path::new("/").join(osk_layout::SERVICES_DIR)) {
+        match b {
+            Ok(b) => bundles.push(b),
+            Err(e) => tracing::error!("skipping service: {e}"),
+        }
+    }
+    let n = bundles.len();
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+    let sup = Supervisor::start(bundles, cd_rx, cmd.debug, first_tx);
+    tokio::spawn(async move {
+        for _ in 0..n {
+            if first_rx.recv().await.is_none() {
+                return;
+            }
+        }
+        mark(Event::AllServicesStarted);
+    });
+    tokio::spawn(crate::control::serve(sup.clone(), power_tx.clone()));
+
+    let action = power_rx.recv().await.unwrap_or(PowerAction::PowerOff);
+    mark(Event::ShutdownStart);
+    tracing::info!("{action:?} requested: stopping services");
+    if tokio::time::timeout(Duration::from_secs(120), sup.stop_all())
+        .await
+        .is_err()
+    {
+        tracing::error!("services did not stop within 120s; going on");
+    }
+    onboot::run_all(
+        &Path::new("/").join(osk_layout::ONSHUTDOWN_DIR),
+        "/var/log/onshutdown",
+        None,
+    )
+    .await;
+    mark(Event::OnshutdownDone);
+    let (done_tx, done_rx) = oneshot::channel();
+    if stop_tx.send(done_tx).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(15), done_rx).await;
+    }
+    action
+}

@@ -1,0 +1,358 @@
+//! containerd's gRPC API in osk terms. The only module that knows protobuf.
+//!
+//! A service is one container plus one task, both named after the service,
+//! in a containerd namespace. The container's spec is the bundle's
+//! config.json with `root.path` made absolute; no snapshotter, no image: the
+//! task is created with no rootfs mounts, so runc uses the unpacked rootfs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::{self, transport::Channel, Code, Request};
+
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const RUNTIME: &str = "io.containerd.runc.v2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to containerd at {path}: {source}")]
+    Connect {
+        path: String,
+        source: tonic::transport::Error,
+    },
+    #[error("containerd {op} {id}: {status}")]
+    Rpc {
+        op: &'static str,
+        id: String,
+        status: Box<tonic::Status>,
+    },
+}
+
+impl Error {
+    fn code(&self) -> Option<Code> {
+        match self {
+            Error::Rpc { status, .. } => Some(status.code()),
+            Error::Connect { .. } => None,
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(Code::NotFound)
+    }
+    /// containerd itself is gone (as opposed to refusing the request).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.code(),
+            None | Some(Code::Unavailable) | Some(Code::Unknown) | Some(Code::Cancelled)
+        )
+    }
+}
+
+/// State of a service's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Created,
+    Running,
+    Stopped,
+    Other,
+}
+
+/// A container in the namespace and its task, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    pub task: Option<(u32, TaskState)>,
+}
+
+/// What to run: the spec and where the task's output goes (FIFO paths).
+pub struct ServiceDef<'a> {
+    pub id: &'a str,
+    pub spec_json: Vec<u8>,
+    pub stdout: &'a str,
+    pub stderr: &'a str,
+}
+
+/// A connection to containerd, bound to one namespace.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    ns: String,
+}
+
+fn req<T>(ns: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = ns.parse() {
+        r.metadata_mut().insert("containerd-namespace", v);
+    }
+    r
+}
+
+fn rpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> Error {
+    let id = id.to_string();
+    move |status| Error::Rpc {
+        op,
+        id,
+        status: Box::new(status),
+    }
+}
+
+impl Containerd {
+    pub async fn connect(socket: &Path, ns: &str) -> Result<Containerd, Error> {
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| Error::Connect {
+                    path: socket.display().to_string(),
+                    source,
+                })?;
+        Ok(Containerd {
+            channel,
+            ns: ns.to_string(),
+        })
+    }
+
+    /// The same connection in another namespace.
+    pub fn in_namespace(&self, ns: &str) -> Containerd {
+        Containerd {
+            channel: self.channel.clone(),
+            ns: ns.to_string(),
+        }
+    }
+
+    pub async fn version(&self) -> Result<String, Error> {
+        let v = VersionClient::new(self.channel.clone())
+            .version(Request::new(()))
+            .await
+            .map_err(rpc("version", ""))?;
+        Ok(v.into_inner().version)
+    }
+
+    /// Creates the container and its task (removing stale ones of the same
+    /// name), runs `before_start` with the task's pid (namespaces exist, the
+    /// process has not exec'd yet) and starts it. Returns the pid.
+    pub async fn start_service(
+        &self,
+        def: ServiceDef<'_>,
+        before_start: impl FnOnce(u32) -> Result<(), String>,
+    ) -> Result<u32, Error> {
+        let id = def.id;
+        self.remove(id).await?;
+        let container = Container {
+            id: id.to_string(),
+            runtime: Some(Runtime {
+                name: RUNTIME.to_string(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: def.spec_json,
+            }),
+            ..Default::default()
+        };
+        ContainersClient::new(self.channel.clone())
+            .create(req(
+                &self.ns,
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+            ))
+            .await
+            .map_err(rpc("create container", id))?;
+        let created = TasksClient::new(self.channel.clone())
+            .create(req(
+                &self.ns,
+                CreateTaskRequest {
+                    container_id: id.to_string(),
+                    stdout: def.stdout.to_string(),
+                    stderr: def.stderr.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(rpc("create task", id))?
+            .into_inner();
+        if let Err(msg) = before_start(created.pid) {
+            let _ = self.remove(id).await;
+            return Err(Error::Rpc {
+                op: "prepare",
+                id: id.to_string(),
+                status: Box::new(tonic::Status::failed_precondition(msg)),
+            });
+        }
+        TasksClient::new(self.channel.clone())
+            .start(req(
+                &self.ns,
+                StartRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(rpc("start task", id))?;
+        Ok(created.pid)
+    }
+
+    /// Waits until the task exits; returns its exit status (128+N for
+    /// signal N).
+    pub async fn wait_exit(&self, id: &str) -> Result<u32, Error> {
+        let r = TasksClient::new(self.channel.clone())
+            .wait(req(
+                &self.ns,
+                WaitRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(rpc("wait", id))?;
+        Ok(r.into_inner().exit_status)
+    }
+
+    /// Sends `signal` to every process of the task.
+    pub async fn kill(&self, id: &str, signal: i32) -> Result<(), Error> {
+        TasksClient::new(self.channel.clone())
+            .kill(req(
+                &self.ns,
+                KillRequest {
+                    container_id: id.to_string(),
+                    signal: signal as u32,
+                    all: true,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(rpc("kill", id))?;
+        Ok(())
+    }
+
+    /// SIGTERM, up to `grace` for the task to exit, SIGKILL; then removes
+    /// the task and the container. Returns the exit status if it was running.
+    pub async fn stop_service(&self, id: &str, grace: Duration) -> Result<Option<u32>, Error> {
+        let mut code = None;
+        if let Some((_, TaskState::Running | TaskState::Created)) = self.task(id).await? {
+            let waiter = self.wait_exit(id);
+            tokio::pin!(waiter);
+            let _ = self.kill(id, libc::SIGTERM).await;
+            code = match tokio::time::timeout(grace, &mut waiter).await {
+                Ok(r) => r.ok(),
+                Err(_) => {
+                    let _ = self.kill(id, libc::SIGKILL).await;
+                    tokio::time::timeout(Duration::from_secs(5), waiter)
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                }
+            };
+        }
+        self.remove(id).await?;
+        Ok(code)
+    }
+
+    /// The task's pid and state, `None` without a task.
+    pub async fn task(&self, id: &str) -> Result<Option<(u32, TaskState)>, Error> {
+        match TasksClient::new(self.channel.clone())
+            .get(req(
+                &self.ns,
+                GetRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().process.map(|p| {
+                let state = match p.status {
+                    1 => TaskState::Created,
+                    2 => TaskState::Running,
+                    3 => TaskState::Stopped,
+                    _ => TaskState::Other,
+                };
+                (p.pid, state)
+            })),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(rpc("get task", id)(s)),
+        }
+    }
+
+    /// Removes the task (killing it) and the container; absent is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        if let Some((_, state)) = self.task(id).await? {
+            if state != TaskState::Stopped {
+                let _ = self.kill(id, libc::SIGKILL).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit(id)).await;
+            }
+            match TasksClient::new(self.channel.clone())
+                .delete(req(
+                    &self.ns,
+                    DeleteTaskRequest {
+                        container_id: id.to_string(),
+                    },
+                ))
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => return Err(rpc("delete task", id)(s)),
+            }
+        }
+        match ContainersClient::new(self.channel.clone())
+            .delete(req(&self.ns, DeleteContainerRequest { id: id.to_string() }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(rpc("delete container", id)(s)),
+        }
+    }
+
+    /// Every container in the namespace with its task.
+    pub async fn list(&self) -> Result<Vec<Listed>, Error> {
+        let cs = ContainersClient::new(self.channel.clone())
+            .list(req(&self.ns, ListContainersRequest::default()))
+            .await
+            .map_err(rpc("list containers", &self.ns))?
+            .into_inner()
+            .containers;
+        let mut out = Vec::new();
+        for c in cs {
+            let task = self.task(&c.id).await?;
+            out.push(Listed { id: c.id, task });
+        }
+        Ok(out)
+    }
+}
+
+/// Sets `root.path` of an OCI spec to `rootfs` (absolute), keeping the rest.
+pub fn spec_with_root(config_json: &[u8], rootfs: &Path) -> Result<Vec<u8>, serde_json::Error> {
+    let mut spec: serde_json::Value = serde_json::from_slice(config_json)?;
+    if !spec.get("root").is_some_and(|r| r.is_object()) {
+        spec["root"] = serde_json::json!({});
+    }
+    spec["root"]["path"] = serde_json::Value::String(rootfs.display().to_string());
+    serde_json::to_vec(&spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_root_becomes_absolute_and_rest_is_kept() {
+        let out = spec_with_root(
+            br#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},"process":{"args":["sh"]}}"#,
+            Path::new("/containers/services/x/rootfs"),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["root"]["path"], "/containers/services/x/rootfs");
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["process"]["args"][0], "sh");
+    }
+}

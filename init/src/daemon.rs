@@ -1,0 +1,98 @@
+//! containerd as a supervised child of PID 1.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::Containerd;
+use crate::logfile::{self, RotatingLog, Sink};
+use crate::reaper;
+
+pub const BINARY: &str = "/usr/bin/containerd";
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+pub const CONFIG: &str = "/run/osk/containerd.toml";
+/// PATH for containerd and the shims it starts (they look up `runc`).
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The generated containerd config: no CRI, no image-oriented plugins,
+/// state on /run, root on /var.
+pub fn config() -> String {
+    format!(
+        r#"version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+]
+
+[grpc]
+  address = "{SOCKET}"
+
+[ttrpc]
+  address = "/run/containerd/containerd.sock.ttrpc"
+"#
+    )
+}
+
+/// Starts containerd (output to /var/log/containerd.log, and the console
+/// with `debug`).
+pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
+    std::fs::create_dir_all("/run/osk")?;
+    std::fs::write(CONFIG, config())?;
+    let _ = std::fs::remove_file(SOCKET);
+    let (r, w) = logfile::async_pipe()?;
+    let w2 = w.try_clone()?;
+    let log = RotatingLog::open(
+        format!("{}/containerd.log", osk_layout::LOG_DIR),
+        logfile::DEFAULT_CAP,
+    )
+    .ok();
+    let sink = Sink::shared(log, debug.then(|| "containerd: ".to_string()));
+    let mut cmd = Command::new(BINARY);
+    cmd.args(["--config", CONFIG])
+        .env_clear()
+        .env("PATH", PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::from(w2));
+    let child = reaper::spawn(&mut cmd)?;
+    drop(cmd);
+    tokio::spawn(logfile::pump(r, sink));
+    Ok(child)
+}
+
+/// Polls containerd's socket until it answers a Version request.
+pub async fn wait_ready(timeout: Duration) -> Option<Containerd> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if Path::new(SOCKET).exists() {
+            if let Ok(c) =
+                Containerd::connect(Path::new(SOCKET), osk_layout::CONTAINERD_NAMESPACE).await
+            {
+                if let Ok(v) = c.version().await {
+                    tracing::info!("containerd {v} ready");
+                    return Some(c);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_disables_cri_and_uses_run_and_var() {
+        let c = super::config();
+        assert!(c.contains("\"io.containerd.grpc.v1.cri\""));
+        assert!(c.contains("state = \"/run/containerd\""));
+        assert!(c.contains("root = \"/var/lib/containerd\""));
+    }
+}

@@ -1,0 +1,118 @@
+//! init's own log: every line goes to every console and to `/var/log/init.log`
+//! (once /var is mounted). Boot markers go through here too, unformatted.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Mutex;
+
+use osk_layout::marker::{self, Event};
+
+use crate::logfile::{RotatingLog, DEFAULT_CAP};
+
+struct Outputs {
+    consoles: Vec<File>,
+    file: Option<RotatingLog>,
+}
+
+static OUT: Mutex<Outputs> = Mutex::new(Outputs {
+    consoles: Vec::new(),
+    file: None,
+});
+
+fn outputs() -> std::sync::MutexGuard<'static, Outputs> {
+    // A panic while logging must not silence PID 1 for good.
+    OUT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// (Re)opens the consoles to log to. Unopenable ones are skipped; with none,
+/// stderr (the kernel's console for PID 1) is used.
+pub fn set_consoles(paths: &[String]) {
+    let mut files: Vec<File> = paths
+        .iter()
+        .filter_map(|p| {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags_noctty()
+                .open(p)
+                .ok()
+        })
+        .collect();
+    if files.is_empty() {
+        if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
+            files.push(File::from(fd));
+        }
+    }
+    outputs().consoles = files;
+}
+
+trait NoCtty {
+    fn custom_flags_noctty(&mut self) -> &mut Self;
+}
+impl NoCtty for OpenOptions {
+    fn custom_flags_noctty(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        // PID 1 must not acquire a controlling terminal: ^C would SIGINT it.
+        self.custom_flags(libc::O_NOCTTY)
+    }
+}
+
+/// Starts copying the log into `path` (called once /var/log exists).
+pub fn set_file(path: &str) {
+    if let Ok(f) = RotatingLog::open(path, DEFAULT_CAP) {
+        outputs().file = Some(f);
+    }
+}
+
+/// Writes raw bytes to every console and the log file.
+pub fn write_raw(data: &[u8]) {
+    let mut out = outputs();
+    for c in &mut out.consoles {
+        let _ = c.write_all(data);
+    }
+    if let Some(f) = out.file.as_mut() {
+        let _ = f.write_all(data);
+    }
+}
+
+/// Writes to the consoles only (for output already logged elsewhere).
+pub fn write_console(data: &[u8]) {
+    let mut out = outputs();
+    for c in &mut out.consoles {
+        let _ = c.write_all(data);
+    }
+}
+
+/// Prints a boot marker line with the current uptime.
+pub fn mark(event: Event) {
+    let line = format!("{}\n", marker::format(crate::sys::uptime(), &event));
+    write_raw(line.as_bytes());
+}
+
+/// `tracing` writer that forwards to [`write_raw`].
+pub struct Writer;
+
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        write_raw(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the `tracing` subscriber (debug level with `osk.debug`).
+pub fn init_tracing(debug: bool) {
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(|| Writer)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}

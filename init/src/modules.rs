@@ -1,0 +1,337 @@
+//! Kernel modules: find the `.ko` files, read their dependencies from the
+//! `.modinfo` ELF section, order them dependencies-first and load them with
+//! `finit_module(2)`. No kmod, no modules.dep needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::sys::Sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModinfoError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: not a 64-bit little-endian ELF module")]
+    NotElf { path: PathBuf },
+    #[error("{path}: no .modinfo section")]
+    NoModinfo { path: PathBuf },
+}
+
+/// A module's name as the kernel knows it (`-` and `_` are the same).
+pub fn normalize(name: &str) -> String {
+    name.trim().replace('-', "_")
+}
+
+/// Extracts the NUL-separated `key=value` strings of `.modinfo` from an ELF64
+/// module image, reading only the headers and that section.
+pub fn read_modinfo(path: &Path) -> Result<Vec<String>, ModinfoError> {
+    let io_err = |source| ModinfoError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::open(path).map_err(io_err)?;
+    let mut eh = [0u8; 64];
+    f.read_exact_at(&mut eh, 0).map_err(io_err)?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return Err(ModinfoError::NotElf {
+            path: path.to_path_buf(),
+        });
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let shoff = u64_at(&eh, 0x28);
+    let shentsize = u16_at(&eh, 0x3a);
+    let shnum = u16_at(&eh, 0x3c);
+    let shstrndx = u16_at(&eh, 0x3e);
+    if shentsize < 64 || shstrndx >= shnum {
+        return Err(ModinfoError::NotElf {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut sh = vec![0u8; (shentsize * shnum) as usize];
+    f.read_exact_at(&mut sh, shoff).map_err(io_err)?;
+    let section = |i: u64| {
+        let b = &sh[(i * shentsize) as usize..];
+        (u32_at(b, 0), u64_at(b, 24), u64_at(b, 32))
+    };
+    let (_, str_off, str_size) = section(shstrndx);
+    let mut names = vec![0u8; str_size as usize];
+    f.read_exact_at(&mut names, str_off).map_err(io_err)?;
+    for i in 0..shnum {
+        let (name_off, off, size) = section(i);
+        let name = names
+            .get(name_off as usize..)
+            .and_then(|n| n.split(|c| *c == 0).next())
+            .unwrap_or_default();
+        if name == b".modinfo" {
+            let mut data = vec![0u8; size as usize];
+            f.read_exact_at(&mut data, off).map_err(io_err)?;
+            return Ok(data
+                .split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect());
+        }
+    }
+    Err(ModinfoError::NoModinfo {
+        path: path.to_path_buf(),
+    })
+}
+
+/// The `depends=` list of a modinfo.
+pub fn depends(modinfo: &[String]) -> Vec<String> {
+    modinfo
+        .iter()
+        .filter_map(|kv| kv.strip_prefix("depends="))
+        .flat_map(|d| d.split(','))
+        .filter(|d| !d.is_empty())
+        .map(normalize)
+        .collect()
+}
+
+/// One module file and what it needs first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    pub path: PathBuf,
+    pub depends: Vec<String>,
+}
+
+/// Every module found, by normalized name.
+pub type Index = BTreeMap<String, Module>;
+
+/// Indexes every `.ko` below `dir`. Unreadable modules are returned as errors
+/// next to the index so the caller can log them.
+pub fn index_dir(dir: &Path) -> (Index, Vec<ModinfoError>) {
+    let mut index = Index::new();
+    let mut errors = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ko") {
+                let name = normalize(&p.file_stem().unwrap_or_default().to_string_lossy());
+                match read_modinfo(&p) {
+                    Ok(info) => {
+                        index.insert(
+                            name,
+                            Module {
+                                path: p,
+                                depends: depends(&info),
+                            },
+                        );
+                    }
+                    Err(err) => errors.push(err),
+                }
+            }
+        }
+    }
+    (index, errors)
+}
+
+/// The load order: `wanted` (every indexed module when `None`) plus their
+/// dependencies, each after what it depends on, otherwise by name. Also
+/// returns wanted or depended-on names that are not in the index.
+pub fn load_order(index: &Index, wanted: Option<&[String]>) -> (Vec<String>, Vec<String>) {
+    let roots: Vec<String> = match wanted {
+        Some(w) => w.iter().map(|s| normalize(s)).collect(),
+        None => index.keys().cloned().collect(),
+    };
+    let mut order = Vec::new();
+    let mut done = BTreeSet::new();
+    let mut missing = BTreeSet::new();
+    // Depth-first post-order; `visiting` breaks (invalid) dependency cycles.
+    fn visit(
+        name: &str,
+        index: &Index,
+        done: &mut BTreeSet<String>,
+        visiting: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+        missing: &mut BTreeSet<String>,
+    ) {
+        if done.contains(name) || !visiting.insert(name.to_string()) {
+            return;
+        }
+        match index.get(name) {
+            Some(m) => {
+                for d in &m.depends {
+                    visit(d, index, done, visiting, order, missing);
+                }
+                order.push(name.to_string());
+            }
+            None => {
+                missing.insert(name.to_string());
+            }
+        }
+        visiting.remove(name);
+        done.insert(name.to_string());
+    }
+    let mut visiting = BTreeSet::new();
+    for r in &roots {
+        visit(r, index, &mut done, &mut visiting, &mut order, &mut missing);
+    }
+    (order, missing.into_iter().collect())
+}
+
+/// Parses the modules list file: one name per line, `#` comments.
+pub fn parse_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(normalize)
+        .collect()
+}
+
+/// Result of loading modules.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    /// Already present (EEXIST).
+    pub present: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+/// Loads `order` (names in `index`); a failing module is recorded and the
+/// rest are still tried.
+pub fn load(sys: &dyn Sys, index: &Index, order: &[String]) -> LoadReport {
+    let mut r = LoadReport::default();
+    for name in order {
+        let Some(m) = index.get(name) else { continue };
+        match sys.finit_module(&m.path) {
+            Ok(()) => r.loaded.push(name.clone()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => r.present.push(name.clone()),
+            Err(e) => r
+                .failed
+                .push((name.clone(), format!("{}: {e}", m.path.display()))),
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::testing::Recorder;
+
+    fn idx(entries: &[(&str, &[&str])]) -> Index {
+        entries
+            .iter()
+            .map(|(n, d)| {
+                (
+                    n.to_string(),
+                    Module {
+                        path: PathBuf::from(format!("/m/{n}.ko")),
+                        depends: d.iter().map(|s| s.to_string()).collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// A minimal ELF64 with a .modinfo section, as the kernel build makes.
+    fn fake_ko(modinfo: &[u8]) -> Vec<u8> {
+        let shstr = b"\0.shstrtab\0.modinfo\0";
+        let data_off = 64u64;
+        let shstr_off = data_off + modinfo.len() as u64;
+        let shoff = shstr_off + shstr.len() as u64;
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        f[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        f[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(modinfo);
+        f.extend_from_slice(shstr);
+        let sh = |name: u32, off: u64, size: u64| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[24..32].copy_from_slice(&off.to_le_bytes());
+            h[32..40].copy_from_slice(&size.to_le_bytes());
+            h
+        };
+        f.extend(sh(0, 0, 0));
+        f.extend(sh(1, shstr_off, shstr.len() as u64));
+        f.extend(sh(11, data_off, modinfo.len() as u64));
+        f
+    }
+
+    #[test]
+    fn reads_depends_from_elf_modinfo() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("kernel/drivers");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(
+            sub.join("virtio_net.ko"),
+            fake_ko(b"license=GPL\0depends=net_failover,virtio-ring\0name=virtio_net\0"),
+        )
+        .unwrap();
+        std::fs::write(sub.join("broken.ko"), b"nope").unwrap();
+        let (index, errors) = index_dir(dir.path());
+        assert_eq!(index["virtio_net"].depends, ["net_failover", "virtio_ring"]);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn orders_dependencies_first_and_reports_missing() {
+        let index = idx(&[
+            ("virtio_net", &["net_failover", "virtio_ring"]),
+            ("net_failover", &["failover"]),
+            ("failover", &[]),
+            ("virtio_ring", &[]),
+            ("veth", &[]),
+            ("odd", &["ghost"]),
+        ]);
+        let (order, missing) = load_order(&index, Some(&["virtio-net".into(), "odd".into()]));
+        assert_eq!(
+            order,
+            [
+                "failover",
+                "net_failover",
+                "virtio_ring",
+                "virtio_net",
+                "odd"
+            ]
+        );
+        assert_eq!(missing, ["ghost"]);
+        let (all, _) = load_order(&index, None);
+        assert_eq!(all.len(), 6);
+        let pos = |n: &str| all.iter().position(|x| x == n).unwrap();
+        assert!(pos("failover") < pos("net_failover") && pos("net_failover") < pos("virtio_net"));
+    }
+
+    #[test]
+    fn cycles_do_not_loop_forever() {
+        let index = idx(&[("a", &["b"]), ("b", &["a"])]);
+        let (order, _) = load_order(&index, None);
+        assert_eq!(order.len(), 2);
+    }
+
+    #[test]
+    fn failing_module_is_reported_and_loading_goes_on() {
+        let index = idx(&[("a", &[]), ("b", &["a"]), ("c", &[])]);
+        let mut sys = Recorder::default();
+        sys.failing_modules.insert("a.ko".into());
+        let r = load(&sys, &index, &["a".into(), "b".into(), "c".into()]);
+        assert_eq!(sys.calls(), ["insmod a.ko", "insmod b.ko", "insmod c.ko"]);
+        assert_eq!(r.loaded, ["b", "c"]);
+        assert_eq!(r.failed.len(), 1);
+        assert!(r.failed[0].1.contains("/m/a.ko"));
+    }
+
+    #[test]
+    fn list_file_ignores_comments_and_blanks() {
+        assert_eq!(
+            parse_list("# net\nvirtio-net\n\n veth # pairs\n"),
+            ["virtio_net", "veth"]
+        );
+    }
+}

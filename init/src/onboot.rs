@@ -1,0 +1,124 @@
+//! onboot / onshutdown containers: run one after the other with runc
+//! directly (containerd is not running yet, or any more), each to
+//! completion or its timeout.
+//!
+//! `runc create` + `runc start` rather than `runc run`, as LinuxKit does,
+//! so runtime.json's interfaces and bindNS can be applied between the two.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use osk_layout::Runtime;
+
+use crate::logfile::{self, RotatingLog, Sink};
+use crate::prepare::{self, Bundle};
+use crate::reaper;
+
+pub const RUNC: &str = "/usr/bin/runc";
+const RUNC_ROOT: &str = "/run/osk/runc";
+
+async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32, String> {
+    let mut cmd = Command::new(runc_path());
+    cmd.arg("--root")
+        .arg(RUNC_ROOT)
+        .args(args)
+        .stdin(Stdio::null());
+    cmd.env("PATH", crate::daemon::PATH);
+    if let Some(w) = stdout {
+        let w2 = w.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
+    }
+    let child = reaper::spawn(&mut cmd).map_err(|e| format!("runc {}: {e}", args[0]))?;
+    drop(cmd);
+    child
+        .exit
+        .await
+        .map(reaper::code)
+        .map_err(|_| "lost runc's exit status".to_string())
+}
+
+/// runc's path: /usr/bin/runc, else /usr/sbin/runc (Debian's).
+pub fn runc_path() -> &'static str {
+    if Path::new(RUNC).exists() {
+        RUNC
+    } else {
+        "/usr/sbin/runc"
+    }
+}
+
+/// Runs one bundle to completion; returns its exit code.
+pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32, String> {
+    prepare::before_create(b)?;
+    let id = format!("osk-{}", b.name);
+    let log = RotatingLog::open(format!("{log_dir}/{}.log", b.name), logfile::DEFAULT_CAP).ok();
+    let sink = Sink::shared(log, Some(format!("{}: ", b.name)));
+    let (r, w) = logfile::async_pipe().map_err(|e| e.to_string())?;
+    let pump = tokio::spawn(logfile::pump(r, sink));
+    let pid_file = format!("{RUNC_ROOT}/{id}.pid");
+    let _ = std::fs::create_dir_all(RUNC_ROOT);
+    let bundle = b.dir.display().to_string();
+    // A leftover from an earlier failure would make create fail.
+    let _ = runc(&["delete", "-f", &id], None).await;
+    let rc = runc(
+        &["create", "--bundle", &bundle, "--pid-file", &pid_file, &id],
+        Some(w),
+    )
+    .await?;
+    if rc != 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+        return Err(format!("runc create {id} (bundle {bundle}) exited {rc}"));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("runc create {id}: no pid in {pid_file}"))?;
+    let exit = reaper::watch(pid);
+    let result = async {
+        prepare::after_create(b, pid as u32)?;
+        let rc = runc(&["start", &id], None).await?;
+        if rc != 0 {
+            return Err(format!("runc start {id} exited {rc}"));
+        }
+        match tokio::time::timeout(timeout, exit).await {
+            Ok(Ok(status)) => Ok(reaper::code(status)),
+            Ok(Err(_)) => Err(format!("{id}: lost its exit status")),
+            Err(_) => {
+                let _ = runc(&["kill", "--all", &id, "KILL"], None).await;
+                Err(format!(
+                    "{id}: killed after its {}s timeout",
+                    timeout.as_secs()
+                ))
+            }
+        }
+    }
+    .await;
+    let _ = runc(&["delete", "-f", &id], None).await;
+    let _ = std::fs::remove_file(&pid_file);
+    // Output still buffered in the pipe is flushed before we report.
+    let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+    result
+}
+
+/// Runs every bundle under `dir` in name order; failures are logged and the
+/// next one runs.
+pub async fn run_all(dir: &Path, log_dir: &str, timeout_override: Option<Duration>) {
+    for b in Bundle::load_all(dir) {
+        let b = match b {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("skipping bundle: {e}");
+                continue;
+            }
+        };
+        let timeout = timeout_override.unwrap_or(Duration::from_secs(
+            b.runtime.timeout.unwrap_or(Runtime::DEFAULT_TIMEOUT),
+        ));
+        tracing::info!("running {}", b.name);
+        match run_one(&b, log_dir, timeout).await {
+            Ok(0) => tracing::info!("{} done", b.name),
+            Ok(rc) => tracing::error!("{} exited {rc} (log: {log_dir}/{}.log)", b.name, b.name),
+            Err(e) => tracing::error!("{}: {e}", b.name),
+        }
+    }
+}
