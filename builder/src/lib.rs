@@ -1,4 +1,7 @@
 //! osk's builder library. The `osk` binary is a thin CLI over these modules.
 
+pub mod assemble;
+pub mod build;
+pub mod initramfs;
 pub mod reference;
 pub mod store;
