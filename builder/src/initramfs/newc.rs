@@ -123,9 +123,8 @@ pub fn write_newc<W: Write>(tree: &Tree, spool: &Spool, out: W, mtime: u32) -> i
     }
     let mut seen: HashMap<usize, u32> = HashMap::new();
     let mut w = NewcWriter::new(out);
-    let mut next_ino = 1u32;
     let mut buf = vec![0u8; 256 * 1024];
-    for (path, id) in &entries {
+    for (next_ino, (path, id)) in (1u32..).zip(entries.iter()) {
         let node = tree.node(*id);
         let mut h = Header {
             ino: next_ino,
@@ -136,7 +135,6 @@ pub fn write_newc<W: Write>(tree: &Tree, spool: &Spool, out: W, mtime: u32) -> i
             mtime,
             ..Default::default()
         };
-        next_ino += 1;
         match &node.kind {
             Kind::Dir(children) => {
                 h.mode |= S_IFDIR;
