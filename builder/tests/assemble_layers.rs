@@ -63,7 +63,11 @@ fn compression_is_detected_by_content() {
     let (_d, store, spool) = setup();
     let l = layer(&[E::File("f", b"hello", 0o644)]);
     // Mislabelled: gzip bytes under the plain tar media type.
-    let img = image(&store, "test/mislabel:1", vec![(gzip(&l), MediaType::ImageLayer)]);
+    let img = image(
+        &store,
+        "test/mislabel:1",
+        vec![(gzip(&l), MediaType::ImageLayer)],
+    );
     let tree = flatten(&store, &spool, &img).unwrap();
     assert_eq!(content(&spool, &tree, "f"), b"hello");
 }
@@ -87,7 +91,10 @@ fn links_devices_modes_and_owners() {
     );
     let tree = flatten(&store, &spool, &img).unwrap();
     let su = *tree.file(b"bin/su").unwrap();
-    assert_eq!((su.meta.mode, su.meta.uid, su.meta.gid), (0o4755, 1000, 1001));
+    assert_eq!(
+        (su.meta.mode, su.meta.uid, su.meta.gid),
+        (0o4755, 1000, 1001)
+    );
     let ino = |p: &str| match tree.node(tree.lookup(p.as_bytes()).unwrap()).kind {
         Kind::File(i) => i,
         _ => panic!("{p} is not a file"),
@@ -109,7 +116,10 @@ fn hostile(entries: &[E], needle: &str) {
     let err = flatten(&store, &spool, &img).unwrap_err().to_string();
     assert!(err.contains("test/evil:6.6.6"), "{err}");
     assert!(err.contains(needle), "{err}");
-    assert!(err.contains("layer entry"), "not refused as a hostile entry: {err}");
+    assert!(
+        err.contains("layer entry"),
+        "not refused as a hostile entry: {err}"
+    );
     // Nothing appeared beside the store or the spool.
     let mut seen: Vec<String> = std::fs::read_dir(d.path())
         .unwrap()
@@ -129,7 +139,10 @@ fn rejects_dotdot_paths() {
 #[test]
 fn rejects_writing_through_a_symlink() {
     hostile(
-        &[E::Symlink("etc", "/etc"), E::File("etc/passwd", b"root::0:0", 0o644)],
+        &[
+            E::Symlink("etc", "/etc"),
+            E::File("etc/passwd", b"root::0:0", 0o644),
+        ],
         "etc/passwd",
     );
     hostile(
@@ -151,7 +164,11 @@ fn rejects_bad_hard_links() {
 #[test]
 fn absolute_paths_are_normalised() {
     let (_d, store, spool) = setup();
-    let img = simple(&store, "test/abs:1", &[E::File("/etc/hostname", b"h", 0o644)]);
+    let img = simple(
+        &store,
+        "test/abs:1",
+        &[E::File("/etc/hostname", b"h", 0o644)],
+    );
     let tree = flatten(&store, &spool, &img).unwrap();
     assert_eq!(names(&tree), ["etc", "etc/hostname"]);
 }
@@ -159,7 +176,11 @@ fn absolute_paths_are_normalised() {
 #[test]
 fn corrupt_blob_names_image_and_digest() {
     let (_d, store, spool) = setup();
-    let img = simple(&store, "test/corrupt:1", &[E::File("f", b"hello world", 0o644)]);
+    let img = simple(
+        &store,
+        "test/corrupt:1",
+        &[E::File("f", b"hello world", 0o644)],
+    );
     let (digest, _) = img.layers().unwrap()[0].clone();
     let path = store.blob_path(&digest);
     let mut bytes = std::fs::read(&path).unwrap();

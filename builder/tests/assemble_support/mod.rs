@@ -38,7 +38,10 @@ pub fn layer(entries: &[E]) -> Vec<u8> {
     for e in entries {
         let (h, data): (tar::Header, &[u8]) = match e {
             E::Dir(p, m) => (raw_header(tar::EntryType::Directory, p, *m, 0), b""),
-            E::File(p, d, m) => (raw_header(tar::EntryType::Regular, p, *m, d.len() as u64), d),
+            E::File(p, d, m) => (
+                raw_header(tar::EntryType::Regular, p, *m, d.len() as u64),
+                d,
+            ),
             E::Owned(p, d, m, u, g) => {
                 let mut h = raw_header(tar::EntryType::Regular, p, *m, d.len() as u64);
                 h.set_uid(*u);
