@@ -3,5 +3,7 @@
 pub mod assemble;
 pub mod build;
 pub mod initramfs;
+pub mod manifest;
 pub mod reference;
+pub mod spec;
 pub mod store;
