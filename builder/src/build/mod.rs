@@ -8,6 +8,7 @@
 
 mod files;
 mod output;
+mod plan;
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +22,7 @@ use crate::store::{Image, Store};
 
 pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
 pub use output::{write_tar, Format};
+pub use plan::{image_defaults, plan, Resolve};
 
 pub use crate::initramfs::Compression;
 
