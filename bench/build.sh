@@ -80,16 +80,16 @@ measure() {
     printf '%s %s %s\n' "$label" "$wall" "$rss"
 }
 
-run_osk() { "$OSK" --cache "$STORE" build --dir "$W/out" --name bench "$@" "$W/bench.yml"; }
+BUILD=("$OSK" --cache "$STORE" build --dir "$W/out" --name bench "$W/bench.yml")
 echo "cold build (fills the spool)..." >&2
-cold=$(measure cold run_osk)
-warm=$(measure warm run_osk)
+cold=$(measure cold "${BUILD[@]}")
+warm=$(measure warm "${BUILD[@]}")
 size_osk=$(stat -c %s "$W/out/bench-initrd.img")
-warm_gz=$(measure warm-gzip run_osk --compress gzip)
+warm_gz=$(measure warm-gzip "${BUILD[@]}" --compress gzip)
 
 # The floor: the same tree, extracted, archived and compressed by the classic tools.
 mkdir -p "$W/x"
-run_osk --compress none
+"${BUILD[@]}" --compress none 2>/dev/null
 (cd "$W/x" && cpio -idm --quiet <"$W/out/bench-initrd.img")
 raw=$(du -sb --apparent-size "$W/x" | cut -f1)
 floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -c >"$W/floor.zst"; }
