@@ -1,1 +1,94 @@
 //! Helpers for osk end-to-end tests: build images, boot QEMU, watch the console.
+//!
+//! Every VM runs through the real `osk run qemu --detach --accel tcg` and is
+//! killed when its [`Machine`] is dropped, so a failing test leaves no QEMU behind.
+
+pub mod cpio;
+pub mod floor;
+mod machine;
+mod net;
+
+pub use machine::{BootOpts, Machine};
+pub use net::{free_port, http_get, ssh, ssh_keygen, wait_http};
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{ensure, Context, Result};
+
+/// The workspace root (this crate is `<root>/test`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test/ has a parent")
+        .to_path_buf()
+}
+
+/// The cargo profile directory the running test or bench binary lives in
+/// (`target/debug`), found from its own path so CARGO_TARGET_DIR is honoured.
+pub fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Downloads and test images are kept here between runs: `OSK_E2E_CACHE`,
+/// else `target/e2e-cache`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("OSK_E2E_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let profile = profile_dir()?;
+    Ok(profile.parent().unwrap_or(&profile).join("e2e-cache"))
+}
+
+/// The `osk` binary under test: `OSK_BIN` if set, else built now with cargo
+/// (a no-op when up to date) in the same target directory and profile as
+/// this test, so a test never runs a stale `osk`.
+pub fn osk_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_osk().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_osk() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("OSK_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let profile = profile_dir()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "osk-builder", "--bin", "osk"])
+        .current_dir(workspace_root());
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Some(target) = profile.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd.status().context("running cargo build -p osk-builder")?;
+    ensure!(
+        status.success(),
+        "cargo build -p osk-builder --bin osk failed ({status})"
+    );
+    let bin = profile.join("osk");
+    ensure!(bin.is_file(), "{} missing after cargo build", bin.display());
+    Ok(bin)
+}
+
+/// Runs `osk ARGS...` to completion and returns its output (stdout, stderr, status).
+pub fn osk(args: &[&str]) -> Result<std::process::Output> {
+    let bin = osk_bin()?;
+    Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))
+}

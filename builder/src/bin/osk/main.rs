@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod cache;
+mod pkg;
+mod pull;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +34,14 @@ enum Command {
     /// Manage the local OCI image store.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Pull images from registries into the local store.
+    Pull(pull::PullArgs),
+    /// Boot a build result.
+    #[command(subcommand)]
+    Run(run::RunCommand),
+    /// Build base OCI images from Debian packages (pkgs/NAME).
+    #[command(subcommand)]
+    Pkg(pkg::PkgCommand),
 }
 
 fn init_tracing(verbose: u8) {
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(args, store),
         Command::Cache(cmd) => cache::run(cmd, store),
+        Command::Pull(args) => pull::run(args, store),
+        Command::Run(cmd) => run::run(cmd),
+        Command::Pkg(cmd) => pkg::run(cmd, store),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,102 @@
+//! `osk pkg`: build the base OCI images from Debian packages.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use osk_builder::pkg;
+use osk_builder::store::Store;
+
+#[derive(Subcommand)]
+pub enum PkgCommand {
+    /// Resolve build.yml's Debian packages against the signed archive and write build.lock.
+    Lock {
+        /// Package folders (pkgs/NAME).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        opts: PkgOpts,
+    },
+    /// Build package images from their locks into the local store.
+    Build {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        opts: PkgOpts,
+    },
+    /// Print the image reference (osk/NAME:TAG) a build would produce.
+    ShowTag {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        opts: PkgOpts,
+    },
+}
+
+#[derive(Args)]
+pub struct PkgOpts {
+    /// Debian mirror base URL (default: $OSK_DEBIAN_MIRROR, then the host's apt sources).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// OpenPGP keyring the archive's InRelease must be signed with.
+    #[arg(long, default_value = pkg::release::DEFAULT_KEYRING)]
+    keyring: PathBuf,
+    /// Download cache for indexes and .debs, by SHA-256 (default: STORE/debs).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl PkgOpts {
+    fn options(self, store: &std::path::Path) -> pkg::Options {
+        let mut o = pkg::Options {
+            mirror: self.mirror,
+            keyring: self.keyring,
+            ..Default::default()
+        };
+        o.cache_dir = self.cache_dir.unwrap_or_else(|| store.join("debs"));
+        o
+    }
+}
+
+fn human(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
+    match cmd {
+        PkgCommand::Lock { dirs, opts } => {
+            let opts = opts.options(&store_dir);
+            for d in dirs {
+                let lock =
+                    pkg::lock(&d, &opts).with_context(|| format!("locking {}", d.display()))?;
+                println!("{}: {} packages locked", d.display(), lock.packages.len());
+            }
+        }
+        PkgCommand::Build { dirs, opts } => {
+            let opts = opts.options(&store_dir);
+            let store = Store::open(&store_dir)?;
+            for d in dirs {
+                let built =
+                    pkg::build(&d, &opts).with_context(|| format!("building {}", d.display()))?;
+                let desc = pkg::write_to_store(&store, &built)?;
+                println!(
+                    "{}\t{}\tcompressed {}\tcontent {}",
+                    built.reference,
+                    desc.digest(),
+                    human(built.image.layer.len()),
+                    human(built.content_size as usize)
+                );
+            }
+        }
+        PkgCommand::ShowTag { dirs, opts } => {
+            let opts = opts.options(&store_dir);
+            for d in dirs {
+                println!(
+                    "{}",
+                    pkg::show_tag(&d, &opts).with_context(|| format!("tagging {}", d.display()))?
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! `osk run`: boot a build result.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use osk_builder::run::{self, Accel, Artifacts, DiskSpec, Firmware, Publish, QemuConfig};
+
+#[derive(Subcommand)]
+pub enum RunCommand {
+    /// Boot NAME-kernel + NAME-initrd.img (+ NAME-cmdline) in QEMU, serial console on this terminal.
+    ///
+    /// Ctrl-a x quits, Ctrl-a c switches to the QEMU monitor. With --detach
+    /// QEMU runs in the background: the console goes to STATE/console.log, the
+    /// monitor listens on STATE/monitor.sock, the pid is in STATE/qemu.pid.
+    Qemu(Box<QemuArgs>),
+}
+
+#[derive(Args)]
+pub struct QemuArgs {
+    /// Prefix of the build result: `out/minimal` boots out/minimal-kernel, out/minimal-initrd.img.
+    name: PathBuf,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = QemuConfig::DEFAULT_CPUS)]
+    cpus: u32,
+    /// Memory, in MiB or with a K/M/G suffix.
+    #[arg(long, default_value = "1024", value_parser = parse_mem)]
+    mem: u64,
+    /// Disk as [PATH][,size=SIZE][,format=raw|qcow2]; created if missing (default STATE/diskN.raw, 1G). Repeatable.
+    #[arg(long, value_parser = parse_from::<DiskSpec>)]
+    disk: Vec<DiskSpec>,
+    /// Forward a host port to the guest: [HOSTIP:]HOST:GUEST[/tcp|/udp] (HOSTIP defaults to 127.0.0.1). Repeatable.
+    #[arg(long, value_parser = parse_from::<Publish>)]
+    publish: Vec<Publish>,
+    /// Accelerator: auto picks kvm when /dev/kvm is usable, else tcg.
+    #[arg(long, env = "OSK_QEMU_ACCEL", default_value = "auto", value_parser = parse_from::<Accel>)]
+    accel: Accel,
+    /// Boot through UEFI firmware (Debian's ovmf package) instead of BIOS.
+    #[arg(long)]
+    uefi: bool,
+    /// Metadata for the guest, attached as a CD-ROM (ISO 9660, label CIDATA, files config and user-data).
+    #[arg(long, conflicts_with = "data_file")]
+    data: Option<String>,
+    /// Like --data, read from a file.
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+    /// Directory for disks, the monitor socket, console log and pid file [default: NAME-state].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// QEMU binary (a path, or a name looked up on PATH).
+    #[arg(long, default_value = run::QEMU_BINARY)]
+    qemu: PathBuf,
+    /// Extra kernel command-line arguments, after NAME-cmdline's.
+    #[arg(long, allow_hyphen_values = true)]
+    append: Option<String>,
+    /// Run in the background (see above).
+    #[arg(long)]
+    detach: bool,
+    /// Make a guest reboot exit QEMU instead of restarting the VM.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Stop the VM after this many seconds (foreground only).
+    #[arg(long, conflicts_with = "detach")]
+    timeout: Option<u64>,
+    /// Print the QEMU command line before starting it.
+    #[arg(long)]
+    print_command: bool,
+}
+
+fn parse_from<T: std::str::FromStr<Err = run::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: run::Error| e.to_string())
+}
+
+fn parse_mem(s: &str) -> Result<u64, String> {
+    run::parse_size(s)
+        .map(|b| b >> 20)
+        .filter(|&mib| mib > 0)
+        .ok_or_else(|| format!("{s:?} is not a memory size (MiB, or a number with K/M/G suffix)"))
+}
+
+pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
+    match cmd {
+        RunCommand::Qemu(args) => qemu(*args),
+    }
+}
+
+fn qemu(args: QemuArgs) -> anyhow::Result<()> {
+    let state = args.state.clone().unwrap_or_else(|| {
+        let mut s = args.name.as_os_str().to_owned();
+        s.push("-state");
+        PathBuf::from(s)
+    });
+    let mut cfg = QemuConfig::new(Artifacts::from_prefix(&args.name), state)
+        .qemu(&args.qemu)
+        .cpus(args.cpus)
+        .mem_mib(args.mem)
+        .accel(args.accel)
+        .detach(args.detach)
+        .reboot(!args.no_reboot);
+    if args.uefi {
+        cfg = cfg.firmware(Firmware::debian_ovmf());
+    }
+    for d in args.disk {
+        cfg = cfg.disk(d);
+    }
+    for p in args.publish {
+        cfg = cfg.publish(p);
+    }
+    if let Some(a) = args.append {
+        cfg = cfg.append(a);
+    }
+    if let Some(d) = args.data {
+        cfg = cfg.data(d.into_bytes());
+    } else if let Some(path) = &args.data_file {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading --data-file {}", path.display()))?;
+        cfg = cfg.data(bytes);
+    }
+
+    let prepared = run::prepare(cfg)?;
+    tracing::info!(
+        accel = %prepared.config.accel,
+        state = %prepared.config.state_dir.display(),
+        "booting {}",
+        args.name.display()
+    );
+    if args.print_command {
+        eprintln!("{}", prepared.display());
+    }
+    if args.detach {
+        let vm = run::run_detached(&prepared)?;
+        println!("pid {}", vm.pid);
+        println!("console {}", vm.console_log.display());
+        println!("monitor {}", vm.monitor_socket.display());
+        return Ok(());
+    }
+    let exit = run::run_attached(&prepared, args.timeout.map(Duration::from_secs))?;
+    anyhow::ensure!(
+        !exit.timed_out,
+        "VM stopped after --timeout {} s",
+        args.timeout.unwrap_or_default()
+    );
+    anyhow::ensure!(exit.status.success(), "QEMU exited with {}", exit.status);
+    Ok(())
+}

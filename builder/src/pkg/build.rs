@@ -1,0 +1,603 @@
+//! Orchestration: lock, assemble, build, store.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use super::deb::{self, Filter};
+use super::fetch::{default_cache_dir, Fetcher};
+use super::image::{self, Image, RunConfig};
+use super::index::{parse_atom, parse_packages};
+use super::lock::{inputs_hash, Lock, Locked, LOCK_FILE};
+use super::release::{Keyring, Release, DEFAULT_KEYRING};
+use super::resolve::{resolve, Universe};
+use super::spec::{parse_mode, Spec};
+use super::tree::{normalise, Kind, Node, Patterns, Tree, MERGED_USR_DIRS};
+use super::{apt_source, kernel, Error};
+use crate::reference::Reference;
+use crate::store::Store;
+use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
+
+/// Bumped when the builder's output for the same inputs changes.
+const FORMAT: &str = "osk-pkg-1";
+/// Image references are `osk/NAME:TAG`.
+pub const IMAGE_PREFIX: &str = "osk/";
+
+/// How to reach the archive and where to cache.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Mirror URL; `None`: `OSK_DEBIAN_MIRROR`, then the host's apt sources.
+    pub mirror: Option<String>,
+    pub keyring: PathBuf,
+    pub cache_dir: PathBuf,
+    /// The host apt configuration directory (normally `/etc/apt`).
+    pub etc_apt: PathBuf,
+    /// mtime of every layer entry (`SOURCE_DATE_EPOCH`, else 0).
+    pub source_date_epoch: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            mirror: None,
+            keyring: PathBuf::from(DEFAULT_KEYRING),
+            cache_dir: default_cache_dir(),
+            etc_apt: PathBuf::from("/etc/apt"),
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// A package folder, read and checked.
+struct Package {
+    dir: PathBuf,
+    name: String,
+    spec: Spec,
+    lock: Option<(Lock, String)>,
+}
+
+impl Package {
+    fn load(dir: &Path) -> Result<Package, Error> {
+        let dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Other(format!("{}: no package name", dir.display())))?
+            .to_string();
+        let path = dir.join("build.yml");
+        let spec_text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let spec = Spec::parse(&spec_text, &path)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = match std::fs::read_to_string(&lock_path) {
+            Ok(t) => Some((Lock::parse(&t, &lock_path)?, t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&lock_path, e)),
+        };
+        Ok(Package {
+            dir,
+            name,
+            spec,
+            lock,
+        })
+    }
+
+    /// The lock, which must exist and match build.yml.
+    fn checked_lock(&self) -> Result<Option<&Lock>, Error> {
+        if self.spec.debian.is_none() {
+            return Ok(None);
+        }
+        let path = self.dir.join(LOCK_FILE).display().to_string();
+        let (lock, _) = self.lock.as_ref().ok_or_else(|| Error::Lock {
+            path: path.clone(),
+            message: format!("missing; run `osk pkg lock {}`", self.dir.display()),
+        })?;
+        if lock.inputs != inputs_hash(&self.spec) {
+            return Err(Error::Lock {
+                path,
+                message: format!(
+                    "stale: build.yml's debian/kernel sections changed since it was written; run `osk pkg lock {}`",
+                    self.dir.display()
+                ),
+            });
+        }
+        Ok(Some(lock))
+    }
+
+    fn base_dir(&self) -> Option<PathBuf> {
+        self.spec
+            .from
+            .as_deref()
+            .and_then(|f| f.strip_prefix("@pkg:"))
+            .map(|p| self.dir.join(p))
+    }
+}
+
+/// Resolves build.yml's Debian packages against the signed archive and
+/// writes `build.lock`. Returns the lock.
+pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
+    let pkg = Package::load(dir)?;
+    let debian = pkg.spec.debian.as_ref().ok_or_else(|| Error::Spec {
+        at: pkg.dir.join("build.yml").display().to_string(),
+        message: "no `debian` section: nothing to lock".into(),
+    })?;
+    let mirror = apt_source::mirror(opts.mirror.as_deref(), &opts.etc_apt)?;
+    let keyring = Keyring::load(&opts.keyring)?;
+    let fetcher = Fetcher::new(opts.cache_dir.clone());
+    let mut all = Vec::new();
+    for suite in &debian.suites {
+        let origin = format!("dists/{suite}/InRelease");
+        let signed = fetcher.get_text(&format!("{mirror}/{origin}"))?;
+        let text = keyring.verify_cleartext(&signed, &origin)?;
+        let release = Release::parse(&text, &origin)?;
+        for comp in &debian.components {
+            let base = format!("{comp}/binary-{}/Packages", debian.architecture);
+            let (key, entry) = ["xz", "gz"]
+                .iter()
+                .find_map(|ext| {
+                    let k = format!("{base}.{ext}");
+                    release.files.get(&k).map(|e| (k, e.clone()))
+                })
+                .ok_or_else(|| Error::Release {
+                    file: origin.clone(),
+                    message: format!("lists no {base}.xz or .gz"),
+                })?;
+            let name = format!("dists/{suite}/{key}");
+            let path = fetcher.get_verified(
+                &format!("{mirror}/{name}"),
+                &entry.sha256,
+                entry.size,
+                &name,
+            )?;
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let mut text = String::new();
+            let mut reader: Box<dyn Read> = if key.ends_with(".xz") {
+                Box::new(liblzma::read::XzDecoder::new(file))
+            } else {
+                Box::new(flate2::read::GzDecoder::new(file))
+            };
+            reader
+                .read_to_string(&mut text)
+                .map_err(|e| Error::io(&path, e))?;
+            all.extend(parse_packages(&text, &name)?);
+        }
+    }
+    let universe = Universe::new(all, &debian.architecture);
+    let requests = debian
+        .packages
+        .iter()
+        .map(|p| parse_atom(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| Error::Spec {
+            at: pkg.dir.join("build.yml").display().to_string(),
+            message: m,
+        })?;
+    let mut chosen = resolve(&universe, &requests, &debian.skip)?;
+    if let Some(k) = &pkg.spec.kernel {
+        // The kernel's own dependencies (kmod, initramfs tools) serve the
+        // host's boot scripts, not an image: take the package alone.
+        let p = universe
+            .get(&k.package)
+            .and_then(|l| l.first())
+            .ok_or_else(|| Error::Unresolvable {
+                dependency: k.package.clone(),
+                chain: "kernel.package".into(),
+                detail: "not in the indexes (the ABI name changes with each kernel update)".into(),
+            })?;
+        chosen.push(p.clone());
+    }
+    let lock = Lock::new(
+        inputs_hash(&pkg.spec),
+        chosen
+            .into_iter()
+            .map(|p| Locked {
+                name: p.name,
+                version: p.version.to_string(),
+                architecture: p.architecture,
+                sha256: p.sha256,
+                size: p.size,
+                filename: p.filename,
+            })
+            .collect(),
+    );
+    lock.write(&pkg.dir)?;
+    Ok(lock)
+}
+
+/// Downloads (or finds cached) every locked .deb.
+fn fetch_debs(
+    pkg: &Package,
+    lock: &Lock,
+    opts: &Options,
+) -> Result<BTreeMap<String, PathBuf>, Error> {
+    let fetcher = Fetcher::new(opts.cache_dir.clone());
+    let mut mirror: Option<String> = None;
+    let mut out = BTreeMap::new();
+    for p in &lock.packages {
+        let cached = fetcher.cached_path(&p.sha256);
+        let path = if cached.exists() {
+            cached
+        } else {
+            if mirror.is_none() {
+                mirror = Some(apt_source::mirror(opts.mirror.as_deref(), &opts.etc_apt)?);
+            }
+            let url = format!("{}/{}", mirror.as_deref().unwrap_or_default(), p.filename);
+            let label = format!("{} {} ({})", p.name, p.version, p.filename);
+            fetcher
+                .get_verified(&url, &p.sha256, p.size, &label)
+                .map_err(|e| match e {
+                    Error::Http { not_found: true, .. } => Error::Lock {
+                        path: pkg.dir.join(LOCK_FILE).display().to_string(),
+                        message: format!(
+                            "the mirror no longer has {label}; run `osk pkg lock {}` to move to what it has",
+                            pkg.dir.display()
+                        ),
+                    },
+                    e => e,
+                })?
+        };
+        out.insert(p.name.clone(), path);
+    }
+    Ok(out)
+}
+
+/// Walks up from `dir` to the cargo workspace root.
+fn workspace_root(dir: &Path) -> Result<PathBuf, Error> {
+    for d in dir.ancestors() {
+        let toml = d.join("Cargo.toml");
+        if std::fs::read_to_string(&toml).is_ok_and(|t| t.contains("[workspace]")) {
+            return Ok(d.to_path_buf());
+        }
+    }
+    Err(Error::Other(format!(
+        "{}: `binaries` needs the package to live inside the osk cargo workspace",
+        dir.display()
+    )))
+}
+
+/// Builds the spec's workspace binaries: static, with paths remapped so the
+/// bytes do not depend on where the checkout lives.
+fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    if pkg.spec.binaries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = workspace_root(&pkg.dir)?;
+    const TARGET: &str = "x86_64-unknown-linux-gnu";
+    let mut packages: Vec<&str> = pkg
+        .spec
+        .binaries
+        .iter()
+        .map(|b| b.package.as_str())
+        .collect();
+    packages.sort();
+    packages.dedup();
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    let rustflags = format!(
+        "-C target-feature=+crt-static --remap-path-prefix={}=/osk --remap-path-prefix={}=/cargo",
+        root.display(),
+        cargo_home.display()
+    );
+    for p in &packages {
+        tracing::info!("cargo build --release -p {p} --target {TARGET}");
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .env("RUSTFLAGS", &rustflags)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                p,
+                "--bins",
+                "--target",
+                TARGET,
+            ])
+            .output()
+            .map_err(|e| Error::Cargo {
+                package: p.to_string(),
+                message: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(Error::Cargo {
+                package: p.to_string(),
+                message: String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    pkg.spec
+        .binaries
+        .iter()
+        .map(|b| {
+            let path = target_dir.join(TARGET).join("release").join(&b.bin);
+            std::fs::read(&path)
+                .map(|d| (b.dest.clone(), d))
+                .map_err(|e| Error::io(&path, e))
+        })
+        .collect()
+}
+
+/// Every file in the package folder, sorted, for the tag.
+fn folder_files(dir: &Path) -> Result<Vec<(String, u32, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+            let e = e.map_err(|e| Error::io(&d, e))?;
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .to_string();
+                let data = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+                out.push((rel, meta.permissions().mode() & 0o111, data));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A package with its inputs gathered: ready to tag and assemble.
+struct Prepared {
+    pkg: Package,
+    binaries: Vec<(String, Vec<u8>)>,
+    base: Option<Box<Prepared>>,
+    tag: String,
+}
+
+fn prepare(dir: &Path, opts: &Options, depth: usize) -> Result<Prepared, Error> {
+    if depth > 8 {
+        return Err(Error::Other(format!(
+            "{}: `from` chain too deep (a cycle?)",
+            dir.display()
+        )));
+    }
+    let pkg = Package::load(dir)?;
+    pkg.checked_lock()?;
+    let base = match pkg.base_dir() {
+        Some(b) => Some(Box::new(prepare(&b, opts, depth + 1)?)),
+        None => None,
+    };
+    let binaries = build_binaries(&pkg)?;
+    let mut h = Sha256::new();
+    let mut field = |k: &str, v: &[u8]| {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    };
+    field("format", FORMAT.as_bytes());
+    field("name", pkg.name.as_bytes());
+    field(
+        "source-date-epoch",
+        opts.source_date_epoch.to_string().as_bytes(),
+    );
+    for (rel, exec, data) in folder_files(&pkg.dir)? {
+        field(&format!("file:{rel}:{exec:o}"), &data);
+    }
+    for (dest, data) in &binaries {
+        field(&format!("binary:{dest}"), &Sha256::digest(data));
+    }
+    if let Some(b) = &base {
+        field("base", b.tag.as_bytes());
+    }
+    let tag = hex::encode(&h.finalize()[..16]);
+    Ok(Prepared {
+        pkg,
+        binaries,
+        base,
+        tag,
+    })
+}
+
+impl Prepared {
+    fn reference(&self) -> String {
+        format!("{IMAGE_PREFIX}{}:{}", self.pkg.name, self.tag)
+    }
+}
+
+/// Assembles the root filesystem of a prepared package.
+fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
+    let spec = &p.pkg.spec;
+    let lock = p.pkg.checked_lock()?;
+    let debs = match lock {
+        Some(l) => fetch_debs(&p.pkg, l, opts)?,
+        None => BTreeMap::new(),
+    };
+    if let Some(k) = &spec.kernel {
+        let deb = debs.get(&k.package).ok_or_else(|| Error::Lock {
+            path: p.pkg.dir.join(LOCK_FILE).display().to_string(),
+            message: format!(
+                "does not list the kernel package {}; run `osk pkg lock`",
+                k.package
+            ),
+        })?;
+        return kernel::kernel_tree(deb, &k.modules, opts.source_date_epoch);
+    }
+    let mut tree = match &p.base {
+        Some(b) => assemble(b, opts)?,
+        None => Tree::default(),
+    };
+    let at = p.pkg.dir.join("build.yml").display().to_string();
+    let pat = |v: Vec<String>| {
+        Patterns::new(&v).map_err(|e| Error::Spec {
+            at: at.clone(),
+            message: format!("bad pattern: {e}"),
+        })
+    };
+    let exclude = pat(spec.excludes())?;
+    let keep = pat(spec.keeps())?;
+    let merged_usr = spec.debian.as_ref().is_none_or(|d| d.merged_usr);
+    let filter = Filter {
+        exclude: &exclude,
+        keep: &keep,
+        merged_usr,
+    };
+    for path in debs.values() {
+        deb::unpack(path, &filter, &mut tree)?;
+    }
+    if merged_usr {
+        for d in MERGED_USR_DIRS {
+            if tree.entries.contains_key(&format!("usr/{d}")) {
+                tree.insert(d.to_string(), Node::symlink(&format!("usr/{d}")));
+            }
+        }
+    }
+    for d in ["dev", "proc", "sys", "run", "etc", "var", "root"] {
+        tree.insert(
+            d.to_string(),
+            Node::dir(if d == "root" { 0o700 } else { 0o755 }),
+        );
+    }
+    tree.insert("tmp".into(), Node::dir(0o1777));
+    if let Some(dest) = &spec.ca_bundle {
+        let mut bundle = Vec::new();
+        for (path, node) in &tree.entries {
+            if let (true, Kind::File(d)) = (
+                path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt"),
+                &node.kind,
+            ) {
+                bundle.extend_from_slice(d);
+                if !d.ends_with(b"\n") {
+                    bundle.push(b'\n');
+                }
+            }
+        }
+        if bundle.is_empty() {
+            return Err(Error::Spec {
+                at,
+                message: "ca-bundle: no usr/share/ca-certificates/**.crt (add ca-certificates to debian.packages)".into(),
+            });
+        }
+        tree.insert(
+            normalise(dest, merged_usr).unwrap_or_default(),
+            Node::file(bundle, 0o644),
+        );
+    }
+    for d in &spec.directories {
+        let mode = d.mode.as_deref().and_then(parse_mode).unwrap_or(0o755);
+        tree.insert(
+            normalise(&d.path, merged_usr).unwrap_or_default(),
+            Node::dir(mode),
+        );
+    }
+    for f in &spec.files {
+        let src = p.pkg.dir.join(&f.src);
+        let data = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+        let mode = f.mode.as_deref().and_then(parse_mode).unwrap_or(0o644);
+        tree.insert(
+            normalise(&f.dest, merged_usr).unwrap_or_default(),
+            Node::file(data, mode),
+        );
+    }
+    for (dest, data) in &p.binaries {
+        tree.insert(
+            normalise(dest, merged_usr).unwrap_or_default(),
+            Node::file(data.clone(), 0o755),
+        );
+    }
+    for s in &spec.symlinks {
+        tree.insert(
+            normalise(&s.path, merged_usr).unwrap_or_default(),
+            Node::symlink(&s.target),
+        );
+    }
+    Ok(tree)
+}
+
+fn run_config(spec: &Spec) -> RunConfig {
+    let mut env = spec.env.clone();
+    if spec.kernel.is_none() && !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    RunConfig {
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.cmd.clone(),
+        env,
+        workdir: spec.workdir.clone(),
+        label: spec.config.clone(),
+    }
+}
+
+/// A built package image.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// `osk/NAME:TAG`.
+    pub reference: String,
+    pub image: Image,
+    /// Uncompressed content bytes (files only).
+    pub content_size: u64,
+}
+
+/// Builds the package at `dir` from its lock. Never re-resolves.
+pub fn build(dir: &Path, opts: &Options) -> Result<Built, Error> {
+    let p = prepare(dir, opts, 0)?;
+    let tree = assemble(&p, opts)?;
+    let image = image::build(&tree, &run_config(&p.pkg.spec), opts.source_date_epoch)?;
+    Ok(Built {
+        reference: p.reference(),
+        content_size: tree.content_size(),
+        image,
+    })
+}
+
+/// The reference `osk pkg build` would produce, without building the image
+/// (workspace binaries are built: they are inputs).
+pub fn show_tag(dir: &Path, opts: &Options) -> Result<String, Error> {
+    Ok(prepare(dir, opts, 0)?.reference())
+}
+
+/// Stores a built image under its reference; returns the manifest descriptor.
+pub fn write_to_store(store: &Store, built: &Built) -> Result<Descriptor, Error> {
+    let layer = store.put_bytes(MediaType::ImageLayerGzip, &built.image.layer)?;
+    let config: ImageConfiguration = serde_json::from_slice(&built.image.config)
+        .map_err(|e| Error::Image(format!("config does not parse as OCI: {e}")))?;
+    let reference = Reference::parse(&built.reference).map_err(|e| Error::Image(e.to_string()))?;
+    Ok(store.write_image(&reference, &config, vec![layer])?)
+}
+
+/// Returns the package's reference, building it into `store` only if the
+/// store lacks it. `osk build` calls this for `@pkg:PATH` images.
+pub fn ensure_built(dir: &Path, store: &Store, opts: &Options) -> Result<Reference, Error> {
+    let p = prepare(dir, opts, 0)?;
+    let reference = Reference::parse(&p.reference()).map_err(|e| Error::Image(e.to_string()))?;
+    if store.resolve(&reference)?.is_some() {
+        return Ok(reference);
+    }
+    let tree = assemble(&p, opts)?;
+    let built = Built {
+        reference: p.reference(),
+        content_size: tree.content_size(),
+        image: image::build(&tree, &run_config(&p.pkg.spec), opts.source_date_epoch)?,
+    };
+    write_to_store(store, &built)?;
+    Ok(reference)
+}

@@ -1,0 +1,187 @@
+//! The image: one deterministic layer (sorted tar, fixed mtime, numeric
+//! owners, gzip with fixed parameters) and a config with sorted JSON keys.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::tree::{Kind, Tree};
+use super::Error;
+
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+/// The image's runtime configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// JSON for the `org.mobyproject.config` label.
+    pub label: Option<Value>,
+}
+
+/// A finished image, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// gzip-compressed layer.
+    pub layer: Vec<u8>,
+    /// sha256 of the uncompressed layer.
+    pub diff_id: String,
+    /// Serialized config JSON (sorted keys).
+    pub config: Vec<u8>,
+}
+
+impl Image {
+    pub fn layer_digest(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(&self.layer)))
+    }
+
+    pub fn config_digest(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(&self.config)))
+    }
+}
+
+/// Serializes the tree as an uncompressed tar, in path order.
+pub fn layer_tar(tree: &Tree, mtime: u64) -> Result<Vec<u8>, std::io::Error> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.mode(tar::HeaderMode::Deterministic);
+    for (path, node) in &tree.entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(mtime);
+        h.set_uid(node.uid);
+        h.set_gid(node.gid);
+        h.set_mode(node.mode);
+        match &node.kind {
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            }
+            Kind::File(data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data.as_slice())?;
+            }
+            Kind::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, path, target)?;
+            }
+        }
+    }
+    b.into_inner()
+}
+
+/// Builds the layer and config for `tree`.
+pub fn build(tree: &Tree, run: &RunConfig, mtime: u64) -> Result<Image, Error> {
+    let tar = layer_tar(tree, mtime).map_err(|e| Error::Image(e.to_string()))?;
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+    // No file name and mtime 0 in the gzip header: same input, same bytes.
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    let layer = gz.finish().map_err(|e| Error::Image(e.to_string()))?;
+
+    let mut cfg = serde_json::Map::new();
+    if let Some(e) = &run.entrypoint {
+        cfg.insert("Entrypoint".into(), json!(e));
+    }
+    if let Some(c) = &run.cmd {
+        cfg.insert("Cmd".into(), json!(c));
+    }
+    if !run.env.is_empty() {
+        cfg.insert("Env".into(), json!(run.env));
+    }
+    if let Some(w) = &run.workdir {
+        cfg.insert("WorkingDir".into(), json!(w));
+    }
+    if let Some(label) = &run.label {
+        // serde_json's Map is a BTreeMap here: keys come out sorted.
+        let text = serde_json::to_string(label).map_err(|e| Error::Image(e.to_string()))?;
+        cfg.insert("Labels".into(), json!({ osk_layout::CONFIG_LABEL: text }));
+    }
+    let created = chrono_free_rfc3339(mtime);
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": Value::Object(cfg),
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    Ok(Image {
+        layer,
+        diff_id,
+        config: serde_json::to_vec(&config).map_err(|e| Error::Image(e.to_string()))?,
+    })
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (days-from-civil, no time crate).
+fn chrono_free_rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tree::Node;
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(chrono_free_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(chrono_free_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn same_tree_same_bytes_and_sorted_entries() {
+        let mut t = Tree::default();
+        t.insert("usr/bin/b".into(), Node::file(b"b".to_vec(), 0o755));
+        t.insert("etc/a".into(), Node::file(b"a".to_vec(), 0o644));
+        t.insert("bin".into(), Node::symlink("usr/bin"));
+        let run = RunConfig {
+            cmd: Some(vec!["/usr/bin/b".into()]),
+            label: Some(json!({"net": "host", "capabilities": ["all"]})),
+            ..Default::default()
+        };
+        let a = build(&t, &run, 0).unwrap();
+        let b = build(&t, &run, 0).unwrap();
+        assert_eq!((a.layer_digest(), &a.config), (b.layer_digest(), &b.config));
+        let tar = layer_tar(&t, 0).unwrap();
+        let mut ar = tar::Archive::new(tar.as_slice());
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["bin", "etc/", "etc/a", "usr/", "usr/bin/", "usr/bin/b"]
+        );
+        let cfg: Value = serde_json::from_slice(&a.config).unwrap();
+        assert_eq!(
+            cfg["config"]["Labels"][osk_layout::CONFIG_LABEL],
+            r#"{"capabilities":["all"],"net":"host"}"#
+        );
+    }
+}

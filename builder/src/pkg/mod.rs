@@ -1,0 +1,97 @@
+//! `osk pkg`: base OCI images built from Debian packages, locked and
+//! reproducible, without Docker or root.
+//!
+//! A package is a folder `pkgs/NAME/` with `build.yml` (see [`spec`]) and
+//! `build.lock` (see [`lock`]). Locking resolves against the signed archive;
+//! building only downloads what the lock names, verifies every byte and
+//! writes one deterministic layer.
+
+pub mod apt_source;
+pub mod deb;
+pub mod fetch;
+pub mod image;
+pub mod index;
+pub mod kernel;
+pub mod lock;
+pub mod release;
+pub mod resolve;
+pub mod spec;
+pub mod tree;
+pub mod version;
+
+mod build;
+
+pub use build::{build, ensure_built, lock, show_tag, write_to_store, Built, Options};
+
+use std::path::Path;
+
+/// Everything that can go wrong in `osk pkg`, each naming its input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{at}: {message}")]
+    Spec { at: String, message: String },
+    #[error("{path}: {message}")]
+    Lock { path: String, message: String },
+    #[error(
+        "no Debian mirror: pass --mirror URL, set {}, or add a `deb` entry for Debian to /etc/apt/sources.list(.d)",
+        apt_source::MIRROR_ENV
+    )]
+    NoMirror,
+    #[error("keyring {path}: {message}")]
+    Keyring { path: String, message: String },
+    #[error("{file}: signature check failed: {message}")]
+    Signature { file: String, message: String },
+    #[error("{file}: {message}")]
+    Release { file: String, message: String },
+    #[error("{origin}: package `{package}`: {message}")]
+    Index {
+        origin: String,
+        package: String,
+        message: String,
+    },
+    #[error("{file}: checksum mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("GET {url}: {message}")]
+    Http {
+        url: String,
+        message: String,
+        not_found: bool,
+    },
+    #[error("cannot satisfy `{dependency}` needed by {chain}: {detail}")]
+    Unresolvable {
+        dependency: String,
+        chain: String,
+        detail: String,
+    },
+    #[error("{file}: {message}")]
+    Deb { file: String, message: String },
+    #[error("kernel package {file}: {message}")]
+    Kernel { file: String, message: String },
+    #[error("cargo build of `{package}`: {message}")]
+    Cargo { package: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("image: {0}")]
+    Image(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

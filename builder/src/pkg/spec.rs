@@ -1,0 +1,347 @@
+//! `build.yml`: what goes into a package image. Parsed strictly: an unknown
+//! key is an error naming file:line:col.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+
+/// Paths a minimal OS never needs; `default-excludes: false` turns them off.
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/linda",
+    "usr/share/bug",
+    "usr/share/doc-base",
+    "usr/share/menu",
+    "usr/share/bash-completion",
+    "usr/share/zsh",
+    "usr/share/fish",
+    "usr/share/pixmaps",
+    "usr/share/applications",
+    "usr/share/icons",
+    "usr/share/gdb",
+    "usr/share/apport",
+    "usr/lib/systemd",
+    "usr/lib/tmpfiles.d",
+    "usr/lib/sysusers.d",
+    "etc/systemd",
+    "etc/init.d",
+    "etc/rc*.d",
+    "etc/logrotate.d",
+    "etc/cron.*",
+    "etc/default",
+    "lib/systemd",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/share/debconf",
+    "usr/share/initramfs-tools",
+    "etc/initramfs-tools",
+];
+
+/// Kept even if an exclude matches: licence texts are small and owed.
+pub const DEFAULT_KEEPS: &[&str] = &["usr/share/doc/*/copyright"];
+
+/// One `build.yml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Spec {
+    /// Base: `@pkg:PATH` (another osk package, relative to this folder).
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub debian: Option<Debian>,
+    #[serde(default)]
+    pub kernel: Option<Kernel>,
+    /// Extra path patterns to drop (root-relative globs; a match drops the subtree).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Patterns kept even when excluded.
+    #[serde(default)]
+    pub keep: Vec<String>,
+    #[serde(default = "yes")]
+    pub default_excludes: bool,
+    /// Files from the package folder.
+    #[serde(default)]
+    pub files: Vec<File>,
+    /// Binaries built with cargo from this workspace.
+    #[serde(default)]
+    pub binaries: Vec<Binary>,
+    /// Symlinks maintainer scripts would have made (alternatives...).
+    #[serde(default)]
+    pub symlinks: Vec<Symlink>,
+    /// Empty directories to create.
+    #[serde(default)]
+    pub directories: Vec<Directory>,
+    /// Write the CA bundle (all `usr/share/ca-certificates/**.crt`, sorted) here.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// LinuxKit runtime settings, stored as the `org.mobyproject.config` label.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn main_component() -> Vec<String> {
+    vec!["main".to_string()]
+}
+
+fn amd64() -> String {
+    "amd64".to_string()
+}
+
+/// Debian packages to install with their dependency closure.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Debian {
+    /// Suites searched together (e.g. `[bookworm, bookworm-updates]`).
+    pub suites: Vec<String>,
+    #[serde(default = "main_component")]
+    pub components: Vec<String>,
+    #[serde(default = "amd64")]
+    pub architecture: String,
+    /// Requested packages, `name` or `name (>= version)`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Packages never installed; dependencies on them count as met
+    /// (for dependencies that only serve maintainer scripts, e.g. debconf).
+    #[serde(default)]
+    pub skip: Vec<String>,
+    /// Debian's merged-/usr layout: `/bin`, `/sbin`, `/lib*` link into `/usr`.
+    #[serde(default = "yes")]
+    pub merged_usr: bool,
+}
+
+/// The kernel image form: `/kernel` and `/kernel.tar` from a linux-image package.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Kernel {
+    /// The exact ABI package, e.g. `linux-image-6.1.0-37-amd64`.
+    pub package: String,
+    /// Modules to ship; their `depends=` closure is added.
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Path inside the package folder.
+    pub src: String,
+    /// Absolute path in the image.
+    pub dest: String,
+    /// Octal mode as a string, e.g. "0755" (default 0644).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binary {
+    /// Cargo package in this workspace.
+    pub package: String,
+    /// Binary target name.
+    pub bin: String,
+    /// Absolute path in the image.
+    pub dest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Symlink {
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub path: String,
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// Parses an octal mode string ("0755", "755", "1777").
+pub fn parse_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+}
+
+/// Formats a serde-saphyr error as `file:line:col: message`.
+pub fn yaml_error(path: &Path, err: &serde_saphyr::Error) -> Error {
+    let at = match err.location() {
+        Some(l) => format!("{}:{}:{}", path.display(), l.line(), l.column()),
+        None => path.display().to_string(),
+    };
+    Error::Spec {
+        at,
+        message: err.to_string(),
+    }
+}
+
+impl Spec {
+    pub fn parse(text: &str, path: &Path) -> Result<Spec, Error> {
+        let spec: Spec = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        let bad = |m: String| {
+            Err(Error::Spec {
+                at: path.display().to_string(),
+                message: m,
+            })
+        };
+        if let Some(k) = &self.kernel {
+            if self.debian.is_none() {
+                return bad("`kernel` needs a `debian` section naming the suites".into());
+            }
+            if k.modules.is_empty() {
+                return bad(
+                    "`kernel.modules` is empty: a guest without modules has no disk or network"
+                        .into(),
+                );
+            }
+            if !self.files.is_empty() || !self.binaries.is_empty() || self.from.is_some() {
+                return bad("a `kernel` package holds only /kernel and /kernel.tar (no files, binaries or from)".into());
+            }
+        }
+        if let Some(d) = &self.debian {
+            if d.suites.is_empty() {
+                return bad("`debian.suites` is empty".into());
+            }
+            if d.packages.is_empty() && self.kernel.is_none() {
+                return bad("`debian.packages` is empty".into());
+            }
+        }
+        if let Some(f) = &self.from {
+            if !f.starts_with("@pkg:") {
+                return bad(format!(
+                    "`from: {f}`: only `@pkg:PATH` (another osk package) is supported"
+                ));
+            }
+        }
+        for f in &self.files {
+            if !f.dest.starts_with('/') {
+                return bad(format!("files: dest `{}` must be absolute", f.dest));
+            }
+            if f.src.starts_with('/') || f.src.split('/').any(|p| p == "..") {
+                return bad(format!(
+                    "files: src `{}` must stay inside the package folder",
+                    f.src
+                ));
+            }
+            if let Some(m) = &f.mode {
+                if parse_mode(m).is_none() {
+                    return bad(format!(
+                        "files: bad mode `{m}` for {} (octal string, e.g. \"0755\")",
+                        f.dest
+                    ));
+                }
+            }
+        }
+        for d in &self.directories {
+            if let Some(m) = &d.mode {
+                if parse_mode(m).is_none() {
+                    return bad(format!("directories: bad mode `{m}` for {}", d.path));
+                }
+            }
+        }
+        for b in &self.binaries {
+            if !b.dest.starts_with('/') {
+                return bad(format!("binaries: dest `{}` must be absolute", b.dest));
+            }
+        }
+        if let Some(c) = &self.config {
+            if !c.is_object() {
+                return bad("`config` must be a mapping (LinuxKit image config)".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// All exclude patterns in force.
+    pub fn excludes(&self) -> Vec<String> {
+        let mut v: Vec<String> = if self.default_excludes {
+            DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        v.extend(self.exclude.iter().cloned());
+        v
+    }
+
+    pub fn keeps(&self) -> Vec<String> {
+        let mut v: Vec<String> = DEFAULT_KEEPS.iter().map(|s| s.to_string()).collect();
+        v.extend(self.keep.iter().cloned());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = "debian:\n  suites: [bookworm]\n  packages: [a]\n  pakages: [b]\n";
+        let err = Spec::parse(text, Path::new("pkgs/x/build.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pkgs/x/build.yml:4:"), "{err}");
+        assert!(err.contains("pakages"), "{err}");
+    }
+
+    #[test]
+    fn parses_config_label_and_defaults() {
+        let text = "debian:\n  suites: [bookworm]\n  packages: [busybox-static]\n\
+                    cmd: [/bin/sh]\nconfig:\n  net: host\n  capabilities: [CAP_SYS_ADMIN]\n";
+        let s = Spec::parse(text, Path::new("b.yml")).unwrap();
+        let d = s.debian.as_ref().unwrap();
+        assert_eq!(d.components, ["main"]);
+        assert_eq!(d.architecture, "amd64");
+        assert!(d.merged_usr);
+        assert_eq!(s.config.as_ref().unwrap()["net"], "host");
+        assert!(s.excludes().contains(&"usr/share/doc".to_string()));
+    }
+
+    #[test]
+    fn rejects_bad_mode_and_escaping_src() {
+        let base = "debian:\n  suites: [bookworm]\n  packages: [a]\n";
+        let e = Spec::parse(
+            &format!("{base}files:\n  - {{src: x, dest: /x, mode: \"999\"}}\n"),
+            Path::new("b"),
+        );
+        assert!(e.unwrap_err().to_string().contains("bad mode"));
+        let e = Spec::parse(
+            &format!("{base}files:\n  - {{src: ../x, dest: /x}}\n"),
+            Path::new("b"),
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("inside the package folder"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0755"), Some(0o755));
+        assert_eq!(parse_mode("1777"), Some(0o1777));
+        assert_eq!(parse_mode("8"), None);
+    }
+}

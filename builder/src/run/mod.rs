@@ -1,0 +1,63 @@
+//! `osk run qemu`: boot what `osk build` wrote (`NAME-kernel`, `NAME-initrd.img`,
+//! `NAME-cmdline`) in QEMU, for development and end-to-end tests.
+//!
+//! [`QemuConfig`] turns options into a QEMU argv without touching the system,
+//! so every flag combination is unit-tested; [`prepare`] then creates what the
+//! argv refers to (state dir, disks, metadata ISO, UEFI vars) and [`run_attached`]
+//! / [`run_detached`] start QEMU.
+
+mod config;
+mod iso;
+mod spawn;
+
+pub use config::{
+    parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, Protocol, Publish, QemuConfig,
+    OVMF_CODE, OVMF_VARS,
+};
+pub use iso::{metadata_iso, write_metadata_iso};
+pub use spawn::{
+    detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, AttachedExit,
+    Detached, Prepared, ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE,
+    QEMU_BINARY, UEFI_VARS,
+};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong preparing or running a VM. Each variant names
+/// the file or value at fault and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {flag} value {value:?}: {reason}")]
+    InvalidFlag {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{path}: missing boot artifact (run `osk build` first, or check the NAME prefix)")]
+    MissingArtifact { path: PathBuf },
+    #[error(
+        "QEMU not found ({looked_for}); install it with `apt-get install qemu-system-x86` or pass --qemu PATH"
+    )]
+    QemuNotFound { looked_for: String },
+    #[error("qemu-img not found; it is needed to create {path} in {format} format: install it with `apt-get install qemu-utils`, or use format=raw")]
+    QemuImgNotFound { path: PathBuf, format: String },
+    #[error("UEFI firmware {path} not found: install it with `apt-get install ovmf`")]
+    FirmwareNotFound { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program}: {message}")]
+    Command { program: String, message: String },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

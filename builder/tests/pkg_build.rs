@@ -1,0 +1,213 @@
+//! Building package images: reproducibility, lock handling, and (with
+//! OSK_TEST_NETWORK=1) a real package from the host's Debian mirror.
+
+use std::path::{Path, PathBuf};
+
+use osk_builder::pkg::{self, lock::Lock, lock::Locked, Options};
+use osk_builder::store::Store;
+use sha2::{Digest, Sha256};
+
+/// A minimal .deb: `debian-binary`, `control.tar.gz`, `data.tar.gz`.
+fn make_deb(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let tar_gz = |entries: &[(&str, &[u8], u32)]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            // Deliberately not zero: the layer must normalise mtimes.
+            h.set_mtime(1_234_567);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        gz.finish().unwrap()
+    };
+    let control = tar_gz(&[(
+        "./control",
+        b"Package: hello\nVersion: 1.0\nArchitecture: amd64\n",
+        0o644,
+    )]);
+    let data = tar_gz(files);
+    let mut ar = ar::Builder::new(Vec::new());
+    for (name, bytes) in [
+        ("debian-binary", &b"2.0\n"[..]),
+        ("control.tar.gz", &control),
+        ("data.tar.gz", &data),
+    ] {
+        ar.append(
+            &ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64),
+            bytes,
+        )
+        .unwrap();
+    }
+    ar.into_inner().unwrap()
+}
+
+/// A package folder whose lock points at a .deb already in the cache.
+fn fixture_package(root: &Path) -> (PathBuf, Options) {
+    let deb = make_deb(&[
+        ("./bin/hello", b"#!/bin/sh\necho hello\n", 0o755),
+        ("./usr/share/doc/hello/README", b"docs are excluded", 0o644),
+        ("./usr/share/doc/hello/copyright", b"kept", 0o644),
+    ]);
+    let sha = hex::encode(Sha256::digest(&deb));
+    let cache = root.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(&sha), &deb).unwrap();
+    let dir = root.join("pkgs/hello");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("build.yml"),
+        "debian:\n  suites: [bookworm]\n  packages: [hello]\nfiles:\n  - {src: motd, dest: /etc/motd}\n\
+         cmd: [/bin/hello]\nconfig:\n  net: host\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("motd"), "hi\n").unwrap();
+    let spec = osk_builder::pkg::spec::Spec::parse(
+        &std::fs::read_to_string(dir.join("build.yml")).unwrap(),
+        &dir,
+    )
+    .unwrap();
+    let lock = Lock::new(
+        osk_builder::pkg::lock::inputs_hash(&spec),
+        vec![Locked {
+            name: "hello".into(),
+            version: "1.0".into(),
+            architecture: "amd64".into(),
+            sha256: sha,
+            size: deb.len() as u64,
+            filename: "pool/main/h/hello/hello_1.0_amd64.deb".into(),
+        }],
+    );
+    lock.write(&dir).unwrap();
+    let opts = Options {
+        // Never used: everything is cached. A mirror that cannot answer
+        // proves no download is attempted.
+        mirror: Some("http://127.0.0.1:9/debian".into()),
+        cache_dir: cache,
+        ..Options::default()
+    };
+    (dir, opts)
+}
+
+#[test]
+fn same_inputs_same_image_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, opts) = fixture_package(tmp.path());
+    let a = Store::open(tmp.path().join("store-a")).unwrap();
+    let b = Store::open(tmp.path().join("store-b")).unwrap();
+    let ra = pkg::ensure_built(&dir, &a, &opts).unwrap();
+    let rb = pkg::ensure_built(&dir, &b, &opts).unwrap();
+    assert_eq!(ra, rb);
+    assert!(ra.familiar().starts_with("osk/hello:"), "{ra}");
+    let da = a.resolve(&ra).unwrap().unwrap();
+    let db = b.resolve(&rb).unwrap().unwrap();
+    assert_eq!(da.digest(), db.digest());
+    assert_eq!(pkg::show_tag(&dir, &opts).unwrap(), ra.familiar());
+
+    // The image holds one layer with normalised, filtered content and the label.
+    let img = a.image(&ra, "linux", "amd64").unwrap();
+    assert_eq!(img.manifest.layers().len(), 1);
+    assert_eq!(
+        img.label(osk_layout::CONFIG_LABEL),
+        Some(r#"{"net":"host"}"#)
+    );
+    let (digest, _) = &img.layers().unwrap()[0];
+    let gz = a.read_blob(digest).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+    let mut names = Vec::new();
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        assert_eq!(e.header().mtime().unwrap(), 0);
+        names.push(e.path().unwrap().to_string_lossy().to_string());
+    }
+    assert!(names.contains(&"usr/bin/hello".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"bin".to_string()),
+        "merged-/usr link: {names:?}"
+    );
+    assert!(names.contains(&"etc/motd".to_string()));
+    assert!(names.contains(&"usr/share/doc/hello/copyright".to_string()));
+    assert!(!names.contains(&"usr/share/doc/hello/README".to_string()));
+}
+
+#[test]
+fn changing_an_input_changes_the_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, opts) = fixture_package(tmp.path());
+    let before = pkg::show_tag(&dir, &opts).unwrap();
+    std::fs::write(dir.join("motd"), "changed\n").unwrap();
+    assert_ne!(pkg::show_tag(&dir, &opts).unwrap(), before);
+}
+
+#[test]
+fn stale_or_missing_lock_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, opts) = fixture_package(tmp.path());
+    let yml = std::fs::read_to_string(dir.join("build.yml")).unwrap();
+    std::fs::write(
+        dir.join("build.yml"),
+        yml.replace("[hello]", "[hello, extra]"),
+    )
+    .unwrap();
+    let err = pkg::build(&dir, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("stale") && err.contains("osk pkg lock"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("build.lock")).unwrap();
+    let err = pkg::build(&dir, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("build.lock") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_cached_deb_is_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, opts) = fixture_package(tmp.path());
+    // Remove the cached copy: the build must try the (unreachable) mirror and
+    // fail naming the package rather than build something else.
+    for e in std::fs::read_dir(&opts.cache_dir).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let err = pkg::build(&dir, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("hello_1.0_amd64.deb") || err.contains("127.0.0.1"),
+        "{err}"
+    );
+}
+
+/// Locks and builds the real `demo` package against the host's mirror.
+#[test]
+fn network_lock_and_build_demo() {
+    if std::env::var("OSK_TEST_NETWORK").as_deref() != Ok("1") {
+        eprintln!("skipped: set OSK_TEST_NETWORK=1 to reach the Debian mirror");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pkgs/demo");
+    let dir = tmp.path().join("demo");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["build.yml", "README.md", "index.html"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let opts = Options {
+        cache_dir: tmp.path().join("debs"),
+        ..Options::default()
+    };
+    let lock = pkg::lock(&dir, &opts).unwrap();
+    assert!(lock.packages.iter().any(|p| p.name == "busybox-static"));
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let r1 = pkg::ensure_built(&dir, &store, &opts).unwrap();
+    let d1 = store.resolve(&r1).unwrap().unwrap();
+    // Rebuild from the cache into a second store: identical digest.
+    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    let r2 = pkg::ensure_built(&dir, &store2, &opts).unwrap();
+    assert_eq!(d1.digest(), store2.resolve(&r2).unwrap().unwrap().digest());
+}
