@@ -9,6 +9,7 @@ use osk_builder::build::{self, BuildError, BuildOptions, Compression, Format};
 use osk_builder::manifest::{self, ImageRef, ImageSource};
 use osk_builder::reference::Reference;
 use osk_builder::store::{host_arch, Store};
+use osk_builder::{pkg, pull};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -45,17 +46,28 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     let arch = args.arch.clone();
     let mut resolve = |image: &ImageRef| -> Result<_, BuildError> {
         match &image.source {
+            // The store first, else the registry.
             ImageSource::Reference(text) => {
                 let r = Reference::parse(text)
                     .map_err(|e| BuildError::Usage(format!("image {text}: {e}")))?;
+                let opts = pull::PullOptions {
+                    arch: arch.clone(),
+                    ..Default::default()
+                };
+                pull::ensure(&store, &r, &opts).map_err(|e| BuildError::Usage(e.to_string()))
+            }
+            // Built (or found already built) from the package directory.
+            ImageSource::Package(dir) => {
+                let opts = pkg::Options {
+                    cache_dir: store_path.join("debs"),
+                    ..Default::default()
+                };
+                let r = pkg::ensure_built(dir, &store, &opts)
+                    .map_err(|e| BuildError::Usage(format!("{image}: {e}")))?;
                 store
                     .image(&r, "linux", &arch)
                     .map_err(|e| BuildError::Usage(e.to_string()))
             }
-            ImageSource::Package(dir) => Err(BuildError::Usage(format!(
-                "image {image}: build the package first with `osk pkg build {}` and use its reference",
-                dir.display()
-            ))),
         }
     };
     let plan = build::plan(&m, &mut resolve)?;
