@@ -48,3 +48,9 @@ clippy:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Warm-cache `osk build` vs find|cpio|zstd over the same tree (bench/build.sh).
+.PHONY: bench-build
+bench-build:
+	$(CARGO) build --release -p osk-builder --bin osk
+	bench/build.sh

@@ -1,5 +1,8 @@
 //! osk's builder library. The `osk` binary is a thin CLI over these modules.
 
+pub mod assemble;
+pub mod build;
+pub mod initramfs;
 pub mod manifest;
 pub mod pkg;
 pub mod pull;

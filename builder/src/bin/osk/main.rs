@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build;
 mod cache;
 mod pkg;
 mod pull;
@@ -28,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a kernel and initramfs (or a tar) from manifests.
+    Build(build::BuildArgs),
     /// Manage the local OCI image store.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         .cache
         .unwrap_or_else(osk_builder::store::Store::default_path);
     let result = match cli.command {
+        Command::Build(args) => build::run(args, store),
         Command::Cache(cmd) => cache::run(cmd, store),
         Command::Pull(args) => pull::run(args, store),
         Command::Run(cmd) => run::run(cmd),

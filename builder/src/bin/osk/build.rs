@@ -1,0 +1,98 @@
+//! `osk build`: manifests to kernel+initrd (or tar) outputs, without a daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use osk_builder::assemble::Spool;
+use osk_builder::build::{self, BuildError, BuildOptions, Compression, Format};
+use osk_builder::manifest::{self, ImageRef, ImageSource};
+use osk_builder::reference::Reference;
+use osk_builder::store::{host_arch, Store};
+use osk_builder::{pkg, pull};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Manifests, merged in order (`-` reads standard input).
+    #[arg(required = true, value_name = "MANIFEST")]
+    manifests: Vec<PathBuf>,
+    /// Output format; repeat for several (kernel+initrd, tar).
+    #[arg(long = "format", short = 'f', default_value = "kernel+initrd")]
+    formats: Vec<Format>,
+    /// Directory the outputs go to.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Base name of the outputs (default: the first manifest's file name without extension).
+    #[arg(long)]
+    name: Option<String>,
+    /// initramfs compression: zstd, gzip, xz, lz4 (legacy format) or none.
+    #[arg(long, default_value = "zstd")]
+    compress: Compression,
+    /// Architecture of the images to use.
+    #[arg(long, default_value_t = host_arch().to_string())]
+    arch: String,
+    /// Where unpacked layer contents are cached (default: DIR/spool under the store).
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+}
+
+pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
+    let m = manifest::load(&args.manifests)?;
+    let store = Store::open(&store_path)
+        .with_context(|| format!("opening the image store {}", store_path.display()))?;
+    let spool_dir = args.spool.unwrap_or_else(|| store_path.join("spool"));
+    let spool = Spool::open(&spool_dir)
+        .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
+    let arch = args.arch.clone();
+    let mut resolve = |image: &ImageRef| -> Result<_, BuildError> {
+        match &image.source {
+            // The store first, else the registry.
+            ImageSource::Reference(text) => {
+                let r = Reference::parse(text)
+                    .map_err(|e| BuildError::Usage(format!("image {text}: {e}")))?;
+                let opts = pull::PullOptions {
+                    arch: arch.clone(),
+                    ..Default::default()
+                };
+                pull::ensure(&store, &r, &opts).map_err(|e| BuildError::Usage(e.to_string()))
+            }
+            // Built (or found already built) from the package directory.
+            ImageSource::Package(dir) => {
+                let opts = pkg::Options {
+                    cache_dir: store_path.join("debs"),
+                    ..Default::default()
+                };
+                let r = pkg::ensure_built(dir, &store, &opts)
+                    .map_err(|e| BuildError::Usage(format!("{image}: {e}")))?;
+                store
+                    .image(&r, "linux", &arch)
+                    .map_err(|e| BuildError::Usage(e.to_string()))
+            }
+        }
+    };
+    let plan = build::plan(&m, &mut resolve)?;
+    let name = args
+        .name
+        .unwrap_or_else(|| match args.manifests[0].to_str() {
+            Some("-") => "osk".to_string(),
+            _ => build::default_name(&args.manifests[0]),
+        });
+    let mut formats = Vec::new();
+    for f in args.formats {
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+    }
+    let opts = BuildOptions {
+        formats,
+        dir: args.dir,
+        name,
+        compress: args.compress,
+        mtime: build::source_date_epoch()?,
+    };
+    let written = build::build(&store, &spool, &plan, &opts)?;
+    for path in written {
+        tracing::info!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! `osk build`: a [`BuildPlan`] (images already resolved) to kernel+initrd or tar outputs.
+//!
+//! The plan is assembled into one in-memory tree in LinuxKit's order
+//! (kernel.tar, init images, onboot, onshutdown, services, files), then each
+//! output streams that tree out of the spool into a temporary file in the
+//! output directory; all of them are renamed into place only when every one
+//! was written.
+
+mod files;
+mod output;
+mod plan;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::assemble::{self, AssembleError, FileInode, InodeId, Kind, Meta, Node, Spool, Tree};
+use crate::reference::Digest;
+use crate::store::{Image, Store};
+
+pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
+pub use output::{write_tar, Format};
+pub use plan::{image_defaults, plan, Resolve};
+
+pub use crate::initramfs::Compression;
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error("kernel image {image}: {reason}")]
+    Kernel { image: String, reason: String },
+    #[error("{what}: {path:?} {reason}")]
+    Place {
+        what: String,
+        path: String,
+        reason: String,
+    },
+    #[error("files[{index}] ({path}): {reason}")]
+    File {
+        index: usize,
+        path: String,
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The kernel section, with its image resolved.
+#[derive(Debug, Clone)]
+pub struct KernelPlan {
+    pub image: Image,
+    pub cmdline: String,
+    /// The kernel binary's path in the image (LinuxKit's `binary`, default `kernel`).
+    pub binary: String,
+    /// The modules tar's path in the image (`tar`, default `kernel.tar`; None for `none`).
+    pub tar: Option<String>,
+    /// Early microcode cpio in the image (`ucode`), prepended uncompressed to the initrd.
+    pub ucode: Option<String>,
+}
+
+impl KernelPlan {
+    pub fn new(image: Image, cmdline: impl Into<String>) -> KernelPlan {
+        KernelPlan {
+            image,
+            cmdline: cmdline.into(),
+            binary: osk_layout::KERNEL_BINARY.into(),
+            tar: Some(osk_layout::KERNEL_TAR.into()),
+            ucode: None,
+        }
+    }
+}
+
+/// Which list a container comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Onboot,
+    Onshutdown,
+    Service,
+}
+
+/// One container: where its bundle goes, its image, and its generated specs.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    /// Root-relative bundle directory, e.g. `containers/services/getty`.
+    pub bundle: String,
+    pub image: Image,
+    pub config_json: Vec<u8>,
+    pub runtime_json: Vec<u8>,
+}
+
+impl ContainerPlan {
+    /// The bundle directory osk-init expects for the `index`-th container of `section`.
+    pub fn bundle_dir(section: Section, index: usize, name: &str) -> String {
+        match section {
+            Section::Onboot => format!(
+                "{}/{}",
+                osk_layout::ONBOOT_DIR,
+                osk_layout::ordered_bundle_name(index, name)
+            ),
+            Section::Onshutdown => format!(
+                "{}/{}",
+                osk_layout::ONSHUTDOWN_DIR,
+                osk_layout::ordered_bundle_name(index, name)
+            ),
+            Section::Service => format!("{}/{name}", osk_layout::SERVICES_DIR),
+        }
+    }
+}
+
+/// Everything a build needs, with every image already in the store.
+#[derive(Debug, Clone, Default)]
+pub struct BuildPlan {
+    pub kernel: Option<KernelPlan>,
+    pub init: Vec<Image>,
+    /// Onboot, then onshutdown, then services, each in manifest order.
+    pub containers: Vec<ContainerPlan>,
+    pub files: Vec<FilePlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub formats: Vec<Format>,
+    pub dir: PathBuf,
+    pub name: String,
+    pub compress: Compression,
+    /// Every mtime in the outputs (SOURCE_DATE_EPOCH, else 0).
+    pub mtime: u32,
+}
+
+/// The assembled system: the root tree and the kernel pieces beside it.
+#[derive(Debug)]
+pub struct Assembled {
+    pub tree: Tree,
+    pub kernel: Option<FileInode>,
+    pub ucode: Option<FileInode>,
+    pub cmdline: String,
+}
+
+/// Reads `SOURCE_DATE_EPOCH` (0 when unset).
+pub fn source_date_epoch() -> Result<u32, BuildError> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Err(_) => Ok(0),
+        Ok(v) if v.is_empty() => Ok(0),
+        Ok(v) => v.trim().parse().map_err(|_| {
+            BuildError::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds (0..=4294967295)"
+            ))
+        }),
+    }
+}
+
+/// Assembles the plan and writes every output format; returns the files written.
+pub fn build(
+    store: &Store,
+    spool: &Spool,
+    plan: &BuildPlan,
+    opts: &BuildOptions,
+) -> Result<Vec<PathBuf>, BuildError> {
+    if opts.formats.is_empty() {
+        return Err(BuildError::Usage("no output format given".into()));
+    }
+    if opts.formats.contains(&Format::KernelInitrd) && plan.kernel.is_none() {
+        return Err(BuildError::Usage(
+            "format kernel+initrd needs a kernel section in the manifest".into(),
+        ));
+    }
+    let assembled = assemble(store, spool, plan)?;
+    output::write_outputs(spool, &assembled, opts)
+}
+
+/// Builds the root tree from the plan.
+pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assembled, BuildError> {
+    let mut root = Tree::new();
+    let mut out = Assembled {
+        tree: Tree::new(),
+        kernel: None,
+        ucode: None,
+        cmdline: String::new(),
+    };
+    if let Some(k) = &plan.kernel {
+        let name = k.image.reference.familiar();
+        tracing::info!("kernel {name}");
+        let tree = assemble::flatten(store, spool, &k.image)?;
+        let missing = |what: &str, path: &str| BuildError::Kernel {
+            image: name.clone(),
+            reason: format!(
+                "has no {what} file {path:?} (set it in the manifest's kernel section)"
+            ),
+        };
+        out.kernel = Some(
+            *tree
+                .file(k.binary.as_bytes())
+                .ok_or_else(|| missing("kernel binary", &k.binary))?,
+        );
+        if let Some(u) = &k.ucode {
+            out.ucode = Some(*tree.file(u.as_bytes()).ok_or_else(|| missing("ucode", u))?);
+        }
+        if let Some(t) = &k.tar {
+            let tar = tree
+                .file(t.as_bytes())
+                .ok_or_else(|| missing("modules tar", t))?;
+            let entries = assemble::spooled_tar_entries(spool, &name, t, &tar.sha)?;
+            root.apply_layer(&entries, &format!("{name} ({t})"), false)?;
+        }
+        out.cmdline = k.cmdline.clone();
+    }
+    for image in &plan.init {
+        let name = image.reference.familiar();
+        tracing::info!("init {name}");
+        let tree = assemble::flatten(store, spool, image)?;
+        graft(
+            &mut root,
+            &tree,
+            "",
+            &mut HashMap::new(),
+            &format!("init image {name}"),
+        )?;
+    }
+    // One flattened tree and inode map per image: a second placement of the
+    // same image hard-links to the first instead of storing it again.
+    let mut placed: HashMap<Digest, (Tree, HashMap<InodeId, InodeId>)> = HashMap::new();
+    let empty = spool.put_bytes(b"").map_err(spool_err(spool))?;
+    for c in &plan.containers {
+        let name = c.image.reference.familiar();
+        tracing::info!("{} {name}", c.bundle);
+        if !placed.contains_key(&c.image.manifest_digest) {
+            let mut tree = assemble::flatten(store, spool, &c.image)?;
+            touch(&mut tree, empty, &name);
+            placed.insert(c.image.manifest_digest.clone(), (tree, HashMap::new()));
+        }
+        let (tree, inodes) = placed
+            .get_mut(&c.image.manifest_digest)
+            .expect("inserted above");
+        let what = format!("container {} (image {name})", c.bundle);
+        let place = |reason: String, path: &str| BuildError::Place {
+            what: what.clone(),
+            path: path.to_string(),
+            reason,
+        };
+        let bundle = c.bundle.trim_matches('/');
+        if root.lookup(bundle.as_bytes()).is_some() {
+            return Err(place(
+                "is used by two containers; names must be unique".into(),
+                bundle,
+            ));
+        }
+        root.add_dir(bundle.as_bytes(), Meta::root(0o755), Meta::root(0o755))
+            .map_err(|r| place(r, bundle))?;
+        for (file, bytes) in [
+            (osk_layout::CONFIG_JSON, &c.config_json),
+            (osk_layout::RUNTIME_JSON, &c.runtime_json),
+        ] {
+            let sha = spool.put_bytes(bytes).map_err(spool_err(spool))?;
+            let path = format!("{bundle}/{file}");
+            root.add_file(
+                path.as_bytes(),
+                sha,
+                bytes.len() as u64,
+                Meta::root(0o644),
+                Meta::root(0o755),
+            )
+            .map_err(|r| place(r, &path))?;
+        }
+        let rootfs = format!("{bundle}/{}", osk_layout::ROOTFS_DIR);
+        graft(&mut root, tree, &rootfs, inodes, &what)?;
+    }
+    files::apply(&mut root, spool, &plan.files)?;
+    out.tree = root;
+    Ok(out)
+}
+
+fn graft(
+    root: &mut Tree,
+    src: &Tree,
+    at: &str,
+    inodes: &mut HashMap<InodeId, InodeId>,
+    what: &str,
+) -> Result<(), BuildError> {
+    let kept = root
+        .graft(src, at.as_bytes(), inodes)
+        .map_err(|reason| BuildError::Place {
+            what: what.to_string(),
+            path: at.to_string(),
+            reason,
+        })?;
+    for path in kept {
+        tracing::warn!("{what}: {path} is a directory from an earlier image; keeping it and ignoring the non-directory");
+    }
+    Ok(())
+}
+
+/// Paths runc needs to exist in a container's root (LinuxKit adds the same).
+fn touch(tree: &mut Tree, empty: assemble::Sha, image: &str) {
+    let dir = || Node {
+        meta: Meta::root(0o755),
+        kind: Kind::Dir(Default::default()),
+    };
+    let mut results = Vec::new();
+    for d in ["dev", "dev/pts", "dev/shm", "etc", "proc", "sys"] {
+        results.push((d, tree.add_if_missing(d.as_bytes(), dir())));
+    }
+    results.push((
+        "etc/mtab",
+        tree.add_if_missing(
+            b"etc/mtab",
+            Node {
+                meta: Meta::root(0o777),
+                kind: Kind::Symlink(b"/proc/mounts".to_vec()),
+            },
+        ),
+    ));
+    for f in ["etc/resolv.conf", "etc/hosts"] {
+        let r = if tree.lookup(f.as_bytes()).is_some() {
+            Ok(())
+        } else {
+            tree.add_file(f.as_bytes(), empty, 0, Meta::root(0o644), Meta::root(0o755))
+        };
+        results.push((f, r));
+    }
+    for (path, r) in results {
+        if let Err(reason) = r {
+            tracing::warn!("image {image}: cannot create /{path}: {reason}");
+        }
+    }
+}
+
+fn spool_err(spool: &Spool) -> impl Fn(io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: spool.root().to_path_buf(),
+        source,
+    }
+}
+
+/// The default output name: the first manifest's file stem (as LinuxKit).
+pub fn default_name(first_manifest: &Path) -> String {
+    first_manifest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "osk".into())
+}

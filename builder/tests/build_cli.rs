@@ -1,0 +1,132 @@
+//! `osk build` end to end: a manifest, a store, the real binary.
+
+#[path = "assemble_support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use osk_builder::store::Store;
+use support::{layer, sh, simple, E};
+
+fn osk(store: &Path, cwd: &Path, tmp: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_osk"))
+        .arg("--cache")
+        .arg(store)
+        .args(args)
+        .current_dir(cwd)
+        .env("TMPDIR", tmp)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn osk_build_is_reproducible_from_anywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let store_dir = d.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    let modules = layer(&[E::File("lib/modules/6.1.0/x.ko", b"ko", 0o644)]);
+    simple(
+        &store,
+        "test/kernel:1",
+        &[
+            E::File("kernel", b"bzImage", 0o644),
+            E::File("kernel.tar", &modules, 0o644),
+        ],
+    );
+    simple(&store, "test/init:1", &[E::File("init", b"#!init", 0o755)]);
+    simple(
+        &store,
+        "test/getty:1",
+        &[E::File("bin/getty", b"getty", 0o755)],
+    );
+    let manifest = d.path().join("node.yml");
+    std::fs::write(
+        &manifest,
+        "kernel:\n  image: test/kernel:1\n  cmdline: console=ttyS0\ninit:\n  - test/init:1\n\
+         services:\n  - name: getty\n    image: test/getty:1\n    command: [\"/bin/getty\"]\n  - name: getty2\n    image: test/getty:1\n    command: [\"/bin/getty\"]\n\
+         files:\n  - path: etc/osk.yml\n    metadata: yaml\n  - path: etc/hello\n    contents: hi\n    mode: \"0644\"\n",
+    )
+    .unwrap();
+    let mut outs = Vec::new();
+    for run in ["one", "two"] {
+        let cwd = d.path().join(format!("cwd-{run}"));
+        let tmp = d.path().join(format!("tmp-{run}"));
+        let out = d.path().join(format!("out-{run}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        let spool = d.path().join(format!("spool-{run}"));
+        let o = osk(
+            &store_dir,
+            &cwd,
+            &tmp,
+            &[
+                "build",
+                "--dir",
+                out.to_str().unwrap(),
+                "--spool",
+                spool.to_str().unwrap(),
+                "--format",
+                "kernel+initrd",
+                "--format",
+                "tar",
+                manifest.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(out);
+    }
+    for name in ["node-kernel", "node-initrd.img", "node-cmdline", "node.tar"] {
+        let a = std::fs::read(outs[0].join(name)).unwrap();
+        assert_eq!(a, std::fs::read(outs[1].join(name)).unwrap(), "{name}");
+    }
+    let list = sh(&format!(
+        "zstd -dc {}/node-initrd.img | cpio -itv --quiet",
+        outs[0].display()
+    ));
+    assert!(
+        list.contains("containers/services/getty2/config.json"),
+        "{list}"
+    );
+    assert!(list.contains("etc/osk.yml"), "{list}");
+    assert!(
+        list.contains("2023"),
+        "SOURCE_DATE_EPOCH not honoured: {list}"
+    );
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    sh(&format!(
+        "zstd -dc {}/node-initrd.img | (cd {} && cpio -idm --quiet)",
+        outs[0].display(),
+        x.display()
+    ));
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(x.join("containers/services/getty/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cfg["root"]["path"].is_string(), "{cfg}");
+    assert!(std::fs::read_to_string(x.join("etc/osk.yml"))
+        .unwrap()
+        .contains("test/getty:1"));
+
+    // A missing image fails cleanly and writes nothing.
+    std::fs::write(&manifest, "init:\n  - test/missing:1\n").unwrap();
+    let out = d.path().join("out-fail");
+    let o = osk(
+        &store_dir,
+        d.path(),
+        d.path(),
+        &[
+            "build",
+            "--format",
+            "tar",
+            "--dir",
+            out.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("test/missing:1"));
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}

@@ -1,0 +1,364 @@
+//! Whole builds from real stores: outputs, hard-linked images, reproducibility,
+//! atomicity, and every compressor checked with the system's own tools.
+
+#[path = "assemble_support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use osk_builder::assemble::Spool;
+use osk_builder::build::{
+    build, BuildOptions, BuildPlan, Compression, ContainerPlan, FilePlan, FileWhat, Format,
+    KernelPlan, Section,
+};
+use osk_builder::store::Store;
+use support::{layer, sh, simple, E};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Store,
+    plan: BuildPlan,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let modules = layer(&[
+        E::Dir("lib", 0o755),
+        E::Dir("lib/modules", 0o755),
+        E::Dir("lib/modules/6.1.0", 0o755),
+        E::File("lib/modules/6.1.0/virtio.ko", b"\x7fELF module", 0o644),
+    ]);
+    let kernel = simple(
+        &store,
+        "test/kernel:6.1",
+        &[
+            E::File("kernel", b"MZ pretend bzImage", 0o644),
+            E::File("kernel.tar", &modules, 0o644),
+            E::File("ucode.cpio", b"UCODE", 0o644),
+        ],
+    );
+    let init = simple(
+        &store,
+        "test/init:1",
+        &[
+            E::Dir("bin", 0o755),
+            E::File("init", b"#!/bin/osk-init\n", 0o755),
+            E::Dir("etc", 0o755),
+            E::File("etc/os-release", b"ID=osk\n", 0o644),
+        ],
+    );
+    let svc = simple(
+        &store,
+        "test/svc:1",
+        &[
+            E::Dir("bin", 0o755),
+            E::File("bin/tool", b"the tool binary", 0o755),
+            E::Owned("bin/suid", b"setuid", 0o4755, 0, 0),
+            E::Symlink("bin/sh", "tool"),
+        ],
+    );
+    let other = simple(&store, "test/other:1", &[E::File("other", b"o", 0o644)]);
+    let container = |section, index, name: &str, image: &osk_builder::store::Image| ContainerPlan {
+        bundle: ContainerPlan::bundle_dir(section, index, name),
+        image: image.clone(),
+        config_json: format!("{{\"name\":\"{name}\"}}").into_bytes(),
+        runtime_json: b"{}".to_vec(),
+    };
+    let mut k = KernelPlan::new(kernel, "console=ttyS0");
+    k.ucode = Some("ucode.cpio".into());
+    let plan = BuildPlan {
+        kernel: Some(k),
+        init: vec![init],
+        containers: vec![
+            container(Section::Onboot, 0, "setup", &svc),
+            container(Section::Service, 0, "getty", &svc),
+            container(Section::Service, 1, "sshd", &svc),
+            container(Section::Service, 2, "other", &other),
+        ],
+        files: vec![
+            FilePlan {
+                path: "etc/motd".into(),
+                what: FileWhat::Contents(b"welcome\n".to_vec()),
+                mode: Some(0o644),
+                uid: 0,
+                gid: 0,
+                optional: false,
+            },
+            FilePlan {
+                path: "/var/lib/data".into(),
+                what: FileWhat::Directory,
+                mode: None,
+                uid: 1000,
+                gid: 1000,
+                optional: false,
+            },
+            FilePlan {
+                path: "etc/link".into(),
+                what: FileWhat::Symlink("motd".into()),
+                mode: None,
+                uid: 0,
+                gid: 0,
+                optional: false,
+            },
+            FilePlan {
+                path: "etc/absent".into(),
+                what: FileWhat::Source("/nonexistent/osk-test".into()),
+                mode: None,
+                uid: 0,
+                gid: 0,
+                optional: true,
+            },
+        ],
+    };
+    Fixture { dir, store, plan }
+}
+
+fn opts(dir: &Path, compress: Compression) -> BuildOptions {
+    BuildOptions {
+        formats: vec![Format::KernelInitrd, Format::Tar],
+        dir: dir.to_path_buf(),
+        name: "node".into(),
+        compress,
+        mtime: 0,
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn kernel_initrd_and_tar() {
+    let f = fixture();
+    let spool = Spool::temporary().unwrap();
+    let out = f.dir.path().join("out");
+    build(&f.store, &spool, &f.plan, &opts(&out, Compression::Zstd)).unwrap();
+    assert_eq!(
+        listing(&out),
+        ["node-cmdline", "node-initrd.img", "node-kernel", "node.tar"]
+    );
+    assert_eq!(
+        std::fs::read(out.join("node-kernel")).unwrap(),
+        b"MZ pretend bzImage"
+    );
+    assert_eq!(
+        std::fs::read(out.join("node-cmdline")).unwrap(),
+        b"console=ttyS0"
+    );
+    let initrd = std::fs::read(out.join("node-initrd.img")).unwrap();
+    // ucode first, uncompressed, padded to 4 bytes; then a zstd frame.
+    assert_eq!(&initrd[..8], b"UCODE\0\0\0");
+    assert_eq!(&initrd[8..12], &[0x28, 0xb5, 0x2f, 0xfd]);
+
+    let d = out.display();
+    let list = sh(&format!(
+        "tail -c +9 {d}/node-initrd.img | zstd -dc | cpio -it --quiet"
+    ));
+    let list: Vec<&str> = list.lines().collect();
+    for want in [
+        "init",
+        "etc/os-release",
+        "etc/motd",
+        "lib/modules/6.1.0/virtio.ko",
+        "containers/onboot/000-setup/config.json",
+        "containers/onboot/000-setup/rootfs/bin/tool",
+        "containers/services/getty/runtime.json",
+        "containers/services/sshd/rootfs/bin/suid",
+        "containers/services/other/rootfs/other",
+        "var/lib/data",
+    ] {
+        assert!(list.contains(&want), "{want} missing from {list:?}");
+    }
+    // Parents come before children.
+    let pos = |p: &str| list.iter().position(|l| *l == p).unwrap();
+    assert!(pos("containers") < pos("containers/services"));
+    assert!(pos("containers/services/getty") < pos("containers/services/getty/rootfs"));
+
+    // Unpacked by GNU cpio: the image shared by three containers is one inode.
+    let x = f.dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    sh(&format!(
+        "tail -c +9 {d}/node-initrd.img | zstd -dc | (cd {} && cpio -idm --quiet)",
+        x.display()
+    ));
+    let tool = |b: &str| x.join(b).join("rootfs/bin/tool");
+    let a = std::fs::metadata(tool("containers/onboot/000-setup")).unwrap();
+    let b = std::fs::metadata(tool("containers/services/getty")).unwrap();
+    let c = std::fs::metadata(tool("containers/services/sshd")).unwrap();
+    assert_eq!(a.nlink(), 3);
+    assert_eq!((a.ino(), a.ino()), (b.ino(), c.ino()));
+    assert_eq!(
+        std::fs::read(tool("containers/services/sshd")).unwrap(),
+        b"the tool binary"
+    );
+    let suid = std::fs::metadata(x.join("containers/services/getty/rootfs/bin/suid")).unwrap();
+    assert_eq!(suid.mode() & 0o7777, 0o4755);
+    let data = std::fs::metadata(x.join("var/lib/data")).unwrap();
+    assert_eq!(data.mode() & 0o7777, 0o700);
+    assert_eq!(
+        std::fs::read_link(x.join("containers/services/getty/rootfs/bin/sh")).unwrap(),
+        Path::new("tool")
+    );
+    assert_eq!(std::fs::read(x.join("etc/motd")).unwrap(), b"welcome\n");
+    // LinuxKit's mount points were added to each rootfs.
+    assert!(x.join("containers/services/getty/rootfs/proc").is_dir());
+
+    // The tar: boot/ first, hard links resolve.
+    let t = sh(&format!("tar -tvf {d}/node.tar"));
+    let first: Vec<&str> = t.lines().take(3).collect();
+    assert!(first[1].ends_with("boot/kernel"), "{first:?}");
+    assert!(first[2].ends_with("boot/cmdline"), "{first:?}");
+    let y = f.dir.path().join("y");
+    std::fs::create_dir(&y).unwrap();
+    sh(&format!("tar -xf {d}/node.tar -C {}", y.display()));
+    let t = std::fs::metadata(y.join("containers/services/sshd/rootfs/bin/tool")).unwrap();
+    assert_eq!(t.nlink(), 3);
+}
+
+#[test]
+fn reproducible_across_spools_and_directories() {
+    let f = fixture();
+    let cold = Spool::temporary().unwrap();
+    let warm = Spool::open(f.dir.path().join("spool")).unwrap();
+    let a = f.dir.path().join("a");
+    let b = f.dir.path().join("elsewhere/b");
+    build(&f.store, &cold, &f.plan, &opts(&a, Compression::Zstd)).unwrap();
+    build(&f.store, &warm, &f.plan, &opts(&b, Compression::Zstd)).unwrap();
+    // And once more from the now warm spool.
+    let c = f.dir.path().join("c");
+    build(&f.store, &warm, &f.plan, &opts(&c, Compression::Zstd)).unwrap();
+    for name in listing(&a) {
+        let x = std::fs::read(a.join(&name)).unwrap();
+        assert_eq!(x, std::fs::read(b.join(&name)).unwrap(), "{name} differs");
+        assert_eq!(x, std::fs::read(c.join(&name)).unwrap(), "{name} differs");
+    }
+    // SOURCE_DATE_EPOCH is honoured: a different mtime is a different archive.
+    let d = f.dir.path().join("d");
+    let mut o = opts(&d, Compression::None);
+    o.mtime = 1_000_000_000;
+    build(&f.store, &warm, &f.plan, &o).unwrap();
+    let v = sh(&format!(
+        "tail -c +9 {}/node-initrd.img | cpio -itv --quiet",
+        d.display()
+    ));
+    assert!(v.contains("2001"), "{v}");
+}
+
+#[test]
+fn failed_build_leaves_nothing() {
+    let mut f = fixture();
+    let evil = simple(
+        &f.store,
+        "test/evil:1",
+        &[E::File("../escape", b"x", 0o644)],
+    );
+    f.plan.containers.push(ContainerPlan {
+        bundle: ContainerPlan::bundle_dir(Section::Service, 9, "evil"),
+        image: evil,
+        config_json: b"{}".to_vec(),
+        runtime_json: b"{}".to_vec(),
+    });
+    let out = f.dir.path().join("out");
+    let err = build(
+        &f.store,
+        &Spool::temporary().unwrap(),
+        &f.plan,
+        &opts(&out, Compression::Zstd),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("test/evil:1") && err.contains("../escape"),
+        "{err}"
+    );
+    assert_eq!(listing(&out), Vec::<String>::new());
+
+    // A failure while writing (damaged spool content) leaves nothing either.
+    let f = fixture();
+    let spool = Spool::open(f.dir.path().join("spool")).unwrap();
+    let first = f.dir.path().join("first");
+    build(&f.store, &spool, &f.plan, &opts(&first, Compression::Zstd)).unwrap();
+    let sha = osk_builder::assemble::Sha::from(sha2_of(b"the tool binary"));
+    std::fs::write(spool.content_path(&sha), b"THE TOOL BINARY").unwrap();
+    let out = f.dir.path().join("out2");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep"), b"unrelated").unwrap();
+    let err = build(&f.store, &spool, &f.plan, &opts(&out, Compression::Zstd))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(listing(&out), ["keep"]);
+}
+
+fn sha2_of(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+#[test]
+fn every_compressor_round_trips_with_system_tools() {
+    let f = fixture();
+    let spool = Spool::temporary().unwrap();
+    let tools = [
+        (Compression::Zstd, "zstd -dc"),
+        (Compression::Gzip, "gzip -dc"),
+        (Compression::Xz, "xz -dc"),
+        (Compression::Lz4, "lz4 -dc"),
+        (Compression::None, "cat"),
+    ];
+    let mut reference: Option<String> = None;
+    for (c, tool) in tools {
+        if c == Compression::Lz4 && sh("command -v lz4 || true").is_empty() {
+            eprintln!("lz4 not installed; skipping its round trip");
+            continue;
+        }
+        let out = f.dir.path().join(c.to_string());
+        let mut o = opts(&out, c);
+        o.formats = vec![Format::KernelInitrd];
+        build(&f.store, &spool, &f.plan, &o).unwrap();
+        let cpio = sh(&format!(
+            "tail -c +9 {}/node-initrd.img | {tool} | cpio -itv --quiet",
+            out.display()
+        ));
+        assert!(
+            cpio.contains("containers/services/getty/rootfs/bin/tool"),
+            "{c}: {cpio}"
+        );
+        match &reference {
+            None => reference = Some(cpio),
+            Some(r) => assert_eq!(r, &cpio, "{c} decompresses to a different archive"),
+        }
+    }
+}
+
+#[test]
+fn zstd_output_does_not_depend_on_worker_count() {
+    use osk_builder::initramfs::Encoder;
+    use std::io::Write;
+    // Enough semi-compressible data for several zstd jobs.
+    let mut data = Vec::with_capacity(40 << 20);
+    let mut x = 0x9e3779b97f4a7c15u64;
+    while data.len() < 40 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(format!("line {} {}\n", x % 1000, x % 7).as_bytes());
+    }
+    let mut outs = Vec::new();
+    for workers in [1, 2, 3] {
+        let mut e = Encoder::with_zstd_workers(Compression::Zstd, Vec::new(), workers).unwrap();
+        e.write_all(&data).unwrap();
+        outs.push(e.finish().unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0], outs[2]);
+}
