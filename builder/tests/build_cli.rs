@@ -130,3 +130,45 @@ fn osk_build_is_reproducible_from_anywhere() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("test/missing:1"));
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 }
+
+#[test]
+fn dry_run_prints_the_merged_manifest_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, out) = (dir.path().join("store"), dir.path().join("out"));
+    std::fs::create_dir_all(&out).unwrap();
+    let base = dir.path().join("base.yml");
+    let overlay = dir.path().join("overlay.yml");
+    std::fs::write(
+        &base,
+        "services:\n  - name: web\n    image: example/web:1\n  - name: db\n    image: example/db:1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &overlay,
+        "services:\n  - name: web\n    image: example/web:2\n",
+    )
+    .unwrap();
+    let o = osk(
+        &store,
+        dir.path(),
+        dir.path(),
+        &[
+            "build",
+            "--dry-run",
+            "--dir",
+            out.to_str().unwrap(),
+            base.to_str().unwrap(),
+            overlay.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = String::from_utf8(o.stdout).unwrap();
+    // The overlay replaced `web` in place, `db` stays, and nothing was pulled or written.
+    let web = yaml.find("example/web:2").expect("overlay image");
+    assert!(
+        web < yaml.find("example/db:1").expect("base image"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("example/web:1"), "{yaml}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}

@@ -34,10 +34,24 @@ pub struct BuildArgs {
     /// Where unpacked layer contents are cached (default: DIR/spool under the store).
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
+    /// Print the merged, validated manifest and stop; nothing is written.
+    #[arg(long)]
+    dry_run: bool,
+    /// Fetch every registry image's tag again even when the store has it.
+    #[arg(long)]
+    pull: bool,
+    /// A registry (HOST or HOST:PORT) to reach over plain HTTP; repeatable.
+    /// Loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
 }
 
 pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     let m = manifest::load(&args.manifests)?;
+    if args.dry_run {
+        print!("{}", m.to_yaml());
+        return Ok(());
+    }
     let store = Store::open(&store_path)
         .with_context(|| format!("opening the image store {}", store_path.display()))?;
     let spool_dir = args.spool.unwrap_or_else(|| store_path.join("spool"));
@@ -52,6 +66,8 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
                     .map_err(|e| BuildError::Usage(format!("image {text}: {e}")))?;
                 let opts = pull::PullOptions {
                     arch: arch.clone(),
+                    force: args.pull,
+                    insecure_registries: args.insecure_registries.clone(),
                     ..Default::default()
                 };
                 pull::ensure(&store, &r, &opts).map_err(|e| BuildError::Usage(e.to_string()))
