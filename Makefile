@@ -26,8 +26,8 @@ e2e-full:
 
 test: unit e2e
 
-# Boot timings against the busybox floor; writes bench/RESULTS.md.
-bench:
+# Build and boot timings against their floors; writes bench/RESULTS.md.
+bench: bench-build
 	$(CARGO) run -p osk-e2e --bin osk-bench -- --runs 5 --out bench/RESULTS.md
 
 # Later: install host packages, `osk pkg build` the packages, `osk build`

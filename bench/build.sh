@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Times a warm-cache `osk build` of a manifest with several services against
-# the floor `find | cpio -o -H newc | zstd` over the same extracted tree, and
+# the floor `find | cpio -o -H newc | zstd -19 --long=27` (osk's default
+# compression) over the same extracted tree, and
 # prints wall time, peak RSS and output size for each. Images are made from
 # host directories (no registry needed) and imported with `osk cache import`.
 #
@@ -92,7 +93,7 @@ mkdir -p "$W/x"
 "${BUILD[@]}" --compress none 2>/dev/null
 (cd "$W/x" && cpio -idm --quiet <"$W/out/bench-initrd.img")
 raw=$(du -sb --apparent-size "$W/x" | cut -f1)
-floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -c >"$W/floor.zst"; }
+floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 -T0 -c >"$W/floor.zst"; }
 export -f floor; export W
 flo=$(measure floor bash -c floor)
 size_floor=$(stat -c %s "$W/floor.zst")
