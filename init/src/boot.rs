@@ -21,8 +21,8 @@ use crate::supervisor::Supervisor;
 use crate::sys::{PowerAction, RealSys, Sys};
 use crate::{daemon, early, modules, net, onboot, reaper, shutdown, switchroot};
 
-/// Set in the environment of the re-executed init after the root switch.
-const SWITCHED_ENV: &str = "OSK_ROOT_SWITCHED";
+/// How long after all services started the `init-rss` marker is taken.
+const RSS_SETTLE: Duration = Duration::from_secs(3);
 
 /// Entry point of the osk-init binary.
 pub fn main() -> ! {
@@ -40,20 +40,13 @@ pub fn main() -> ! {
     std::panic::set_hook(Box::new(|info| {
         logger::write_raw(format!("osk-init: PANIC: {info}\n").as_bytes());
     }));
-    if std::env::var_os(SWITCHED_ENV).is_none() {
-        mark(Event::InitStart);
-        if switchroot::root_is_initramfs() {
-            match switchroot::switch_root() {
-                Ok(stats) => {
-                    mark(Event::RootSwitched);
-                    tracing::debug!("root copied to tmpfs: {stats:?}");
-                    let err = Command::new("/init").env(SWITCHED_ENV, "1").exec();
-                    fatal(&format!("re-executing /init after the root switch: {err}"));
-                }
-                Err(e) => tracing::error!(
-                    "moving the initramfs into a tmpfs failed: {e}; containers will not start (runc cannot pivot_root from the initramfs)"
-                ),
-            }
+    mark(Event::InitStart);
+    if switchroot::root_is_initramfs() {
+        match switchroot::switch_root() {
+            Ok(()) => mark(Event::RootSwitched),
+            Err(e) => tracing::error!(
+                "moving / off the initramfs mount failed: {e}; containers will not start (runc cannot pivot_root from the initramfs)"
+            ),
         }
     }
     let outcome = std::panic::catch_unwind(|| run(&cmd));
@@ -117,8 +110,12 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
     if let Err(e) = net::link_up("lo") {
         tracing::warn!("bringing up lo: {e}");
     }
+}
+
+/// Kernel modules, then the hostname (the MAC of a virtio NIC may name the
+/// machine). Runs on a blocking thread while containerd starts.
+fn modules_and_hostname(sys: &dyn Sys) {
     load_modules(sys);
-    // After modules: the MAC of a virtio NIC may name the machine.
     let host = net::pick_hostname();
     if let Err(e) = nix::unistd::sethostname(&host) {
         tracing::warn!("setting hostname {host}: {e}");
@@ -192,7 +189,12 @@ async fn containerd_loop(
     loop {
         let started = std::time::Instant::now();
         let mut child = match daemon::spawn(debug) {
-            Ok(c) => c,
+            Ok(c) => {
+                if first {
+                    mark(Event::ContainerdStart);
+                }
+                c
+            }
             Err(e) => {
                 tracing::error!("cannot start {}: {e}", daemon::BINARY);
                 let delay = backoff.delay_after(Duration::ZERO);
@@ -320,10 +322,21 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
         PowerAction::Reboot,
         power_tx.clone(),
     );
-    crate::power::watch(power_tx.clone());
     if cmd.shell {
         tokio::spawn(debug_shell(cmd.console_paths()[0].clone()));
     }
+
+    // containerd starts while modules load and onboot runs (onboot uses
+    // runc directly), as in LinuxKit; services wait for both, so onboot
+    // still comes first for them.
+    let (cd_tx, cd_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = mpsc::channel(1);
+    tokio::spawn(containerd_loop(cd_tx, cmd.debug, stop_rx));
+    if let Err(e) = tokio::task::spawn_blocking(|| modules_and_hostname(&RealSys)).await {
+        tracing::error!("loading modules: {e}");
+    }
+    // The power button's input device exists once evdev is loaded.
+    crate::power::watch(power_tx.clone());
 
     onboot::run_all(
         &Path::new("/").join(osk_layout::ONBOOT_DIR),
@@ -332,10 +345,6 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     )
     .await;
     mark(Event::OnbootDone);
-
-    let (cd_tx, cd_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = mpsc::channel(1);
-    tokio::spawn(containerd_loop(cd_tx, cmd.debug, stop_rx));
 
     let mut bundles = Vec::new();
     for b in Bundle::load_all(&Path::new("/").join(osk_layout::SERVICES_DIR)) {
@@ -354,6 +363,11 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
             }
         }
         mark(Event::AllServicesStarted);
+        // Steady state: the start-up bursts (gRPC, log pumps) are over.
+        tokio::time::sleep(RSS_SETTLE).await;
+        if let Some(kib) = crate::selfstat::rss_kib() {
+            mark(Event::InitRss(kib));
+        }
     });
     tokio::spawn(crate::control::serve(sup.clone(), power_tx.clone()));
 

@@ -18,6 +18,7 @@ use crate::sys::PowerAction;
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Ps,
+    Status,
     Logs {
         name: String,
         #[serde(default)]
@@ -43,6 +44,17 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitStatus>,
+}
+
+/// osk-init itself, for `oskctl status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InitStatus {
+    /// Resident memory (VmRSS) in KiB.
+    pub rss_kib: Option<u64>,
+    /// Seconds since boot (guest uptime).
+    pub uptime: Option<u64>,
 }
 
 impl Response {
@@ -109,6 +121,15 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
         Request::Ps => Response {
             ok: true,
             services: sup.ps(),
+            ..Default::default()
+        },
+        Request::Status => Response {
+            ok: true,
+            services: sup.ps(),
+            init: Some(InitStatus {
+                rss_kib: crate::selfstat::rss_kib(),
+                uptime: Some(crate::sys::uptime() as u64),
+            }),
             ..Default::default()
         },
         Request::Start { name } => done(sup.send(&name, Cmd::Start).await),
@@ -183,5 +204,12 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        // An older osk-init's answer (no `init`) still parses.
+        let r: Response = serde_json::from_str(r#"{"ok":true}"#).unwrap();
+        assert_eq!(r.init, None);
     }
 }

@@ -19,6 +19,7 @@ pub mod onboot;
 pub mod power;
 pub mod prepare;
 pub mod reaper;
+pub mod selfstat;
 pub mod shutdown;
 pub mod supervisor;
 pub mod switchroot;

@@ -10,7 +10,8 @@ use osk_layout::marker::{self, Event};
 use crate::logfile::{RotatingLog, DEFAULT_CAP};
 
 struct Outputs {
-    consoles: Vec<File>,
+    /// Each console with the path it was opened from (`None`: stderr).
+    consoles: Vec<(Option<String>, File)>,
     file: Option<RotatingLog>,
 }
 
@@ -18,6 +19,32 @@ static OUT: Mutex<Outputs> = Mutex::new(Outputs {
     consoles: Vec::new(),
     file: None,
 });
+
+fn open_console(path: &str) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags_noctty()
+        .open(path)
+        .ok()
+}
+
+/// Writes to every console. A console whose tty was hung up (a login
+/// session on it ended: writes fail with EIO) is reopened once, so init's
+/// shutdown lines and markers still reach it.
+fn to_consoles(consoles: &mut [(Option<String>, File)], data: &[u8]) {
+    for (path, file) in consoles {
+        let Err(e) = file.write_all(data) else {
+            continue;
+        };
+        if e.raw_os_error() != Some(libc::EIO) {
+            continue;
+        }
+        if let Some(f) = path.as_deref().and_then(open_console) {
+            *file = f;
+            let _ = file.write_all(data);
+        }
+    }
+}
 
 fn outputs() -> std::sync::MutexGuard<'static, Outputs> {
     // A panic while logging must not silence PID 1 for good.
@@ -27,19 +54,13 @@ fn outputs() -> std::sync::MutexGuard<'static, Outputs> {
 /// (Re)opens the consoles to log to. Unopenable ones are skipped; with none,
 /// stderr (the kernel's console for PID 1) is used.
 pub fn set_consoles(paths: &[String]) {
-    let mut files: Vec<File> = paths
+    let mut files: Vec<(Option<String>, File)> = paths
         .iter()
-        .filter_map(|p| {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags_noctty()
-                .open(p)
-                .ok()
-        })
+        .filter_map(|p| Some((Some(p.clone()), open_console(p)?)))
         .collect();
     if files.is_empty() {
         if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
-            files.push(File::from(fd));
+            files.push((None, File::from(fd)));
         }
     }
     outputs().consoles = files;
@@ -66,9 +87,7 @@ pub fn set_file(path: &str) {
 /// Writes raw bytes to every console and the log file.
 pub fn write_raw(data: &[u8]) {
     let mut out = outputs();
-    for c in &mut out.consoles {
-        let _ = c.write_all(data);
-    }
+    to_consoles(&mut out.consoles, data);
     if let Some(f) = out.file.as_mut() {
         let _ = f.write_all(data);
     }
@@ -77,9 +96,7 @@ pub fn write_raw(data: &[u8]) {
 /// Writes to the consoles only (for output already logged elsewhere).
 pub fn write_console(data: &[u8]) {
     let mut out = outputs();
-    for c in &mut out.consoles {
-        let _ = c.write_all(data);
-    }
+    to_consoles(&mut out.consoles, data);
 }
 
 /// Prints a boot marker line with the current uptime.

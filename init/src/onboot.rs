@@ -58,8 +58,11 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
     let pid_file = format!("{RUNC_ROOT}/{id}.pid");
     let _ = std::fs::create_dir_all(RUNC_ROOT);
     let bundle = b.dir.display().to_string();
-    // A leftover from an earlier failure would make create fail.
-    let _ = runc(&["delete", "-f", &id], None).await;
+    // A leftover from an earlier failure would make create fail; on a fresh
+    // boot there is none, and every runc run costs a Go start-up.
+    if Path::new(RUNC_ROOT).join(&id).exists() {
+        let _ = runc(&["delete", "-f", &id], None).await;
+    }
     let rc = runc(
         &["create", "--bundle", &bundle, "--pid-file", &pid_file, &id],
         Some(w),

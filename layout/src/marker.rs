@@ -16,9 +16,14 @@ pub enum Event {
     RootSwitched,
     ModulesLoaded,
     OnbootDone,
+    /// containerd was spawned; `containerd-ready` minus this is its own
+    /// start-up time.
+    ContainerdStart,
     ContainerdReady,
     ServiceStarted(String),
     AllServicesStarted,
+    /// osk-init's resident memory (VmRSS, KiB), once the boot has settled.
+    InitRss(u64),
     ShutdownStart,
     OnshutdownDone,
 }
@@ -30,9 +35,11 @@ impl fmt::Display for Event {
             Event::RootSwitched => f.write_str("root-switched"),
             Event::ModulesLoaded => f.write_str("modules-loaded"),
             Event::OnbootDone => f.write_str("onboot-done"),
+            Event::ContainerdStart => f.write_str("containerd-start"),
             Event::ContainerdReady => f.write_str("containerd-ready"),
             Event::ServiceStarted(name) => write!(f, "service-started:{name}"),
             Event::AllServicesStarted => f.write_str("all-services-started"),
+            Event::InitRss(kib) => write!(f, "init-rss:{kib}"),
             Event::ShutdownStart => f.write_str("shutdown-start"),
             Event::OnshutdownDone => f.write_str("onshutdown-done"),
         }
@@ -46,11 +53,18 @@ impl Event {
             "root-switched" => Event::RootSwitched,
             "modules-loaded" => Event::ModulesLoaded,
             "onboot-done" => Event::OnbootDone,
+            "containerd-start" => Event::ContainerdStart,
             "containerd-ready" => Event::ContainerdReady,
             "all-services-started" => Event::AllServicesStarted,
             "shutdown-start" => Event::ShutdownStart,
             "onshutdown-done" => Event::OnshutdownDone,
-            other => Event::ServiceStarted(other.strip_prefix("service-started:")?.to_string()),
+            other => {
+                if let Some(kib) = other.strip_prefix("init-rss:") {
+                    Event::InitRss(kib.parse().ok()?)
+                } else {
+                    Event::ServiceStarted(other.strip_prefix("service-started:")?.to_string())
+                }
+            }
         })
     }
 }
@@ -78,7 +92,9 @@ mod tests {
     fn round_trip() {
         for ev in [
             Event::InitStart,
+            Event::ContainerdStart,
             Event::ContainerdReady,
+            Event::InitRss(3120),
             Event::ServiceStarted("getty".into()),
             Event::AllServicesStarted,
         ] {
@@ -92,5 +108,6 @@ mod tests {
         assert_eq!(parse("OSK-MARK abc init-start"), None);
         assert_eq!(parse("OSK-MARK 1.0 nonsense"), None);
         assert_eq!(parse("hello"), None);
+        assert_eq!(parse("OSK-MARK 1.0 init-rss:3.1MiB"), None);
     }
 }

@@ -21,6 +21,8 @@ struct Cli {
 enum Cmd {
     /// List services: name, state, pid, restarts, uptime.
     Ps,
+    /// osk-init's memory and uptime, and how many services run.
+    Status,
     /// Print a service's log.
     Logs {
         name: String,
@@ -47,6 +49,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let req = match cli.cmd {
         Cmd::Ps => Request::Ps,
+        Cmd::Status => Request::Status,
         Cmd::Logs { name, follow } => Request::Logs { name, follow },
         Cmd::Start { name } => Request::Start { name },
         Cmd::Stop { name } => Request::Stop { name },
@@ -88,6 +91,21 @@ fn main() -> Result<()> {
                     s.name, s.state, pid, s.restarts, up
                 );
             }
+        }
+        Request::Status => {
+            let init = resp.init.unwrap_or_default();
+            let opt = |v: Option<u64>, unit: &str| {
+                v.map(|v| format!("{v} {unit}"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let running = resp
+                .services
+                .iter()
+                .filter(|s| s.state == "running")
+                .count();
+            println!("init rss:  {}", opt(init.rss_kib, "KiB"));
+            println!("uptime:    {}", opt(init.uptime, "s"));
+            println!("services:  {running}/{} running", resp.services.len());
         }
         Request::Logs { .. } => {
             let mut out = std::io::stdout().lock();
