@@ -53,4 +53,4 @@ fmt:
 .PHONY: bench-build
 bench-build:
 	$(CARGO) build --release -p osk-builder --bin osk
-	bench/build.sh
+	bench/build.sh | tee bench/BUILD.md

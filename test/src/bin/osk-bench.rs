@@ -26,9 +26,6 @@ struct Args {
     /// Manifest booted for the osk numbers.
     #[arg(long, default_value = "examples/minimal.yml")]
     manifest: PathBuf,
-    /// Manifest with several services, for the build benchmark.
-    #[arg(long, default_value = "examples/bench-build.yml")]
-    build_manifest: PathBuf,
     /// Markdown file the table is written to.
     #[arg(long, default_value = "bench/RESULTS.md")]
     out: PathBuf,
@@ -41,6 +38,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 struct Boot {
     wall: f64,
     init_start: f64,
+    containerd_start: Option<f64>,
     containerd_ready: Option<f64>,
     all_services: Option<f64>,
     init_rss_kib: Option<u64>,
@@ -79,20 +77,20 @@ fn main() -> Result<()> {
     writeln!(report, "## Boot\n")?;
     writeln!(
         report,
-        "| image | kernel | initrd | kernel→init-start | init-start→containerd-ready | →all-services-started | total (guest) | wall (QEMU start→exit) | init RSS |"
+        "| image | kernel + initrd | kernel→init-start | init-start→containerd-ready | containerd's own start | init-start→all-services-started | all services (guest uptime) | wall (QEMU start→exit) | init RSS |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
     writeln!(
         report,
-        "| floor | {} | {} | {:.2} s | – | – | {:.2} s | {:.1} s | – |",
+        "| floor | {} + {} | {:.2} s | – | – | – | – | {:.1} s | – |",
         mib(floor_kernel),
         mib(floor_initrd),
-        floor.init_start,
         floor.init_start,
         floor.wall
     )?;
 
     let mut notes = Vec::new();
+    let mut build_rows = None;
     match osk_build_available(&args.manifest) {
         Err(why) => notes.push(format!("osk rows skipped: {why}")),
         Ok(()) => {
@@ -104,47 +102,83 @@ fn main() -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let m = summarize(&boots);
-            let cr = m.containerd_ready.unwrap_or(f64::NAN);
-            let all = m.all_services.unwrap_or(f64::NAN);
+            let nan = f64::NAN;
+            let (cs, cr) = (
+                m.containerd_start.unwrap_or(nan),
+                m.containerd_ready.unwrap_or(nan),
+            );
+            let all = m.all_services.unwrap_or(nan);
+            let kernel = size(&with_suffix(&prefix, "-kernel"));
+            let initrd = size(&with_suffix(&prefix, "-initrd.img"));
             writeln!(
                 report,
-                "| osk `{}` | {} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s ({:.1}× floor) | {:.1} s ({:.1}× floor) | {} |",
+                "| osk `{}` | {} + {} = {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s ({:.1}× containerd's own) | {:.2} s (floor + {:.2} s) | {:.1} s ({:.1}× floor) | {} |",
                 args.manifest.display(),
-                mib(size(&with_suffix(&prefix, "-kernel"))),
-                mib(size(&with_suffix(&prefix, "-initrd.img"))),
+                mib(kernel),
+                mib(initrd),
+                mib(kernel + initrd),
                 m.init_start,
                 cr - m.init_start,
-                all - cr,
+                cr - cs,
+                all - m.init_start,
+                (all - m.init_start) / (cr - cs),
                 all,
-                all / floor.init_start,
+                all - floor.init_start,
                 m.wall,
                 m.wall / floor.wall,
-                m.init_rss_kib.map_or("–".into(), |k| format!("{} MiB", k / 1024)),
+                m.init_rss_kib.map_or("–".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
             )?;
             writeln!(
                 report,
-                "\nBuild of `{}`: cold {cold:.1} s, warm {warm:.1} s.",
-                args.manifest.display()
+                "\nosk boots (init-start / containerd-ready / all-services-started / wall): {}",
+                boots
+                    .iter()
+                    .map(|b| format!(
+                        "{:.2} / {:.2} / {:.2} / {:.1} s",
+                        b.init_start,
+                        b.containerd_ready.unwrap_or(nan),
+                        b.all_services.unwrap_or(nan),
+                        b.wall
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )?;
+            build_rows = Some((cold, warm, prefix));
         }
     }
 
     writeln!(report, "\n## Build\n")?;
-    match osk_build_available(&args.build_manifest) {
-        Err(why) => notes.push(format!("build benchmark skipped: {why}")),
-        Ok(()) => {
-            let (osk, tree) = bench_build_warm(&args.build_manifest, work.path())?;
-            let floor_build = bench_cpio_floor(&tree, work.path())?;
-            writeln!(report, "| what | wall | peak RSS |\n|---|---|---|")?;
-            writeln!(
-                report,
-                "| `osk build {}` (warm cache) | {:.2} s | {} MiB |",
-                args.build_manifest.display(),
-                osk.0,
-                osk.1 / 1024
-            )?;
-            writeln!(report, "| floor: `find \\| cpio -o -H newc \\| zstd -19 --long=27` over the same tree | {:.2} s | {} MiB |", floor_build.0, floor_build.1 / 1024)?;
-        }
+    if let Some((cold, warm, prefix)) = build_rows {
+        let tree = unpacked_tree(&args.manifest, work.path())?;
+        let floor_build = bench_cpio_floor(&tree, work.path())?;
+        let osk_size = size(&with_suffix(&prefix, "-initrd.img"));
+        writeln!(
+            report,
+            "| what | wall | peak RSS | initrd |\n|---|---|---|---|"
+        )?;
+        writeln!(
+            report,
+            "| `osk build {}`, cold (packages built from Debian, osk-init compiled) | {:.1} s | {} MiB | |",
+            args.manifest.display(),
+            cold.0,
+            cold.1 / 1024
+        )?;
+        writeln!(
+            report,
+            "| `osk build {}`, warm store | {:.1} s ({:.2}× floor) | {} MiB | {} |",
+            args.manifest.display(),
+            warm.0,
+            warm.0 / floor_build.0,
+            warm.1 / 1024,
+            mib(osk_size)
+        )?;
+        writeln!(
+            report,
+            "| floor: `find \\| cpio -o -H newc \\| zstd -19 --long=27 -T0` over the same tree | {:.1} s | {} MiB | {} |",
+            floor_build.0,
+            floor_build.1 / 1024,
+            mib(floor_build.2)
+        )?;
     }
     if !notes.is_empty() {
         writeln!(report)?;
@@ -190,23 +224,29 @@ fn boot_osk(prefix: &Path) -> Result<Boot> {
     let mut vm = Machine::boot(prefix, &BootOpts::default())?;
     let init_start = vm.wait_for_marker(&Event::InitStart, BOOT_TIMEOUT)?;
     let containerd_ready = vm.wait_for_marker(&Event::ContainerdReady, BOOT_TIMEOUT)?;
+    let containerd_start = vm.wait_for_marker(&Event::ContainerdStart, BOOT_TIMEOUT)?;
     let all = vm.wait_for_marker(&Event::AllServicesStarted, BOOT_TIMEOUT)?;
-    let init_rss_kib = init_rss_kib(&vm);
+    let init_rss_kib = init_rss_kib(&mut vm)?;
     vm.monitor("system_powerdown")?;
     vm.wait_exit(BOOT_TIMEOUT)?;
     Ok(Boot {
         wall: start.elapsed().as_secs_f64(),
         init_start,
+        containerd_start: Some(containerd_start),
         containerd_ready: Some(containerd_ready),
         all_services: Some(all),
         init_rss_kib,
     })
 }
 
-/// Hook: osk-init's resident memory once all services run. Nothing reports
-/// it yet; when osk-init prints it (a marker) or `oskctl` shows it, read it here.
-fn init_rss_kib(_vm: &Machine) -> Option<u64> {
-    None
+/// osk-init's resident memory in steady state: its `init-rss` marker,
+/// printed a few seconds after all services started.
+fn init_rss_kib(vm: &mut Machine) -> Result<Option<u64>> {
+    vm.wait_for_line("init-rss:", Duration::from_secs(60))?;
+    Ok(vm.markers().into_iter().find_map(|(_, e)| match e {
+        Event::InitRss(kib) => Some(kib),
+        _ => None,
+    }))
 }
 
 /// Whether `osk build` exists and the manifest is there; the reason if not.
@@ -258,42 +298,52 @@ fn parse_time(s: &str) -> Result<(f64, u64)> {
     }
 }
 
-/// Cold (empty cache) and warm builds; returns their wall times and the image prefix.
-fn bench_build(manifest: &Path, work: &Path) -> Result<(f64, f64, PathBuf)> {
+/// Cold (empty store) and warm builds: (wall s, peak RSS KiB) each, and the image prefix.
+fn bench_build(manifest: &Path, work: &Path) -> Result<((f64, u64), (f64, u64), PathBuf)> {
     let cache = work.join("cache-boot");
-    let cold = timed_build(manifest, &work.join("cold"), &cache)?.0;
-    let warm = timed_build(manifest, &work.join("warm"), &cache)?.0;
+    let cold = timed_build(manifest, &work.join("cold"), &cache)?;
+    let warm = timed_build(manifest, &work.join("warm"), &cache)?;
     Ok((cold, warm, work.join("warm/bench")))
 }
 
-/// A warm build of the several-services manifest; returns (wall, peak RSS) and
-/// the unpacked tree the floor archives. The tree comes from `osk build
-/// --format dir` (expected CLI, not built yet).
-fn bench_build_warm(manifest: &Path, work: &Path) -> Result<((f64, u64), PathBuf)> {
-    let cache = work.join("cache-build");
-    timed_build(manifest, &work.join("build-prime"), &cache)?;
-    let warm = timed_build(manifest, &work.join("build-warm"), &cache)?;
-    let tree = work.join("tree");
-    let out = osk_e2e::osk(&[
+/// The root filesystem `osk build` archives, unpacked from its `tar` output
+/// (without `boot/`, which goes beside the initrd, not into it).
+fn unpacked_tree(manifest: &Path, work: &Path) -> Result<PathBuf> {
+    let out = work.join("tar");
+    let built = osk_e2e::osk(&[
         "build",
         "--format",
-        "dir",
+        "tar",
         "--dir",
-        tree.to_str().unwrap(),
+        out.to_str().context("non-UTF-8 work dir")?,
         "--name",
         "bench",
-        manifest.to_str().unwrap(),
+        manifest.to_str().context("non-UTF-8 manifest path")?,
     ])?;
     ensure!(
-        out.status.success(),
-        "osk build --format dir failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        built.status.success(),
+        "osk build --format tar failed: {}",
+        String::from_utf8_lossy(&built.stderr)
     );
-    Ok((warm, tree.join("bench")))
+    let tree = work.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(out.join("bench.tar"))
+        .arg("-C")
+        .arg(&tree)
+        .args(["--exclude", "./boot", "--exclude", "boot"])
+        .status()?;
+    ensure!(
+        status.success(),
+        "tar -x of the osk tar output failed ({status})"
+    );
+    Ok(tree)
 }
 
-/// The floor of building: archive the same tree with `find | cpio | zstd`.
-fn bench_cpio_floor(tree: &Path, work: &Path) -> Result<(f64, u64)> {
+/// The floor of building: archive the same tree with `find | cpio | zstd`:
+/// (wall s, peak RSS KiB, output bytes).
+fn bench_cpio_floor(tree: &Path, work: &Path) -> Result<(f64, u64, u64)> {
     let stats = work.join("cpio.time");
     let script =
         "cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 -T0 -o \"$2\"";
@@ -305,7 +355,8 @@ fn bench_cpio_floor(tree: &Path, work: &Path) -> Result<(f64, u64)> {
         .arg(work.join("floor.cpio.zst"))
         .status()?;
     ensure!(status.success(), "find | cpio | zstd failed ({status})");
-    parse_time(&std::fs::read_to_string(&stats)?)
+    let (wall, rss) = parse_time(&std::fs::read_to_string(&stats)?)?;
+    Ok((wall, rss, size(&work.join("floor.cpio.zst"))))
 }
 
 fn summarize(boots: &[Boot]) -> Boot {
@@ -320,6 +371,7 @@ fn summarize(boots: &[Boot]) -> Boot {
     Boot {
         wall: med(boots.iter().map(|b| b.wall).collect()),
         init_start: med(boots.iter().map(|b| b.init_start).collect()),
+        containerd_start: opt(|b| b.containerd_start),
         containerd_ready: opt(|b| b.containerd_ready),
         all_services: opt(|b| b.all_services),
         init_rss_kib: boots.iter().filter_map(|b| b.init_rss_kib).max(),
