@@ -10,7 +10,8 @@ use osk_layout::marker::{self, Event};
 use crate::logfile::{RotatingLog, DEFAULT_CAP};
 
 struct Outputs {
-    consoles: Vec<File>,
+    /// Each console with the path to reopen it from (`None`: stderr).
+    consoles: Vec<(Option<String>, File)>,
     file: Option<RotatingLog>,
 }
 
@@ -18,6 +19,27 @@ static OUT: Mutex<Outputs> = Mutex::new(Outputs {
     consoles: Vec::new(),
     file: None,
 });
+
+fn open_console(path: &str) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags_noctty()
+        .open(path)
+        .ok()
+}
+
+/// Writes to one console. When the session that had it as controlling
+/// terminal ends (a getty's login shell exiting), the kernel hangs the tty
+/// up and every open file of it fails with EIO from then on: reopen once.
+fn write_console_file(path: &Option<String>, file: &mut File, data: &[u8]) {
+    if file.write_all(data).is_ok() {
+        return;
+    }
+    if let Some(f) = path.as_deref().and_then(open_console) {
+        *file = f;
+        let _ = file.write_all(data);
+    }
+}
 
 fn outputs() -> std::sync::MutexGuard<'static, Outputs> {
     // A panic while logging must not silence PID 1 for good.
@@ -27,19 +49,13 @@ fn outputs() -> std::sync::MutexGuard<'static, Outputs> {
 /// (Re)opens the consoles to log to. Unopenable ones are skipped; with none,
 /// stderr (the kernel's console for PID 1) is used.
 pub fn set_consoles(paths: &[String]) {
-    let mut files: Vec<File> = paths
+    let mut files: Vec<(Option<String>, File)> = paths
         .iter()
-        .filter_map(|p| {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags_noctty()
-                .open(p)
-                .ok()
-        })
+        .filter_map(|p| Some((Some(p.clone()), open_console(p)?)))
         .collect();
     if files.is_empty() {
         if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
-            files.push(File::from(fd));
+            files.push((None, File::from(fd)));
         }
     }
     outputs().consoles = files;
@@ -66,8 +82,8 @@ pub fn set_file(path: &str) {
 /// Writes raw bytes to every console and the log file.
 pub fn write_raw(data: &[u8]) {
     let mut out = outputs();
-    for c in &mut out.consoles {
-        let _ = c.write_all(data);
+    for (path, c) in &mut out.consoles {
+        write_console_file(path, c, data);
     }
     if let Some(f) = out.file.as_mut() {
         let _ = f.write_all(data);
@@ -77,8 +93,8 @@ pub fn write_raw(data: &[u8]) {
 /// Writes to the consoles only (for output already logged elsewhere).
 pub fn write_console(data: &[u8]) {
     let mut out = outputs();
-    for c in &mut out.consoles {
-        let _ = c.write_all(data);
+    for (path, c) in &mut out.consoles {
+        write_console_file(path, c, data);
     }
 }
 
@@ -115,4 +131,22 @@ pub fn init_tracing(debug: bool) {
         .without_time()
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_console_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        std::fs::write(&path, "").unwrap();
+        // Read-only: every write fails, as on a hung-up tty.
+        let mut file = File::open(&path).unwrap();
+        let p = Some(path.display().to_string());
+        write_console_file(&p, &mut file, b"one\n");
+        write_console_file(&p, &mut file, b"two\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+    }
 }
