@@ -298,7 +298,6 @@ fn s1_minimal_and_s4_shutdown() -> Result<()> {
 /// restart, on the same VM: `kill -9` of demo's main process brings it back
 /// within seconds with a new pid, and `oskctl ps` counts the restart.
 #[test]
-#[ignore = "wip"]
 fn s2_sshd_and_s3_restart() -> Result<()> {
     let key = key()?;
     let out = scratch()?;
@@ -341,6 +340,7 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
     eprintln!("s3: demo back {:.1?} after kill -9", killed.elapsed());
     assert_eq!(after.restarts, before.restarts + 1, "restart not counted");
     wait_http(vm.port(80), "/", Duration::from_secs(30)).context("demo page after the restart")?;
+    vm.kill();
     Ok(())
 }
 
@@ -348,7 +348,6 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
 /// disk on /var/lib; a file written there survives a power-off and a second
 /// boot with the same disk.
 #[test]
-#[ignore = "wip"]
 fn s5_persistence() -> Result<()> {
     let key = key()?;
     let out = scratch()?;
@@ -364,15 +363,11 @@ fn s5_persistence() -> Result<()> {
     {
         let mut vm = Machine::boot(&prefix, &opts)?;
         wait_all_started(&mut vm, &manifests)?;
-        vm.wait_for_line("format: creating ext4", Duration::ZERO)
-            .or_else(|_| {
-                // Already consumed above: look in the whole console instead.
-                if vm.console().contains("format: creating ext4") {
-                    Ok(String::new())
-                } else {
-                    bail!("the first boot did not format the blank disk")
-                }
-            })?;
+        ensure!(
+            vm.console()
+                .contains("format: creating ext4 (osk-data) on /dev/vda"),
+            "the first boot did not format the blank disk"
+        );
         wait_ssh(&vm, &key.private)?;
         ssh_ok(
             &vm,
@@ -386,7 +381,7 @@ fn s5_persistence() -> Result<()> {
     wait_all_started(&mut vm, &manifests)?;
     assert!(
         vm.console()
-            .contains("a filesystem labelled osk-data exists"),
+            .contains("format: /dev/vda is labelled osk-data already"),
         "the second boot did not find the formatted disk"
     );
     wait_ssh(&vm, &key.private)?;
@@ -394,13 +389,13 @@ fn s5_persistence() -> Result<()> {
         ssh_ok(&vm, &key.private, "cat /var/lib/e2e-file")?.trim(),
         stamp
     );
+    vm.kill();
     Ok(())
 }
 
 /// Scenario 6, reproducibility: two builds of examples/minimal.yml with the
 /// default compression, into different directories, are byte-identical.
 #[test]
-#[ignore = "wip"]
 fn s6_reproducible() -> Result<()> {
     let (a, b) = (scratch()?, scratch()?);
     let manifests = [root(MINIMAL)];
@@ -465,7 +460,6 @@ fn link_store(from: &Path, to: &Path) -> Result<()> {
 /// the digest), a non-zero exit, and no output files. The bad parts are
 /// overlays merged on top of examples/minimal.yml.
 #[test]
-#[ignore = "wip"]
 fn s7_bad_input() -> Result<()> {
     let dir = scratch()?;
     let minimal = root(MINIMAL);
