@@ -15,14 +15,16 @@ build:
 unit:
 	$(CARGO) test --workspace --exclude osk-e2e
 
-# Boots real VMs (Debian kernel + busybox initramfs) through `osk run qemu`.
-# The full-stack scenarios are #[ignore]d until osk build and osk-init land.
+# Boots real VMs through `osk run qemu`: Debian kernel + busybox initramfses
+# (tests/boot.rs), and the full-stack scenarios built from examples/
+# (tests/scenarios.rs; the first run builds every package into
+# target/e2e-cache/store).
 e2e:
-	$(CARGO) test -p osk-e2e -- --test-threads $(E2E_THREADS)
+	$(CARGO) test -p osk-e2e -- --test-threads $(E2E_THREADS) --nocapture
 
-# The seven full-stack scenarios (need osk build + osk-init).
+# Only the full-stack scenarios.
 e2e-full:
-	$(CARGO) test -p osk-e2e --test scenarios -- --ignored --test-threads 1
+	$(CARGO) test -p osk-e2e --test scenarios -- --test-threads $(E2E_THREADS) --nocapture
 
 test: unit e2e
 
@@ -30,16 +32,12 @@ test: unit e2e
 bench: bench-build
 	$(CARGO) run -p osk-e2e --bin osk-bench -- --runs 5 --out bench/RESULTS.md
 
-# Later: install host packages, `osk pkg build` the packages, `osk build`
-# examples/minimal.yml, boot it. Until osk build exists this only says so.
+# Installs missing host packages (as root), builds examples/minimal.yml (the
+# packages it needs are built on first use), boots it with the console
+# attached and host port 8080 on guest port 80. Ctrl-a x quits QEMU.
 run:
-	@$(CARGO) build -q -p osk-builder --bin osk
-	@if ! target/debug/osk build --help >/dev/null 2>&1; then \
-	  echo "make run: \`osk build\` does not exist yet, so there is no examples/minimal.yml image to boot."; \
-	  echo "Boot any kernel+initrd today with: target/debug/osk run qemu --accel tcg out/NAME"; \
-	  echo "(needs out/NAME-kernel and out/NAME-initrd.img; Ctrl-a x quits)."; \
-	  exit 1; \
-	fi
+	@if [ "$$(id -u)" = 0 ]; then .ci/host-packages.sh; else .ci/host-packages.sh --check || true; fi
+	$(CARGO) build -q -p osk-builder --bin osk
 	target/debug/osk build --dir out --name minimal examples/minimal.yml
 	target/debug/osk run qemu --publish 8080:80 out/minimal
 

@@ -1,8 +1,11 @@
 #!/bin/sh
 # format.sh [-label LABEL] [DEVICE]
 # Creates an ext4 filesystem labelled LABEL (default osk-data) on DEVICE, or
-# on the first whole disk that carries no filesystem yet. A disk that already
-# has one is left alone, so this is safe to run on every boot.
+# on the first whole disk that is blank. A filesystem with that label already
+# present means nothing to do, so this is safe to run on every boot.
+# Blank means the first MiB is zeros (no partition table, no superblock):
+# Debian's busybox has no blkid applet, and a disk holding anything is never
+# formatted.
 label=osk-data
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -10,14 +13,22 @@ while [ $# -gt 0 ]; do
 	*) device=$1; shift ;;
 	esac
 done
-if busybox blkid | grep -q "LABEL=\"$label\""; then
-	echo "format: a filesystem labelled $label exists; nothing to do"
+blank() {
+	[ "$(busybox head -c 1048576 "$1" | busybox tr -d '\000' | busybox wc -c)" = 0 ]
+}
+if existing=$(busybox findfs "LABEL=$label" 2>/dev/null); then
+	echo "format: $existing is labelled $label already; nothing to do"
 	exit 0
 fi
-if [ -z "$device" ]; then
+if [ -n "$device" ]; then
+	if ! blank "$device"; then
+		echo "format: $device is not blank and not labelled $label; leaving it alone" >&2
+		exit 1
+	fi
+else
 	for d in /dev/vd? /dev/sd? /dev/xvd? /dev/nvme?n1; do
 		[ -b "$d" ] || continue
-		busybox blkid "$d" >/dev/null 2>&1 && continue
+		blank "$d" || continue
 		device=$d
 		break
 	done

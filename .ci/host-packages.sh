@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs the host packages osk's build, tests and `make run` need, if any
+# is missing. Used by .ci/run (CI) and `make run`. Needs root (or sudo).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+# Host packages, and why each is needed:
+#   protobuf-compiler  protoc, for containerd's gRPC API (osk-init's client, build.rs)
+#   qemu-system-x86    `osk run qemu` and every end-to-end test
+#   qemu-utils         qemu-img, for `osk run qemu --disk ...,format=qcow2`
+#   ovmf               UEFI firmware for `osk run qemu --uefi`
+#   cpio               reading initramfs archives in tests; the build-benchmark floor
+#   zstd               the build-benchmark floor (find | cpio | zstd)
+#   busybox-static     the userland of the test and benchmark-floor initramfses
+#   openssh-client     ssh/ssh-keygen for the sshd end-to-end scenarios
+#   skopeo, umoci      OCI image tooling used by package builds and their tests
+#   docker-registry    a local OCI registry for push/pull tests (none is reachable)
+#   time               /usr/bin/time -f: peak memory in the build benchmark
+#   ca-certificates    HTTPS to the Debian mirror and crates.io
+#   debian-archive-keyring  verifies the mirror's InRelease (osk pkg lock)
+PACKAGES=(protobuf-compiler qemu-system-x86 qemu-utils ovmf cpio zstd busybox-static
+  openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring)
+
+# --update: refresh apt's lists even when nothing is missing (CI: the e2e
+# tests `apt-get download` Debian's current kernel package, so the lists must
+# be fresh). --check: only list what is missing; exit 1 if anything is.
+update= check=
+case "${1:-}" in
+--update) update=1 ;;
+--check) check=1 ;;
+esac
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ -n "$check" ]; then
+  [ ${#missing[@]} = 0 ] && exit 0
+  echo "missing host packages: ${missing[*]} (run .ci/host-packages.sh as root)" >&2
+  exit 1
+fi
+if [ ${#missing[@]} = 0 ] && [ -z "$update" ]; then
+  exit 0
+fi
+if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+$SUDO apt-get update -q
+if [ ${#missing[@]} != 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
