@@ -71,6 +71,7 @@ fn fixture() -> Fixture {
     let plan = BuildPlan {
         kernel: Some(k),
         init: vec![init],
+        volumes: vec![],
         containers: vec![
             container(Section::Onboot, 0, "setup", &svc),
             container(Section::Service, 0, "getty", &svc),
@@ -363,4 +364,107 @@ fn zstd_output_does_not_depend_on_worker_count() {
     }
     assert_eq!(outs[0], outs[1]);
     assert_eq!(outs[0], outs[2]);
+}
+
+/// A manifest's volume from an image: its root filesystem lands in the
+/// volume's `lower`, and a service binding the volume by name binds `merged`.
+#[test]
+fn volume_from_an_image_is_placed_and_bound() {
+    use osk_builder::build::{plan, BuildError};
+    use osk_builder::manifest::{self, ImageRef};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let data = simple(
+        &store,
+        "test/data:1",
+        &[
+            E::Dir("www", 0o755),
+            E::File("www/index.html", b"<h1>hi</h1>", 0o644),
+        ],
+    );
+    let svc = simple(&store, "test/svc:1", &[E::File("bin/web", b"web", 0o755)]);
+    let yaml = "\
+volumes:
+  - name: site
+    image: test/data:1
+    readonly: true
+  - name: scratch
+services:
+  - name: web
+    image: test/svc:1
+    command: [/bin/web]
+    binds:
+      - site:/srv:ro
+      - scratch:/tmp/scratch
+";
+    let m = manifest::from_str(yaml, "node.yml", dir.path()).unwrap();
+    let mut resolve = |r: &ImageRef| -> Result<_, BuildError> {
+        match r.text.as_str() {
+            "test/data:1" => Ok(data.clone()),
+            "test/svc:1" => Ok(svc.clone()),
+            other => panic!("unexpected image {other}"),
+        }
+    };
+    let p = plan(&m, &mut resolve).unwrap();
+    let spool = Spool::temporary().unwrap();
+    let out = dir.path().join("out");
+    let mut o = opts(&out, Compression::None);
+    o.formats = vec![Format::Tar];
+    build(&store, &spool, &p, &o).unwrap();
+
+    let tar = out.join("node.tar");
+    let list = sh(&format!("tar -tf {}", tar.display()));
+    let list: Vec<&str> = list.lines().map(|l| l.trim_end_matches('/')).collect();
+    for want in [
+        "containers/volumes/site/lower/www/index.html",
+        "containers/volumes/site/merged",
+        "containers/volumes/scratch/lower",
+        "containers/volumes/scratch/merged",
+        "containers/volumes/scratch/tmp",
+    ] {
+        assert!(list.contains(&want), "{want} missing from {list:?}");
+    }
+    // Read-only is the absence of `tmp` (LinuxKit's marker).
+    assert!(!list.contains(&"containers/volumes/site/tmp"), "{list:?}");
+    let index = sh(&format!(
+        "tar -xOf {} containers/volumes/site/lower/www/index.html",
+        tar.display()
+    ));
+    assert_eq!(index, "<h1>hi</h1>");
+
+    let config = sh(&format!(
+        "tar -xOf {} containers/services/web/config.json",
+        tar.display()
+    ));
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let mounts = config["mounts"].as_array().unwrap();
+    let by_dest = |d: &str| {
+        mounts
+            .iter()
+            .find(|m| m["destination"] == d)
+            .unwrap_or_else(|| panic!("no mount at {d} in {mounts:?}"))
+    };
+    assert_eq!(by_dest("/srv")["source"], "/containers/volumes/site/merged");
+    assert!(by_dest("/srv")["options"]
+        .as_array()
+        .unwrap()
+        .contains(&"ro".into()));
+    assert_eq!(
+        by_dest("/tmp/scratch")["source"],
+        "/containers/volumes/scratch/merged"
+    );
+}
+
+#[test]
+fn volume_in_oci_format_is_rejected_naming_it() {
+    use osk_builder::build::{plan, BuildError};
+    use osk_builder::manifest::{self, ImageRef};
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "volumes:\n  - name: images\n    image: test/data:1\n    format: oci\n";
+    let m = manifest::from_str(yaml, "node.yml", dir.path()).unwrap();
+    let mut resolve = |r: &ImageRef| -> Result<osk_builder::store::Image, BuildError> {
+        panic!("{r} must not be resolved")
+    };
+    let e = plan(&m, &mut resolve).unwrap_err().to_string();
+    assert!(e.contains("volume `images`") && e.contains("oci"), "{e}");
 }

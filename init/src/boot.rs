@@ -338,6 +338,8 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     // The power button's input device exists once evdev is loaded.
     crate::power::watch(power_tx.clone());
 
+    // Onboot containers may bind volumes too.
+    crate::volumes::prepare_all(&RealSys);
     onboot::run_all(
         &Path::new("/").join(osk_layout::ONBOOT_DIR),
         "/var/log/onboot",

@@ -24,3 +24,4 @@ pub mod shutdown;
 pub mod supervisor;
 pub mod switchroot;
 pub mod sys;
+pub mod volumes;

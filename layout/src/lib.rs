@@ -15,6 +15,17 @@ pub const ONBOOT_DIR: &str = "containers/onboot";
 pub const ONSHUTDOWN_DIR: &str = "containers/onshutdown";
 /// Root-relative directory holding one bundle per service, named after the service.
 pub const SERVICES_DIR: &str = "containers/services";
+/// Root-relative directory holding one directory per manifest volume, named
+/// after the volume (LinuxKit's layout): [`VOLUME_LOWER`], [`VOLUME_MERGED`]
+/// and, for a writable volume only, [`VOLUME_TMP`].
+pub const VOLUMES_DIR: &str = "containers/volumes";
+/// Inside a volume: its contents as built (the volume image's root filesystem, or empty).
+pub const VOLUME_LOWER: &str = "lower";
+/// Inside a volume: where init mounts the view containers bind (`/containers/volumes/NAME/merged`).
+pub const VOLUME_MERGED: &str = "merged";
+/// Inside a volume: present only when the volume is writable (LinuxKit's
+/// marker); without it init mounts the volume read-only.
+pub const VOLUME_TMP: &str = "tmp";
 
 /// The OCI runtime spec inside a bundle.
 pub const CONFIG_JSON: &str = "config.json";
@@ -47,6 +58,11 @@ pub const CONFIG_LABEL: &str = "org.mobyproject.config";
 /// Name of a bundle directory for the `index`-th (0-based) onboot/onshutdown container.
 pub fn ordered_bundle_name(index: usize, name: &str) -> String {
     format!("{index:03}-{name}")
+}
+
+/// Root-relative directory of volume `name`.
+pub fn volume_dir(name: &str) -> String {
+    format!("{VOLUMES_DIR}/{name}")
 }
 
 #[cfg(test)]

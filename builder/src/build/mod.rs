@@ -116,11 +116,22 @@ impl ContainerPlan {
     }
 }
 
+/// One manifest volume, with its image (if any) resolved.
+#[derive(Debug, Clone)]
+pub struct VolumePlan {
+    pub name: String,
+    /// Unpacked into the volume's `lower`; None for an empty volume.
+    pub image: Option<Image>,
+    pub readonly: bool,
+}
+
 /// Everything a build needs, with every image already in the store.
 #[derive(Debug, Clone, Default)]
 pub struct BuildPlan {
     pub kernel: Option<KernelPlan>,
     pub init: Vec<Image>,
+    /// Placed before the containers, as LinuxKit does.
+    pub volumes: Vec<VolumePlan>,
     /// Onboot, then onshutdown, then services, each in manifest order.
     pub containers: Vec<ContainerPlan>,
     pub files: Vec<FilePlan>,
@@ -225,6 +236,9 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
             &format!("init image {name}"),
         )?;
     }
+    for v in &plan.volumes {
+        place_volume(&mut root, store, spool, v)?;
+    }
     // One flattened tree and inode map per image: a second placement of the
     // same image hard-links to the first instead of storing it again.
     let mut placed: HashMap<Digest, (Tree, HashMap<InodeId, InodeId>)> = HashMap::new();
@@ -276,6 +290,50 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
     files::apply(&mut root, spool, &plan.files)?;
     out.tree = root;
     Ok(out)
+}
+
+/// `containers/volumes/NAME/{lower,merged}` (+ `tmp` when writable), with the
+/// volume image's root filesystem in `lower`. Its files never share inodes
+/// with a container's rootfs: init binds a writable `lower` as is, so a
+/// write through the volume must not reach a container's files.
+fn place_volume(
+    root: &mut Tree,
+    store: &Store,
+    spool: &Spool,
+    v: &VolumePlan,
+) -> Result<(), BuildError> {
+    let what = match &v.image {
+        Some(i) => format!("volume {} (image {})", v.name, i.reference.familiar()),
+        None => format!("volume {}", v.name),
+    };
+    tracing::info!("{what}");
+    let base = osk_layout::volume_dir(&v.name);
+    let place = |reason: String, path: &str| BuildError::Place {
+        what: what.clone(),
+        path: path.to_string(),
+        reason,
+    };
+    if root.lookup(base.as_bytes()).is_some() {
+        return Err(place(
+            "is used by two volumes (or an init image); volume names must be unique".into(),
+            &base,
+        ));
+    }
+    let mut dirs = vec![osk_layout::VOLUME_LOWER, osk_layout::VOLUME_MERGED];
+    if !v.readonly {
+        dirs.push(osk_layout::VOLUME_TMP);
+    }
+    for d in dirs {
+        let path = format!("{base}/{d}");
+        root.add_dir(path.as_bytes(), Meta::root(0o755), Meta::root(0o755))
+            .map_err(|r| place(r, &path))?;
+    }
+    if let Some(image) = &v.image {
+        let tree = assemble::flatten(store, spool, image)?;
+        let lower = format!("{base}/{}", osk_layout::VOLUME_LOWER);
+        graft(root, &tree, &lower, &mut HashMap::new(), &what)?;
+    }
+    Ok(())
 }
 
 fn graft(

@@ -2,11 +2,15 @@
 //! every container's `config.json`/`runtime.json` generated from the manifest,
 //! the image's `org.mobyproject.config` label and its config.
 
-use crate::manifest::{ContainerKind, FileEntry, Id, ImageConfig, ImageRef, Manifest};
+use crate::manifest::{
+    ContainerKind, FileEntry, Id, ImageConfig, ImageRef, Manifest, Volume, VolumeFormat,
+};
 use crate::spec::{self, ImageDefaults};
 use crate::store::Image;
 
-use super::{BuildError, BuildPlan, ContainerPlan, FilePlan, FileWhat, KernelPlan, Section};
+use super::{
+    BuildError, BuildPlan, ContainerPlan, FilePlan, FileWhat, KernelPlan, Section, VolumePlan,
+};
 
 /// Turns an image reference of the manifest into an image in the store
 /// (from the store, a registry, or a package build).
@@ -57,6 +61,9 @@ pub fn plan(m: &Manifest, resolver: &mut impl Resolve) -> Result<BuildPlan, Buil
     for image in &m.init {
         plan.init.push(resolver.resolve(image)?);
     }
+    for v in &m.volumes {
+        plan.volumes.push(volume_plan(v, resolver)?);
+    }
     for (kind, section) in [
         (ContainerKind::Onboot, Section::Onboot),
         (ContainerKind::Onshutdown, Section::Onshutdown),
@@ -93,6 +100,27 @@ pub fn plan(m: &Manifest, resolver: &mut impl Resolve) -> Result<BuildPlan, Buil
             })?);
     }
     Ok(plan)
+}
+
+/// A volume's image resolved; only LinuxKit's `filesystem` form is built.
+fn volume_plan(v: &Volume, resolver: &mut impl Resolve) -> Result<VolumePlan, BuildError> {
+    let image = match (&v.image, v.format) {
+        (Some(_), Some(VolumeFormat::Oci)) => {
+            return Err(BuildError::Usage(format!(
+                "volume `{}` ({}): format `oci` (the image stored as an OCI layout) is not \
+                 supported yet; drop `format` or use `format: filesystem` for its root filesystem",
+                v.name, v.origin
+            )))
+        }
+        (Some(image), _) => Some(resolver.resolve(image)?),
+        // Without an image LinuxKit makes an empty volume whatever the format.
+        (None, _) => None,
+    };
+    Ok(VolumePlan {
+        name: v.name.clone(),
+        image,
+        readonly: v.readonly,
+    })
 }
 
 fn file_plan(
