@@ -410,6 +410,15 @@ fn s6_reproducible() -> Result<()> {
         assert!(!x.is_empty(), "{suffix} is empty");
         assert!(x == y, "{suffix} differs between two builds");
     }
+    // The size promise: a minimal machine's kernel+initrd, with the default
+    // compression, stays at or under 30 MB (LinuxKit claims 35 MB).
+    let size =
+        |suffix: &str| std::fs::metadata(format!("{}{suffix}", pa.display())).map(|m| m.len());
+    let total = size("-kernel")? + size("-initrd.img")?;
+    assert!(
+        total <= 30_000_000,
+        "kernel+initrd of {MINIMAL} is {total} bytes, over 30 MB"
+    );
     Ok(())
 }
 
