@@ -18,7 +18,8 @@ export DEBIAN_FRONTEND=noninteractive
 #   time               /usr/bin/time -f: peak memory in the build benchmark
 #   ca-certificates    HTTPS to the Debian mirror and crates.io
 #   debian-archive-keyring  verifies the mirror's InRelease (osk pkg lock)
-PACKAGES=(protobuf-compiler qemu-system-x86 qemu-utils ovmf cpio zstd busybox-static
+#   lz4                decompresses the kernel's legacy lz4 initramfs in a round-trip test
+PACKAGES=(protobuf-compiler qemu-system-x86 qemu-utils ovmf cpio zstd lz4 busybox-static
   openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring)
 
 # --update: refresh apt's lists even when nothing is missing (CI: the e2e
