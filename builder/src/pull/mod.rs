@@ -28,7 +28,9 @@ use thiserror::Error;
 use tokio::runtime::Runtime;
 
 use crate::reference::{Digest, Reference};
-use crate::store::{descriptor, descriptor_digest, host_arch, Image, Store, StoreError};
+use crate::store::{
+    descriptor, descriptor_digest, host_arch, pick_platform, platforms, Image, Store, StoreError,
+};
 
 pub use credentials::{
     default_config_dir, lookup as lookup_credentials, Credentials, CredentialsError,
@@ -550,33 +552,6 @@ fn manifest_kind(m: &MediaType) -> Option<Kind> {
         MediaType::Other(s) if s == IMAGE_MANIFEST_LIST_MEDIA_TYPE => Some(Kind::Index),
         MediaType::Other(s) if s == IMAGE_MANIFEST_MEDIA_TYPE => Some(Kind::Manifest),
         _ => None,
-    }
-}
-
-/// The first entry for `os`/`arch`, as the store picks it when loading.
-fn pick_platform(index: &ImageIndex, os: &str, arch: &str) -> Option<Descriptor> {
-    index
-        .manifests()
-        .iter()
-        .find(|d| {
-            d.platform()
-                .as_ref()
-                .is_some_and(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
-        })
-        .cloned()
-}
-
-fn platforms(index: &ImageIndex) -> String {
-    let v: Vec<String> = index
-        .manifests()
-        .iter()
-        .filter_map(|d| d.platform().as_ref())
-        .map(|p| format!("{}/{}", p.os(), p.architecture()))
-        .collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
     }
 }
 

@@ -609,7 +609,8 @@ fn sniff_media_type(bytes: &[u8]) -> MediaType {
     }
 }
 
-fn pick_platform(index: &ImageIndex, os: &str, arch: &str) -> Option<Descriptor> {
+/// The first entry of `index` for `os`/`arch`; the puller fetches the same one.
+pub(crate) fn pick_platform(index: &ImageIndex, os: &str, arch: &str) -> Option<Descriptor> {
     let matches = |p: &Platform| p.os().to_string() == os && p.architecture().to_string() == arch;
     index
         .manifests()
@@ -618,7 +619,8 @@ fn pick_platform(index: &ImageIndex, os: &str, arch: &str) -> Option<Descriptor>
         .cloned()
 }
 
-fn platforms(index: &ImageIndex) -> String {
+/// `os/arch` of every entry, for error messages.
+pub(crate) fn platforms(index: &ImageIndex) -> String {
     let v: Vec<String> = index
         .manifests()
         .iter()
