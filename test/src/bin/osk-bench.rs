@@ -298,8 +298,11 @@ fn parse_time(s: &str) -> Result<(f64, u64)> {
     }
 }
 
-/// Cold (empty store) and warm builds: (wall s, peak RSS KiB) each, and the image prefix.
-fn bench_build(manifest: &Path, work: &Path) -> Result<((f64, u64), (f64, u64), PathBuf)> {
+/// Wall seconds and peak RSS in KiB of one timed command.
+type Timed = (f64, u64);
+
+/// Cold (empty store) and warm builds, and the image prefix.
+fn bench_build(manifest: &Path, work: &Path) -> Result<(Timed, Timed, PathBuf)> {
     let cache = work.join("cache-boot");
     let cold = timed_build(manifest, &work.join("cold"), &cache)?;
     let warm = timed_build(manifest, &work.join("warm"), &cache)?;
