@@ -6,7 +6,9 @@ use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType, ANNOTATION_REF_NAME};
 
-use super::{descriptor_digest, io_err, to_json, verify_error, Result, Store, StoreError};
+use super::{
+    descriptor_digest, io_err, to_json, verify_error, with_context, Result, Store, StoreError,
+};
 use crate::reference::{Digest, Reference};
 
 /// containerd and Docker put the full image name here and only the tag in `ref.name`.
@@ -294,15 +296,7 @@ fn name_entries(
         .collect()
 }
 
+/// Names the layout a bad blob came from.
 fn in_source(e: StoreError, source: &Path) -> StoreError {
-    match e {
-        StoreError::DigestMismatch {
-            expected, actual, ..
-        } => StoreError::DigestMismatch {
-            expected,
-            actual,
-            context: format!(" (in {})", source.display()),
-        },
-        other => other,
-    }
+    with_context(e, &format!(" (in {})", source.display()))
 }
