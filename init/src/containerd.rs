@@ -20,6 +20,10 @@ use containerd_client::tonic::{self, transport::Channel, Code, Request};
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNTIME: &str = "io.containerd.runc.v2";
+/// containerd's runc shim serves every container whose spec carries the same
+/// value here from one process.
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+pub const SHIM_GROUP: &str = "osk";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -336,6 +340,15 @@ pub fn spec_with_root(config_json: &[u8], rootfs: &Path) -> Result<Vec<u8>, serd
         spec["root"] = serde_json::json!({});
     }
     spec["root"]["path"] = serde_json::Value::String(rootfs.display().to_string());
+    // One shim for every service instead of one each: a shim is a Go daemon
+    // of several MiB, and starting it is a Go start-up on the boot's critical
+    // path. A service that wants its own sets this annotation itself.
+    if !spec.get("annotations").is_some_and(|a| a.is_object()) {
+        spec["annotations"] = serde_json::json!({});
+    }
+    if spec["annotations"].get(SHIM_GROUP_ANNOTATION).is_none() {
+        spec["annotations"][SHIM_GROUP_ANNOTATION] = SHIM_GROUP.into();
+    }
     serde_json::to_vec(&spec)
 }
 
@@ -354,5 +367,18 @@ mod tests {
         assert_eq!(v["root"]["path"], "/containers/services/x/rootfs");
         assert_eq!(v["root"]["readonly"], true);
         assert_eq!(v["process"]["args"][0], "sh");
+        assert_eq!(v["annotations"][SHIM_GROUP_ANNOTATION], SHIM_GROUP);
+    }
+
+    #[test]
+    fn a_service_can_keep_its_own_shim() {
+        let out = spec_with_root(
+            br#"{"annotations":{"io.containerd.runc.v2.group":"alone","x":"y"}}"#,
+            Path::new("/r"),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["annotations"][SHIM_GROUP_ANNOTATION], "alone");
+        assert_eq!(v["annotations"]["x"], "y");
     }
 }

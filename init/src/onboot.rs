@@ -2,8 +2,11 @@
 //! directly (containerd is not running yet, or any more), each to
 //! completion or its timeout.
 //!
-//! `runc create` + `runc start` rather than `runc run`, as LinuxKit does,
-//! so runtime.json's interfaces and bindNS can be applied between the two.
+//! A bundle whose runtime.json moves interfaces into it or binds its
+//! namespaces needs the task's pid before it starts: it gets `runc create` +
+//! `runc start` (+ `runc delete`), as in LinuxKit. Every other bundle gets
+//! one `runc run`: each runc is a Go start-up, about 0.3 s under TCG, and
+//! onboot is on every boot's critical path.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,7 +21,7 @@ use crate::reaper;
 pub const RUNC: &str = "/usr/bin/runc";
 const RUNC_ROOT: &str = "/run/osk/runc";
 
-async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32, String> {
+fn runc_command(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<Command, String> {
     let mut cmd = Command::new(runc_path());
     cmd.arg("--root")
         .arg(RUNC_ROOT)
@@ -29,6 +32,11 @@ async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32,
         let w2 = w.try_clone().map_err(|e| e.to_string())?;
         cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
     }
+    Ok(cmd)
+}
+
+async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32, String> {
+    let mut cmd = runc_command(args, stdout)?;
     let child = reaper::spawn(&mut cmd).map_err(|e| format!("runc {}: {e}", args[0]))?;
     drop(cmd);
     child
@@ -55,7 +63,6 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
     let sink = Sink::shared(log, Some(format!("{}: ", b.name)));
     let (r, w) = logfile::async_pipe().map_err(|e| e.to_string())?;
     let pump = tokio::spawn(logfile::pump(r, sink));
-    let pid_file = format!("{RUNC_ROOT}/{id}.pid");
     let _ = std::fs::create_dir_all(RUNC_ROOT);
     let bundle = b.dir.display().to_string();
     // A leftover from an earlier failure would make create fail; on a fresh
@@ -63,13 +70,58 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
     if Path::new(RUNC_ROOT).join(&id).exists() {
         let _ = runc(&["delete", "-f", &id], None).await;
     }
+    let result = if prepare::needs_pid(b) {
+        create_start(b, &id, &bundle, w, timeout).await
+    } else {
+        run(&id, &bundle, w, timeout).await
+    };
+    // Output still buffered in the pipe is flushed before we report.
+    let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+    result
+}
+
+/// `runc run`: runc waits for the container, forwards signals to it and
+/// deletes it when it exits; its exit code is the container's.
+async fn run(
+    id: &str,
+    bundle: &str,
+    out: std::io::PipeWriter,
+    timeout: Duration,
+) -> Result<i32, String> {
+    let mut cmd = runc_command(&["run", "--bundle", bundle, id], Some(out))?;
+    let child = reaper::spawn(&mut cmd).map_err(|e| format!("runc run {id}: {e}"))?;
+    drop(cmd);
+    let mut exit = child.exit;
+    match tokio::time::timeout(timeout, &mut exit).await {
+        Ok(Ok(status)) => Ok(reaper::code(status)),
+        Ok(Err(_)) => Err(format!("{id}: lost runc's exit status")),
+        Err(_) => {
+            let _ = runc(&["kill", "--all", id, "KILL"], None).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), exit).await;
+            let _ = runc(&["delete", "-f", id], None).await;
+            Err(format!(
+                "{id}: killed after its {}s timeout",
+                timeout.as_secs()
+            ))
+        }
+    }
+}
+
+/// `runc create`, the pid-dependent preparation, `runc start`, wait, `runc delete`.
+async fn create_start(
+    b: &Bundle,
+    id: &str,
+    bundle: &str,
+    out: std::io::PipeWriter,
+    timeout: Duration,
+) -> Result<i32, String> {
+    let pid_file = format!("{RUNC_ROOT}/{id}.pid");
     let rc = runc(
-        &["create", "--bundle", &bundle, "--pid-file", &pid_file, &id],
-        Some(w),
+        &["create", "--bundle", bundle, "--pid-file", &pid_file, id],
+        Some(out),
     )
     .await?;
     if rc != 0 {
-        let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
         return Err(format!("runc create {id} (bundle {bundle}) exited {rc}"));
     }
     let pid: i32 = std::fs::read_to_string(&pid_file)
@@ -79,7 +131,7 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
     let exit = reaper::watch(pid);
     let result = async {
         prepare::after_create(b, pid as u32)?;
-        let rc = runc(&["start", &id], None).await?;
+        let rc = runc(&["start", id], None).await?;
         if rc != 0 {
             return Err(format!("runc start {id} exited {rc}"));
         }
@@ -87,7 +139,7 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
             Ok(Ok(status)) => Ok(reaper::code(status)),
             Ok(Err(_)) => Err(format!("{id}: lost its exit status")),
             Err(_) => {
-                let _ = runc(&["kill", "--all", &id, "KILL"], None).await;
+                let _ = runc(&["kill", "--all", id, "KILL"], None).await;
                 Err(format!(
                     "{id}: killed after its {}s timeout",
                     timeout.as_secs()
@@ -96,10 +148,8 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
         }
     }
     .await;
-    let _ = runc(&["delete", "-f", &id], None).await;
+    let _ = runc(&["delete", "-f", id], None).await;
     let _ = std::fs::remove_file(&pid_file);
-    // Output still buffered in the pipe is flushed before we report.
-    let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
     result
 }
 

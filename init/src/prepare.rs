@@ -171,6 +171,18 @@ pub fn before_create(b: &Bundle) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether [`after_create`] has work: then the task must be created and
+/// started in two steps.
+pub fn needs_pid(b: &Bundle) -> bool {
+    let ns = &b.runtime.bind_ns;
+    !b.runtime.interfaces.is_empty()
+        || [
+            &ns.cgroup, &ns.ipc, &ns.mnt, &ns.net, &ns.pid, &ns.user, &ns.uts,
+        ]
+        .iter()
+        .any(|p| p.is_some())
+}
+
 /// Preparation that needs the task's pid: interfaces into its network
 /// namespace, then namespace bind mounts.
 pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
