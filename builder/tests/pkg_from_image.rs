@@ -42,7 +42,11 @@ fn put_base(store: &Store, name: &str, os_release: &[u8]) {
     ]);
     let descs = [l1, l2]
         .into_iter()
-        .map(|l| store.put_bytes(MediaType::ImageLayerGzip, &gzip(&l)).unwrap())
+        .map(|l| {
+            store
+                .put_bytes(MediaType::ImageLayerGzip, &gzip(&l))
+                .unwrap()
+        })
         .collect();
     let labels: std::collections::HashMap<String, String> = [
         ("org.example.base".to_string(), "yes".to_string()),
@@ -104,7 +108,12 @@ fn layer_of(store: &Store, r: &Reference) -> BTreeMap<String, (tar::EntryType, V
         let mut e = e.unwrap();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        let path = e.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+        let path = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
         out.insert(path, (e.header().entry_type(), data));
     }
     out
@@ -120,7 +129,10 @@ fn package_from_store_image_has_base_files_overrides_and_config() {
     let files = layer_of(&store, &r);
 
     assert_eq!(files["etc/os-release"].1, b"ID=base\n");
-    assert_eq!(files["etc/motd"].1, b"package motd\n", "overridden by files:");
+    assert_eq!(
+        files["etc/motd"].1, b"package motd\n",
+        "overridden by files:"
+    );
     assert_eq!(files["bin/tool2"].1, b"#!/bin/sh\n", "hard link copied");
     assert_eq!(files["bin/sh"].0, tar::EntryType::Symlink);
     assert_eq!(files["dev-null"].0, tar::EntryType::Char);
@@ -161,11 +173,17 @@ fn build_yml_config_and_entrypoint_override_the_base() {
     let r = pkg::ensure_built(&dir, &store, &opts(tmp.path())).unwrap();
     let img = store.image(&r, "linux", "amd64").unwrap();
     let cfg = img.config.config().clone().unwrap();
-    assert_eq!(cfg.entrypoint().as_deref(), Some(&["/bin/sh".to_string()][..]));
+    assert_eq!(
+        cfg.entrypoint().as_deref(),
+        Some(&["/bin/sh".to_string()][..])
+    );
     // As in a Dockerfile, a new entrypoint drops the base's command.
     assert_eq!(cfg.cmd(), &None);
     assert_eq!(cfg.working_dir().as_deref(), Some("/"));
-    assert_eq!(img.label(osk_layout::CONFIG_LABEL), Some(r#"{"pid":"host"}"#));
+    assert_eq!(
+        img.label(osk_layout::CONFIG_LABEL),
+        Some(r#"{"pid":"host"}"#)
+    );
     assert_eq!(img.label("org.example.base"), Some("yes"));
 }
 

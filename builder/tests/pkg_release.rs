@@ -84,8 +84,8 @@ fn recorded_release_without_valid_until_never_expires() {
 
 #[test]
 fn unparsable_valid_until_is_an_error_naming_the_file() {
-    let text = include_str!("fixtures/debian/Release")
-        .replace("Date:", "Valid-Until: tomorrow\nDate:");
+    let text =
+        include_str!("fixtures/debian/Release").replace("Date:", "Valid-Until: tomorrow\nDate:");
     let err = Release::parse(&text, "dists/x/InRelease")
         .unwrap_err()
         .to_string();

@@ -707,7 +707,12 @@ fn run_config(p: &Prepared) -> RunConfig {
             .clone()
             .or_else(|| base.working_dir().clone().filter(|w| !w.is_empty())),
         label: spec.config.clone(),
-        labels: base.labels().clone().unwrap_or_default().into_iter().collect(),
+        labels: base
+            .labels()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         architecture: Some(p.arch.clone()),
     }
 }

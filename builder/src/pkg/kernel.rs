@@ -106,8 +106,8 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
             version = Some(v.to_string());
         }
         if let Some(file) = path.strip_suffix(".ko") {
-            let deps = modinfo_depends(&read()?)
-                .ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
+            let deps =
+                modinfo_depends(&read()?).ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
             let name = canon(file.rsplit('/').next().unwrap_or(file));
             modules.insert(name, (path.to_string(), deps));
         } else if path.ends_with(".ko.xz") || path.ends_with(".ko.zst") || path.ends_with(".ko.gz")
@@ -152,8 +152,12 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
     let mut vmlinuz = None;
     let moddir = format!("lib/modules/{version}");
     let kernel = format!("boot/vmlinuz-{version}");
-    let meta = ["modules.builtin", "modules.builtin.modinfo", "modules.order"]
-        .map(|f| format!("{moddir}/{f}"));
+    let meta = [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ]
+    .map(|f| format!("{moddir}/{f}"));
     for_each_entry(deb, &bad, |path, read| {
         if path == kernel {
             vmlinuz = Some(read()?);

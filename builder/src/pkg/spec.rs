@@ -373,9 +373,12 @@ mod tests {
             Some(Base::Image(r)) => assert_eq!(r.to_string(), "docker.io/library/alpine:3.19"),
             other => panic!("{other:?}"),
         }
-        let e = Spec::parse(&format!("{base}from: Not/A:Ref!\n"), Path::new("p/build.yml"))
-            .unwrap_err()
-            .to_string();
+        let e = Spec::parse(
+            &format!("{base}from: Not/A:Ref!\n"),
+            Path::new("p/build.yml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("p/build.yml") && e.contains("Not/A:Ref!"), "{e}");
     }
 
