@@ -107,7 +107,7 @@ fn same_inputs_same_image_digest() {
     let da = a.resolve(&ra).unwrap().unwrap();
     let db = b.resolve(&rb).unwrap().unwrap();
     assert_eq!(da.digest(), db.digest());
-    assert_eq!(pkg::show_tag(&dir, &opts).unwrap(), ra.familiar());
+    assert_eq!(pkg::show_tag(&dir, &a, &opts).unwrap(), ra.familiar());
 
     // The image holds one layer with normalised, filtered content and the label.
     let img = a.image(&ra, "linux", "amd64").unwrap();
@@ -139,9 +139,13 @@ fn same_inputs_same_image_digest() {
 fn changing_an_input_changes_the_tag() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, opts) = fixture_package(tmp.path());
-    let before = pkg::show_tag(&dir, &opts).unwrap();
+    let before =
+        pkg::show_tag(&dir, &Store::open(tmp.path().join("store")).unwrap(), &opts).unwrap();
     std::fs::write(dir.join("motd"), "changed\n").unwrap();
-    assert_ne!(pkg::show_tag(&dir, &opts).unwrap(), before);
+    assert_ne!(
+        pkg::show_tag(&dir, &Store::open(tmp.path().join("store")).unwrap(), &opts).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -154,13 +158,17 @@ fn stale_or_missing_lock_is_an_error() {
         yml.replace("[hello]", "[hello, extra]"),
     )
     .unwrap();
-    let err = pkg::build(&dir, &opts).unwrap_err().to_string();
+    let err = pkg::build(&dir, &Store::open(tmp.path().join("store")).unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("stale") && err.contains("osk pkg lock"),
         "{err}"
     );
     std::fs::remove_file(dir.join("build.lock")).unwrap();
-    let err = pkg::build(&dir, &opts).unwrap_err().to_string();
+    let err = pkg::build(&dir, &Store::open(tmp.path().join("store")).unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("build.lock") && err.contains("missing"),
         "{err}"
@@ -176,7 +184,9 @@ fn corrupt_cached_deb_is_not_trusted() {
     for e in std::fs::read_dir(&opts.cache_dir).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
-    let err = pkg::build(&dir, &opts).unwrap_err().to_string();
+    let err = pkg::build(&dir, &Store::open(tmp.path().join("store")).unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("hello_1.0_amd64.deb") || err.contains("127.0.0.1"),
         "{err}"

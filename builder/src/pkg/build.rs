@@ -12,13 +12,14 @@ use super::fetch::{default_cache_dir, Fetcher};
 use super::image::{self, Image, RunConfig};
 use super::index::{parse_atom, parse_packages};
 use super::lock::{inputs_hash, Lock, Locked, LOCK_FILE};
-use super::release::{Keyring, Release, DEFAULT_KEYRING};
+use super::release::{Keyring, Release, ALLOW_EXPIRED_ENV, DEFAULT_KEYRING};
 use super::resolve::{resolve, Universe};
-use super::spec::{parse_mode, Spec};
+use super::spec::{parse_mode, Base, Spec};
 use super::tree::{normalise, Kind, Node, Patterns, Tree, MERGED_USR_DIRS};
 use super::{apt_source, kernel, Error};
+use crate::assemble::{self, Spool};
 use crate::reference::Reference;
-use crate::store::Store;
+use crate::store::{self, host_arch, Store};
 use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 
 /// Bumped when the builder's output for the same inputs changes.
@@ -37,6 +38,10 @@ pub struct Options {
     pub etc_apt: PathBuf,
     /// mtime of every layer entry (`SOURCE_DATE_EPOCH`, else 0).
     pub source_date_epoch: u64,
+    /// Lock against a Release past its `Valid-Until` (default: `OSK_ALLOW_EXPIRED_RELEASE=1`).
+    pub allow_expired_release: bool,
+    /// Registries reached over plain HTTP when a `from:` image must be pulled.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for Options {
@@ -50,6 +55,8 @@ impl Default for Options {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            allow_expired_release: std::env::var(ALLOW_EXPIRED_ENV).as_deref() == Ok("1"),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -109,12 +116,8 @@ impl Package {
         Ok(Some(lock))
     }
 
-    fn base_dir(&self) -> Option<PathBuf> {
-        self.spec
-            .from
-            .as_deref()
-            .and_then(|f| f.strip_prefix("@pkg:"))
-            .map(|p| self.dir.join(p))
+    fn spec_path(&self) -> String {
+        self.dir.join("build.yml").display().to_string()
     }
 }
 
@@ -135,6 +138,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
         let signed = fetcher.get_text(&format!("{mirror}/{origin}"))?;
         let text = keyring.verify_cleartext(&signed, &origin)?;
         let release = Release::parse(&text, &origin)?;
+        release.check_valid_until(unix_now(), opts.allow_expired_release, suite, &mirror)?;
         for comp in &debian.components {
             let base = format!("{comp}/binary-{}/Packages", debian.architecture);
             let (key, entry) = ["xz", "gz"]
@@ -207,6 +211,12 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
     );
     lock.write(&pkg.dir)?;
     Ok(lock)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Downloads (or finds cached) every locked .deb.
@@ -366,11 +376,62 @@ fn folder_files(dir: &Path) -> Result<Vec<(String, u32, Vec<u8>)>, Error> {
 struct Prepared {
     pkg: Package,
     binaries: Vec<(String, Vec<u8>)>,
-    base: Option<Box<Prepared>>,
+    base: Option<PreparedBase>,
+    /// OCI architecture of the image.
+    arch: String,
     tag: String,
 }
 
-fn prepare(dir: &Path, opts: &Options, depth: usize) -> Result<Prepared, Error> {
+enum PreparedBase {
+    Package(Box<Prepared>),
+    /// An image from the store, resolved to one platform.
+    Image(Box<store::Image>),
+}
+
+/// Debian's architecture names as OCI spells them.
+fn oci_arch(debian: &str) -> String {
+    match debian {
+        "armhf" | "armel" => "arm",
+        "i386" => "386",
+        "ppc64el" => "ppc64le",
+        "mips64el" => "mips64le",
+        other => other,
+    }
+    .to_string()
+}
+
+/// The `from:` image, from the store; pulled only when the store lacks it,
+/// as `osk build` does for manifest images.
+fn base_image(
+    pkg: &Package,
+    reference: &Reference,
+    store: &Store,
+    arch: &str,
+    opts: &Options,
+) -> Result<store::Image, Error> {
+    let present = store.resolve(reference)?.is_some();
+    let pull = crate::pull::PullOptions {
+        arch: arch.to_string(),
+        insecure_registries: opts.insecure_registries.clone(),
+        ..Default::default()
+    };
+    crate::pull::ensure(store, reference, &pull).map_err(|e| Error::BaseImage {
+        at: pkg.spec_path(),
+        reference: reference.familiar(),
+        message: if present {
+            e.to_string()
+        } else {
+            format!(
+                "not in the store {} ({arch}), and pulling it failed: {e}; \
+                 get it with `osk pull {}` or `osk cache import`",
+                store.root().display(),
+                reference.familiar()
+            )
+        },
+    })
+}
+
+fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Prepared, Error> {
     if depth > 8 {
         return Err(Error::Other(format!(
             "{}: `from` chain too deep (a cycle?)",
@@ -379,10 +440,29 @@ fn prepare(dir: &Path, opts: &Options, depth: usize) -> Result<Prepared, Error> 
     }
     let pkg = Package::load(dir)?;
     pkg.checked_lock()?;
-    let base = match pkg.base_dir() {
-        Some(b) => Some(Box::new(prepare(&b, opts, depth + 1)?)),
+    let debian_arch = pkg.spec.debian.as_ref().map(|d| oci_arch(&d.architecture));
+    let base = match pkg.spec.base() {
+        Some(Base::Package(p)) => Some(PreparedBase::Package(Box::new(prepare(
+            &pkg.dir.join(p),
+            store,
+            opts,
+            depth + 1,
+        )?))),
+        Some(Base::Image(r)) => {
+            let arch = debian_arch.as_deref().unwrap_or(host_arch());
+            Some(PreparedBase::Image(Box::new(base_image(
+                &pkg, &r, store, arch, opts,
+            )?)))
+        }
         None => None,
     };
+    let arch = debian_arch
+        .or_else(|| match &base {
+            Some(PreparedBase::Package(b)) => Some(b.arch.clone()),
+            Some(PreparedBase::Image(i)) => Some(i.config.architecture().to_string()),
+            None => None,
+        })
+        .unwrap_or_else(|| "amd64".into());
     let binaries = build_binaries(&pkg)?;
     let mut h = Sha256::new();
     let mut field = |k: &str, v: &[u8]| {
@@ -403,14 +483,18 @@ fn prepare(dir: &Path, opts: &Options, depth: usize) -> Result<Prepared, Error> 
     for (dest, data) in &binaries {
         field(&format!("binary:{dest}"), &Sha256::digest(data));
     }
-    if let Some(b) = &base {
-        field("base", b.tag.as_bytes());
+    match &base {
+        Some(PreparedBase::Package(b)) => field("base", b.tag.as_bytes()),
+        // The platform manifest's digest: a changed base is a new tag.
+        Some(PreparedBase::Image(i)) => field("base-image", i.manifest_digest.as_str().as_bytes()),
+        None => {}
     }
     let tag = hex::encode(&h.finalize()[..16]);
     Ok(Prepared {
         pkg,
         binaries,
         base,
+        arch,
         tag,
     })
 }
@@ -421,8 +505,58 @@ impl Prepared {
     }
 }
 
+/// The root filesystem of a store image, its layers applied with OCI
+/// semantics (whiteouts, opaque directories) by [`assemble::flatten`].
+/// Hard links become copies, as in [`deb::unpack`].
+fn image_tree(store: &Store, image: &store::Image) -> Result<Tree, Error> {
+    let name = image.reference.familiar();
+    let spool_dir = store.root().join("spool");
+    let spool = Spool::open(&spool_dir).map_err(|e| Error::io(&spool_dir, e))?;
+    let flat = assemble::flatten(store, &spool, image)?;
+    let mut tree = Tree::default();
+    for (path, id) in flat.walk() {
+        let text = |b: Vec<u8>| {
+            String::from_utf8(b).map_err(|e| {
+                Error::Image(format!(
+                    "base image {name}: {:?} is not UTF-8",
+                    String::from_utf8_lossy(e.as_bytes())
+                ))
+            })
+        };
+        let path = text(path)?;
+        let n = flat.node(id);
+        let (kind, meta) = match &n.kind {
+            assemble::Kind::Dir(_) => (Kind::Dir, n.meta),
+            assemble::Kind::File(ino) => {
+                let inode = flat.inode(*ino);
+                let mut data = Vec::with_capacity(inode.size as usize);
+                spool
+                    .open_content(&inode.sha)
+                    .and_then(|mut r| r.read_to_end(&mut data))
+                    .map_err(|e| Error::Image(format!("base image {name}: {path}: {e}")))?;
+                (Kind::File(data), inode.meta)
+            }
+            assemble::Kind::Symlink(t) => (Kind::Symlink(text(t.clone())?), n.meta),
+            assemble::Kind::Char(a, b) => (Kind::Char(*a, *b), n.meta),
+            assemble::Kind::Block(a, b) => (Kind::Block(*a, *b), n.meta),
+            assemble::Kind::Fifo => (Kind::Fifo, n.meta),
+        };
+        // walk() yields parents first: plain inserts keep the image's metadata.
+        tree.entries.insert(
+            path,
+            Node {
+                kind,
+                mode: meta.mode,
+                uid: meta.uid.into(),
+                gid: meta.gid.into(),
+            },
+        );
+    }
+    Ok(tree)
+}
+
 /// Assembles the root filesystem of a prepared package.
-fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
+fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> {
     let spec = &p.pkg.spec;
     let lock = p.pkg.checked_lock()?;
     let debs = match lock {
@@ -440,7 +574,8 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
         return kernel::kernel_tree(deb, &k.modules, opts.source_date_epoch);
     }
     let mut tree = match &p.base {
-        Some(b) => assemble(b, opts)?,
+        Some(PreparedBase::Package(b)) => assemble(b, store, opts)?,
+        Some(PreparedBase::Image(i)) => image_tree(store, i)?,
         None => Tree::default(),
     };
     let at = p.pkg.dir.join("build.yml").display().to_string();
@@ -463,7 +598,9 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
     }
     if merged_usr {
         for d in MERGED_USR_DIRS {
-            if tree.entries.contains_key(&format!("usr/{d}")) {
+            // A base image's real directory stays: its contents would hang below a symlink.
+            let base_dir = tree.entries.get(*d).is_some_and(|n| n.kind == Kind::Dir);
+            if tree.entries.contains_key(&format!("usr/{d}")) && !base_dir {
                 tree.insert(d.to_string(), Node::symlink(&format!("usr/{d}")));
             }
         }
@@ -530,20 +667,53 @@ fn assemble(p: &Prepared, opts: &Options) -> Result<Tree, Error> {
     Ok(tree)
 }
 
-fn run_config(spec: &Spec) -> RunConfig {
-    let mut env = spec.env.clone();
+/// The image config: a base image's settings as defaults, build.yml's on top.
+fn run_config(p: &Prepared) -> RunConfig {
+    let spec = &p.pkg.spec;
+    let base = match &p.base {
+        Some(PreparedBase::Image(i)) => i.config.config().clone().unwrap_or_default(),
+        _ => Default::default(),
+    };
+    let mut env = base.env().clone().unwrap_or_default();
+    // A variable build.yml sets replaces the base's in place.
+    for e in &spec.env {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        match env
+            .iter_mut()
+            .find(|b| b.split_once('=').map_or(b.as_str(), |(k, _)| k) == key)
+        {
+            Some(b) => b.clone_from(e),
+            None => env.push(e.clone()),
+        }
+    }
     if spec.kernel.is_none() && !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(
             0,
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         );
     }
+    // As in a Dockerfile: a new entrypoint drops the base's command.
+    let (entrypoint, cmd) = match (&spec.entrypoint, &spec.cmd) {
+        (Some(e), c) => (Some(e.clone()), c.clone()),
+        (None, Some(c)) => (base.entrypoint().clone(), Some(c.clone())),
+        (None, None) => (base.entrypoint().clone(), base.cmd().clone()),
+    };
     RunConfig {
-        entrypoint: spec.entrypoint.clone(),
-        cmd: spec.cmd.clone(),
+        entrypoint,
+        cmd,
         env,
-        workdir: spec.workdir.clone(),
+        workdir: spec
+            .workdir
+            .clone()
+            .or_else(|| base.working_dir().clone().filter(|w| !w.is_empty())),
         label: spec.config.clone(),
+        labels: base
+            .labels()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        architecture: Some(p.arch.clone()),
     }
 }
 
@@ -557,11 +727,12 @@ pub struct Built {
     pub content_size: u64,
 }
 
-/// Builds the package at `dir` from its lock. Never re-resolves.
-pub fn build(dir: &Path, opts: &Options) -> Result<Built, Error> {
-    let p = prepare(dir, opts, 0)?;
-    let tree = assemble(&p, opts)?;
-    let image = image::build(&tree, &run_config(&p.pkg.spec), opts.source_date_epoch)?;
+/// Builds the package at `dir` from its lock. Never re-resolves. `store`
+/// holds (or receives, pulled) a `from:` image.
+pub fn build(dir: &Path, store: &Store, opts: &Options) -> Result<Built, Error> {
+    let p = prepare(dir, store, opts, 0)?;
+    let tree = assemble(&p, store, opts)?;
+    let image = image::build(&tree, &run_config(&p), opts.source_date_epoch)?;
     Ok(Built {
         reference: p.reference(),
         content_size: tree.content_size(),
@@ -571,8 +742,8 @@ pub fn build(dir: &Path, opts: &Options) -> Result<Built, Error> {
 
 /// The reference `osk pkg build` would produce, without building the image
 /// (workspace binaries are built: they are inputs).
-pub fn show_tag(dir: &Path, opts: &Options) -> Result<String, Error> {
-    Ok(prepare(dir, opts, 0)?.reference())
+pub fn show_tag(dir: &Path, store: &Store, opts: &Options) -> Result<String, Error> {
+    Ok(prepare(dir, store, opts, 0)?.reference())
 }
 
 /// Stores a built image under its reference; returns the manifest descriptor.
@@ -587,16 +758,16 @@ pub fn write_to_store(store: &Store, built: &Built) -> Result<Descriptor, Error>
 /// Returns the package's reference, building it into `store` only if the
 /// store lacks it. `osk build` calls this for `@pkg:PATH` images.
 pub fn ensure_built(dir: &Path, store: &Store, opts: &Options) -> Result<Reference, Error> {
-    let p = prepare(dir, opts, 0)?;
+    let p = prepare(dir, store, opts, 0)?;
     let reference = Reference::parse(&p.reference()).map_err(|e| Error::Image(e.to_string()))?;
     if store.resolve(&reference)?.is_some() {
         return Ok(reference);
     }
-    let tree = assemble(&p, opts)?;
+    let tree = assemble(&p, store, opts)?;
     let built = Built {
         reference: p.reference(),
         content_size: tree.content_size(),
-        image: image::build(&tree, &run_config(&p.pkg.spec), opts.source_date_epoch)?,
+        image: image::build(&tree, &run_config(&p), opts.source_date_epoch)?,
     };
     write_to_store(store, &built)?;
     Ok(reference)

@@ -1,6 +1,7 @@
 //! The image: one deterministic layer (sorted tar, fixed mtime, numeric
 //! owners, gzip with fixed parameters) and a config with sorted JSON keys.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::{json, Value};
@@ -21,6 +22,10 @@ pub struct RunConfig {
     pub workdir: Option<String>,
     /// JSON for the `org.mobyproject.config` label.
     pub label: Option<Value>,
+    /// Other labels (a base image's), kept as they are.
+    pub labels: BTreeMap<String, String>,
+    /// OCI architecture; `None`: amd64.
+    pub architecture: Option<String>,
 }
 
 /// A finished image, ready to be stored.
@@ -70,6 +75,22 @@ pub fn layer_tar(tree: &Tree, mtime: u64) -> Result<Vec<u8>, std::io::Error> {
                 h.set_size(0);
                 b.append_link(&mut h, path, target)?;
             }
+            Kind::Char(major, minor) | Kind::Block(major, minor) => {
+                h.set_entry_type(if matches!(node.kind, Kind::Char(..)) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                h.set_size(0);
+                h.set_device_major(*major)?;
+                h.set_device_minor(*minor)?;
+                b.append_data(&mut h, path, std::io::empty())?;
+            }
+            Kind::Fifo => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                h.set_size(0);
+                b.append_data(&mut h, path, std::io::empty())?;
+            }
         }
     }
     b.into_inner()
@@ -101,14 +122,18 @@ pub fn build(tree: &Tree, run: &RunConfig, mtime: u64) -> Result<Image, Error> {
     if let Some(w) = &run.workdir {
         cfg.insert("WorkingDir".into(), json!(w));
     }
+    let mut labels = run.labels.clone();
     if let Some(label) = &run.label {
         // serde_json's Map is a BTreeMap here: keys come out sorted.
         let text = serde_json::to_string(label).map_err(|e| Error::Image(e.to_string()))?;
-        cfg.insert("Labels".into(), json!({ osk_layout::CONFIG_LABEL: text }));
+        labels.insert(osk_layout::CONFIG_LABEL.to_string(), text);
+    }
+    if !labels.is_empty() {
+        cfg.insert("Labels".into(), json!(labels));
     }
     let created = chrono_free_rfc3339(mtime);
     let config = json!({
-        "architecture": "amd64",
+        "architecture": run.architecture.as_deref().unwrap_or("amd64"),
         "os": "linux",
         "created": created,
         "config": Value::Object(cfg),

@@ -58,7 +58,41 @@ fn elf_section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
     None
 }
 
+/// Calls `f` with each entry of the .deb's data tar, its path normalised
+/// (no merged-/usr rewrite) and a reader of its content.
+fn for_each_entry(
+    deb: &Path,
+    bad: &impl Fn(String) -> Error,
+    mut f: impl FnMut(&str, &mut dyn FnMut() -> Result<Vec<u8>, Error>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    with_data_tar(deb, |ar| {
+        for e in ar.entries().map_err(|e| bad(e.to_string()))? {
+            let mut e = e.map_err(|e| bad(e.to_string()))?;
+            let raw = e
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .to_string();
+            let Some(path) = normalise(&raw, false) else {
+                continue;
+            };
+            let mut read = || {
+                let mut d = Vec::new();
+                e.read_to_end(&mut d)
+                    .map_err(|err| bad(format!("{path}: {err}")))?;
+                Ok(d)
+            };
+            f(&path, &mut read)?;
+        }
+        Ok(())
+    })
+}
+
 /// Builds the kernel image tree from a linux-image .deb.
+///
+/// The data tar is walked twice with [`for_each_entry`]: first for every
+/// module's dependencies, then for the bytes of the kept ones. Holding every
+/// module's bytes from a single walk would cost hundreds of MB of memory.
 pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Error> {
     let bad = |m: String| Error::Kernel {
         file: deb.display().to_string(),
@@ -67,36 +101,20 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
     // Pass 1: every module's path and dependencies (contents are dropped).
     let mut modules: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     let mut version = None;
-    with_data_tar(deb, |ar| {
-        for e in ar.entries().map_err(|e| bad(e.to_string()))? {
-            let mut e = e.map_err(|e| bad(e.to_string()))?;
-            let path = e
-                .path()
-                .map_err(|e| bad(e.to_string()))?
-                .to_string_lossy()
-                .to_string();
-            let Some(path) = normalise(&path, false) else {
-                continue;
-            };
-            if let Some(v) = path.strip_prefix("boot/vmlinuz-") {
-                version = Some(v.to_string());
-            }
-            if let Some(file) = path.strip_suffix(".ko") {
-                let mut data = Vec::new();
-                e.read_to_end(&mut data)
-                    .map_err(|err| bad(format!("{path}: {err}")))?;
-                let deps =
-                    modinfo_depends(&data).ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
-                let name = canon(file.rsplit('/').next().unwrap_or(file));
-                modules.insert(name, (path.clone(), deps));
-            } else if path.ends_with(".ko.xz")
-                || path.ends_with(".ko.zst")
-                || path.ends_with(".ko.gz")
-            {
-                return Err(bad(format!(
-                    "{path}: compressed modules are not supported yet"
-                )));
-            }
+    for_each_entry(deb, &bad, |path, read| {
+        if let Some(v) = path.strip_prefix("boot/vmlinuz-") {
+            version = Some(v.to_string());
+        }
+        if let Some(file) = path.strip_suffix(".ko") {
+            let deps =
+                modinfo_depends(&read()?).ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
+            let name = canon(file.rsplit('/').next().unwrap_or(file));
+            modules.insert(name, (path.to_string(), deps));
+        } else if path.ends_with(".ko.xz") || path.ends_with(".ko.zst") || path.ends_with(".ko.gz")
+        {
+            return Err(bad(format!(
+                "{path}: compressed modules are not supported yet"
+            )));
         }
         Ok(())
     })?;
@@ -133,30 +151,19 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
     let mut modtree = Tree::default();
     let mut vmlinuz = None;
     let moddir = format!("lib/modules/{version}");
-    with_data_tar(deb, |ar| {
-        for e in ar.entries().map_err(|e| bad(e.to_string()))? {
-            let mut e = e.map_err(|e| bad(e.to_string()))?;
-            let path = e
-                .path()
-                .map_err(|e| bad(e.to_string()))?
-                .to_string_lossy()
-                .to_string();
-            let Some(path) = normalise(&path, false) else {
-                continue;
-            };
-            let is_meta = path == format!("{moddir}/modules.builtin")
-                || path == format!("{moddir}/modules.builtin.modinfo")
-                || path == format!("{moddir}/modules.order");
-            if path == format!("boot/vmlinuz-{version}") {
-                let mut d = Vec::new();
-                e.read_to_end(&mut d).map_err(|err| bad(err.to_string()))?;
-                vmlinuz = Some(d);
-            } else if keep.contains(path.as_str()) || is_meta {
-                let mut d = Vec::new();
-                e.read_to_end(&mut d).map_err(|err| bad(err.to_string()))?;
-                // Modules live under /usr/lib on a merged-/usr root.
-                modtree.insert(format!("usr/{path}"), Node::file(d, 0o644));
-            }
+    let kernel = format!("boot/vmlinuz-{version}");
+    let meta = [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ]
+    .map(|f| format!("{moddir}/{f}"));
+    for_each_entry(deb, &bad, |path, read| {
+        if path == kernel {
+            vmlinuz = Some(read()?);
+        } else if keep.contains(path) || meta.iter().any(|m| m == path) {
+            // Modules live under /usr/lib on a merged-/usr root.
+            modtree.insert(format!("usr/{path}"), Node::file(read()?, 0o644));
         }
         Ok(())
     })?;

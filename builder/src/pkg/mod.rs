@@ -49,6 +49,19 @@ pub enum Error {
     Signature { file: String, message: String },
     #[error("{file}: {message}")]
     Release { file: String, message: String },
+    #[error(
+        "suite {suite} on mirror {mirror}: the signed Release expired at {valid_until} (signed {date}, now {now}); \
+         the mirror is stale or replays an old archive state, which could hide security updates. \
+         Use an up-to-date mirror, or accept it with --allow-expired-release or {}=1",
+        release::ALLOW_EXPIRED_ENV
+    )]
+    ExpiredRelease {
+        suite: String,
+        mirror: String,
+        date: String,
+        valid_until: String,
+        now: String,
+    },
     #[error("{origin}: package `{package}`: {message}")]
     Index {
         origin: String,
@@ -81,6 +94,14 @@ pub enum Error {
     Cargo { package: String, message: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("{at}: base image {reference}: {message}")]
+    BaseImage {
+        at: String,
+        reference: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Assemble(#[from] crate::assemble::AssembleError),
     #[error("image: {0}")]
     Image(String),
     #[error("{0}")]

@@ -15,6 +15,9 @@ use super::Error;
 /// Default keyring, shipped by Debian's `debian-archive-keyring` package.
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// Set to `1` to accept a Release past its `Valid-Until` (`--allow-expired-release`).
+pub const ALLOW_EXPIRED_ENV: &str = "OSK_ALLOW_EXPIRED_RELEASE";
+
 /// Public keys trusted to sign archives.
 pub struct Keyring {
     keys: Vec<SignedPublicKey>,
@@ -113,6 +116,10 @@ pub struct Entry {
 pub struct Release {
     pub suite: String,
     pub codename: String,
+    /// `Date`, seconds since the epoch.
+    pub date: Option<i64>,
+    /// `Valid-Until`, seconds since the epoch; Debian's main suites have none.
+    pub valid_until: Option<i64>,
     pub files: BTreeMap<String, Entry>,
 }
 
@@ -148,10 +155,167 @@ impl Release {
                 message: "no SHA256 entries".to_string(),
             });
         }
+        let date_field = |key: &str| -> Result<Option<i64>, Error> {
+            p.get(key)
+                .map(|v| {
+                    parse_rfc2822(v).ok_or_else(|| Error::Release {
+                        file: origin.to_string(),
+                        message: format!(
+                            "{key}: `{v}` is not a date like `Sat, 09 Nov 2024 09:40:02 UTC`"
+                        ),
+                    })
+                })
+                .transpose()
+        };
         Ok(Release {
             suite: p.get("Suite").cloned().unwrap_or_default(),
             codename: p.get("Codename").cloned().unwrap_or_default(),
+            date: date_field("Date")?,
+            valid_until: date_field("Valid-Until")?,
             files,
         })
+    }
+
+    /// Refuses a Release past its `Valid-Until`, as apt does: an old signed
+    /// Release replayed by a mirror (or a frozen mirror) would otherwise hide
+    /// security updates. `now` is seconds since the epoch; `allow_expired`
+    /// is apt's `Acquire::Check-Valid-Until=false`.
+    pub fn check_valid_until(
+        &self,
+        now: i64,
+        allow_expired: bool,
+        suite: &str,
+        mirror: &str,
+    ) -> Result<(), Error> {
+        let Some(until) = self.valid_until else {
+            return Ok(());
+        };
+        if now <= until {
+            return Ok(());
+        }
+        if allow_expired {
+            tracing::warn!(
+                "{mirror}: suite {suite}: Release expired at {} (accepted: expired releases allowed)",
+                format_date(until)
+            );
+            return Ok(());
+        }
+        Err(Error::ExpiredRelease {
+            suite: suite.to_string(),
+            mirror: mirror.to_string(),
+            date: self.date.map(format_date).unwrap_or_else(|| "?".into()),
+            valid_until: format_date(until),
+            now: format_date(now),
+        })
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an RFC 2822 date as Debian's archive writes it
+/// (`Sat, 09 Nov 2024 09:40:02 UTC`); also numeric zones (`+0000`) and
+/// no weekday. Returns seconds since the epoch.
+pub fn parse_rfc2822(s: &str) -> Option<i64> {
+    let s = s.trim();
+    // The weekday is redundant; it is not checked against the date.
+    let s = match s.split_once(',') {
+        Some((_, rest)) => rest,
+        None => s,
+    };
+    let f: Vec<&str> = s.split_whitespace().collect();
+    let [day, month, year, time, rest @ ..] = f.as_slice() else {
+        return None;
+    };
+    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? as i64 + 1;
+    let year: i64 = year.parse().ok().filter(|y| *y >= 1970)?;
+    let t: Vec<&str> = time.split(':').collect();
+    let (h, min, sec): (i64, i64, i64) = match t.as_slice() {
+        [h, m] => (h.parse().ok()?, m.parse().ok()?, 0),
+        [h, m, s] => (h.parse().ok()?, m.parse().ok()?, s.parse().ok()?),
+        _ => return None,
+    };
+    if h > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let offset: i64 = match rest {
+        [] | ["UTC" | "GMT" | "UT" | "Z"] => 0,
+        [z] if z.len() == 5 && (z.starts_with('+') || z.starts_with('-')) => {
+            let hh: i64 = z[1..3].parse().ok()?;
+            let mm: i64 = z[3..5].parse().ok()?;
+            let o = hh * 3600 + mm * 60;
+            if z.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    Some(days_from_civil(year, month, day) * 86400 + h * 3600 + min * 60 + sec - offset)
+}
+
+/// Seconds since the epoch in Debian's Release date format.
+pub fn format_date(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} UTC",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_debian_dates() {
+        let t = parse_rfc2822("Sat, 09 Nov 2024 09:40:02 UTC").unwrap();
+        assert_eq!(t, 1_731_145_202);
+        assert_eq!(format_date(t), "Sat, 09 Nov 2024 09:40:02 UTC");
+        assert_eq!(parse_rfc2822("9 Nov 2024 10:40:02 +0100"), Some(t));
+        assert_eq!(parse_rfc2822("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
+        assert_eq!(
+            format_date(parse_rfc2822("Thu, 29 Feb 2024 23:59:59 UTC").unwrap()),
+            "Thu, 29 Feb 2024 23:59:59 UTC"
+        );
+        for bad in [
+            "",
+            "Sat, 09 Nov 2024",
+            "Sat, 09 Foo 2024 09:40:02 UTC",
+            "Sat, 32 Nov 2024 09:40:02 UTC",
+            "Sat, 09 Nov 2024 25:40:02 UTC",
+            "Sat, 09 Nov 2024 09:40:02 CEST",
+        ] {
+            assert_eq!(parse_rfc2822(bad), None, "{bad}");
+        }
     }
 }

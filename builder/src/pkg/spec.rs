@@ -49,7 +49,8 @@ pub const DEFAULT_KEEPS: &[&str] = &["usr/share/doc/*/copyright"];
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Spec {
-    /// Base: `@pkg:PATH` (another osk package, relative to this folder).
+    /// Base: `@pkg:PATH` (another osk package, relative to this folder) or
+    /// an image reference resolved from the local store.
     #[serde(default)]
     pub from: Option<String>,
     #[serde(default)]
@@ -174,6 +175,15 @@ pub struct Directory {
     pub mode: Option<String>,
 }
 
+/// What `from:` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// Another osk package folder, relative to this one.
+    Package(String),
+    /// An OCI image in the local store.
+    Image(crate::reference::Reference),
+}
+
 /// Parses an octal mode string ("0755", "755", "1777").
 pub fn parse_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -191,6 +201,17 @@ pub fn yaml_error(path: &Path, err: &serde_saphyr::Error) -> Error {
         at,
         message: err.to_string(),
     }
+}
+
+fn parse_base(from: &str) -> Result<Base, String> {
+    if let Some(p) = from.strip_prefix("@pkg:") {
+        return Ok(Base::Package(p.to_string()));
+    }
+    crate::reference::Reference::parse(from)
+        .map(Base::Image)
+        .map_err(|e| {
+            format!("`from: {from}`: neither `@pkg:PATH` (another osk package) nor an image reference: {e}")
+        })
 }
 
 impl Spec {
@@ -230,10 +251,8 @@ impl Spec {
             }
         }
         if let Some(f) = &self.from {
-            if !f.starts_with("@pkg:") {
-                return bad(format!(
-                    "`from: {f}`: only `@pkg:PATH` (another osk package) is supported"
-                ));
+            if let Err(e) = parse_base(f) {
+                return bad(e);
             }
         }
         for f in &self.files {
@@ -273,6 +292,12 @@ impl Spec {
             }
         }
         Ok(())
+    }
+
+    /// The base `from:` names, if any.
+    pub fn base(&self) -> Option<Base> {
+        // validate() accepted it.
+        self.from.as_deref().and_then(|f| parse_base(f).ok())
     }
 
     /// All exclude patterns in force.
@@ -336,6 +361,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("inside the package folder"));
+    }
+
+    #[test]
+    fn from_is_a_package_or_an_image_reference() {
+        let base = "debian:\n  suites: [bookworm]\n  packages: [a]\n";
+        let s = Spec::parse(&format!("{base}from: \"@pkg:../x\"\n"), Path::new("b")).unwrap();
+        assert_eq!(s.base(), Some(Base::Package("../x".into())));
+        let s = Spec::parse(&format!("{base}from: alpine:3.19\n"), Path::new("b")).unwrap();
+        match s.base() {
+            Some(Base::Image(r)) => assert_eq!(r.to_string(), "docker.io/library/alpine:3.19"),
+            other => panic!("{other:?}"),
+        }
+        let e = Spec::parse(
+            &format!("{base}from: Not/A:Ref!\n"),
+            Path::new("p/build.yml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("p/build.yml") && e.contains("Not/A:Ref!"), "{e}");
     }
 
     #[test]

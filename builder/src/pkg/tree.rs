@@ -10,6 +10,10 @@ pub enum Kind {
     Dir,
     File(Vec<u8>),
     Symlink(String),
+    /// Device nodes and FIFOs come only from a base image (`from:` an OCI image).
+    Char(u32, u32),
+    Block(u32, u32),
+    Fifo,
 }
 
 /// One filesystem entry. Owners are numeric: names are normalised away.

@@ -44,6 +44,14 @@ pub struct PkgOpts {
     /// Download cache for indexes and .debs, by SHA-256 (default: STORE/debs).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Lock against a suite whose signed Release is past its Valid-Until
+    /// (apt's Acquire::Check-Valid-Until=false; also OSK_ALLOW_EXPIRED_RELEASE=1).
+    #[arg(long)]
+    allow_expired_release: bool,
+    /// A registry (HOST or HOST:PORT) to reach over plain HTTP when a `from:`
+    /// image must be pulled; repeatable. Loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
 }
 
 impl PkgOpts {
@@ -54,6 +62,8 @@ impl PkgOpts {
             ..Default::default()
         };
         o.cache_dir = self.cache_dir.unwrap_or_else(|| store.join("debs"));
+        o.allow_expired_release |= self.allow_expired_release;
+        o.insecure_registries = self.insecure_registries;
         o
     }
 }
@@ -76,8 +86,8 @@ pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
             let opts = opts.options(&store_dir);
             let store = Store::open(&store_dir)?;
             for d in dirs {
-                let built =
-                    pkg::build(&d, &opts).with_context(|| format!("building {}", d.display()))?;
+                let built = pkg::build(&d, &store, &opts)
+                    .with_context(|| format!("building {}", d.display()))?;
                 let desc = pkg::write_to_store(&store, &built)?;
                 println!(
                     "{}\t{}\tcompressed {}\tcontent {}",
@@ -90,10 +100,13 @@ pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
         }
         PkgCommand::ShowTag { dirs, opts } => {
             let opts = opts.options(&store_dir);
+            // A `from:` image's digest is an input of the tag.
+            let store = Store::open(&store_dir)?;
             for d in dirs {
                 println!(
                     "{}",
-                    pkg::show_tag(&d, &opts).with_context(|| format!("tagging {}", d.display()))?
+                    pkg::show_tag(&d, &store, &opts)
+                        .with_context(|| format!("tagging {}", d.display()))?
                 );
             }
         }
