@@ -5,7 +5,7 @@ mod support;
 
 use oci_spec::image::MediaType;
 use osk_builder::assemble::{flatten, Kind, Spool, Tree};
-use osk_builder::store::Store;
+use osk_builder::store::{Store, StoreError};
 use support::{gzip, image, layer, simple, zstd, E};
 
 fn setup() -> (tempfile::TempDir, Store, Spool) {
@@ -188,10 +188,22 @@ fn corrupt_blob_names_image_and_digest() {
     bytes[at] = b'W';
     std::fs::write(&path, bytes).unwrap();
     let err = flatten(&store, &spool, &img).unwrap_err();
-    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-    assert!(msg.contains("test/corrupt:1"), "{msg}");
-    assert!(msg.contains(digest.as_str()), "{msg}");
-    assert!(msg.contains("corrupt"), "{msg}");
+    // The message itself names the image and the blob and says what to do.
+    let top = err.to_string();
+    assert!(top.contains("test/corrupt:1"), "{top}");
+    assert!(top.contains(digest.as_str()), "{top}");
+    assert!(top.contains("osk cache rm test/corrupt:1"), "{top}");
+    // The cause is the store's digest mismatch, kept only as the source.
+    let source = std::error::Error::source(&err).unwrap();
+    let store_err = source.downcast_ref::<Box<StoreError>>().unwrap();
+    assert!(
+        matches!(**store_err, StoreError::DigestMismatch { .. }),
+        "{store_err:?}"
+    );
+    let cause = source.to_string();
+    assert!(cause.contains("is corrupt"), "{cause}");
+    assert!(!top.contains(&cause), "the cause is repeated: {top}");
+    assert!(std::error::Error::source(source).is_none());
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::reference::Digest;
-use crate::store::{Image, Store, StoreError};
+use crate::store::{self, Image, Store, StoreError};
 
 pub use layer::{layer_entries, read_tar, spooled_tar_entries, EntryKind, LayerEntry};
 pub use spool::{CheckedReader, Sha, Spool};
@@ -30,26 +30,70 @@ pub enum AssembleError {
         path: String,
         reason: String,
     },
-    #[error("image {image}: layer {digest}: {source}")]
+    #[error("image {image}: blob {digest} cannot be used; remove the image with `osk cache rm {image}` and pull or build it again")]
     Blob {
         image: String,
         digest: Digest,
         #[source]
         source: Box<StoreError>,
     },
-    #[error("image {image}: {what} is not a readable tar archive: {source}")]
+    #[error("image {image}: {what} is not a readable tar archive")]
     Tar {
         image: String,
         what: String,
         #[source]
         source: io::Error,
     },
-    #[error("spool {path}: {source}")]
+    #[error("cannot use the spool {path}")]
     Spool {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// Copies a blob of `image` into the spool as it is (no unpacking) and
+/// returns its spool hash and size; the store's digest check runs on the way.
+pub fn spool_blob(
+    store: &Store,
+    spool: &Spool,
+    image: &str,
+    digest: &Digest,
+) -> Result<(Sha, u64), AssembleError> {
+    let blob_err = |source: StoreError| AssembleError::Blob {
+        image: image.to_string(),
+        digest: digest.clone(),
+        source: Box::new(source),
+    };
+    let path = store.blob_path(digest);
+    let sha: Sha = hex::decode(digest.hex())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .expect("a parsed sha256 digest is 32 bytes of hex");
+    if spool.has(&sha) {
+        // Spool reads are verified; the store copy need not be read again.
+        let size = std::fs::metadata(spool.content_path(&sha))
+            .map_err(|e| AssembleError::Spool {
+                path: spool.content_path(&sha),
+                source: e,
+            })?
+            .len();
+        return Ok((sha, size));
+    }
+    let mut reader = store.open_blob(digest).map_err(blob_err)?;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| blob_err(store::verify_error(e, &path)))?
+        .len();
+    let got = spool
+        .put_reader(&mut reader, size)
+        .and_then(|sha| {
+            // Read to the end: that is where the store's reader checks the digest.
+            io::copy(&mut reader, &mut io::sink())?;
+            Ok(sha)
+        })
+        .map_err(|e| blob_err(store::verify_error(e, &path)))?;
+    debug_assert_eq!(got, sha, "a verified blob hashes to its digest");
+    Ok((sha, size))
 }
 
 /// Applies every layer of `image`, in order, to a fresh tree.

@@ -9,6 +9,7 @@
 mod files;
 mod output;
 mod plan;
+mod volume;
 
 use std::collections::HashMap;
 use std::io;
@@ -17,8 +18,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::assemble::{self, AssembleError, FileInode, InodeId, Kind, Meta, Node, Spool, Tree};
+use crate::manifest::VolumeFormat;
 use crate::reference::Digest;
-use crate::store::{Image, Store};
+use crate::store::{Image, PlatformSpec, Store, StoreError};
 
 pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
 pub use output::{write_tar, Format};
@@ -44,11 +46,29 @@ pub enum BuildError {
         path: String,
         reason: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("volume {volume}: image {image} for platform {platform} is not in the store whole; pull it with `osk pull --platform {platform} {image}` or drop it from the volume's platforms")]
+    VolumePlatform {
+        volume: String,
+        image: String,
+        platform: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// Pulling or loading an image failed; the error names the image.
+    #[error(transparent)]
+    Resolve(Box<dyn std::error::Error + Send + Sync>),
+    /// Building a package image failed.
+    #[error("{image}")]
+    Package {
+        image: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{0}")]
     Usage(String),
@@ -120,9 +140,13 @@ impl ContainerPlan {
 #[derive(Debug, Clone)]
 pub struct VolumePlan {
     pub name: String,
-    /// Unpacked into the volume's `lower`; None for an empty volume.
+    /// Put into the volume's `lower`; None for an empty volume.
     pub image: Option<Image>,
     pub readonly: bool,
+    /// `Filesystem`: the image's root filesystem; `Oci`: an OCI image layout.
+    pub format: VolumeFormat,
+    /// For `Oci`: the platforms the layout holds; empty means the image's own.
+    pub platforms: Vec<PlatformSpec>,
 }
 
 /// Everything a build needs, with every image already in the store.
@@ -237,7 +261,7 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
         )?;
     }
     for v in &plan.volumes {
-        place_volume(&mut root, store, spool, v)?;
+        volume::place(&mut root, store, spool, v)?;
     }
     // One flattened tree and inode map per image: a second placement of the
     // same image hard-links to the first instead of storing it again.
@@ -290,50 +314,6 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
     files::apply(&mut root, spool, &plan.files)?;
     out.tree = root;
     Ok(out)
-}
-
-/// `containers/volumes/NAME/{lower,merged}` (+ `tmp` when writable), with the
-/// volume image's root filesystem in `lower`. Its files never share inodes
-/// with a container's rootfs: init binds a writable `lower` as is, so a
-/// write through the volume must not reach a container's files.
-fn place_volume(
-    root: &mut Tree,
-    store: &Store,
-    spool: &Spool,
-    v: &VolumePlan,
-) -> Result<(), BuildError> {
-    let what = match &v.image {
-        Some(i) => format!("volume {} (image {})", v.name, i.reference.familiar()),
-        None => format!("volume {}", v.name),
-    };
-    tracing::info!("{what}");
-    let base = osk_layout::volume_dir(&v.name);
-    let place = |reason: String, path: &str| BuildError::Place {
-        what: what.clone(),
-        path: path.to_string(),
-        reason,
-    };
-    if root.lookup(base.as_bytes()).is_some() {
-        return Err(place(
-            "is used by two volumes (or an init image); volume names must be unique".into(),
-            &base,
-        ));
-    }
-    let mut dirs = vec![osk_layout::VOLUME_LOWER, osk_layout::VOLUME_MERGED];
-    if !v.readonly {
-        dirs.push(osk_layout::VOLUME_TMP);
-    }
-    for d in dirs {
-        let path = format!("{base}/{d}");
-        root.add_dir(path.as_bytes(), Meta::root(0o755), Meta::root(0o755))
-            .map_err(|r| place(r, &path))?;
-    }
-    if let Some(image) = &v.image {
-        let tree = assemble::flatten(store, spool, image)?;
-        let lower = format!("{base}/{}", osk_layout::VOLUME_LOWER);
-        graft(root, &tree, &lower, &mut HashMap::new(), &what)?;
-    }
-    Ok(())
 }
 
 fn graft(

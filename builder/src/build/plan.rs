@@ -6,7 +6,7 @@ use crate::manifest::{
     ContainerKind, FileEntry, Id, ImageConfig, ImageRef, Manifest, Volume, VolumeFormat,
 };
 use crate::spec::{self, ImageDefaults};
-use crate::store::Image;
+use crate::store::{Image, PlatformSpec};
 
 use super::{
     BuildError, BuildPlan, ContainerPlan, FilePlan, FileWhat, KernelPlan, Section, VolumePlan,
@@ -102,24 +102,41 @@ pub fn plan(m: &Manifest, resolver: &mut impl Resolve) -> Result<BuildPlan, Buil
     Ok(plan)
 }
 
-/// A volume's image resolved; only LinuxKit's `filesystem` form is built.
+/// A volume's image resolved (for the build's platform) and its platforms parsed.
 fn volume_plan(v: &Volume, resolver: &mut impl Resolve) -> Result<VolumePlan, BuildError> {
-    let image = match (&v.image, v.format) {
-        (Some(_), Some(VolumeFormat::Oci)) => {
-            return Err(BuildError::Usage(format!(
-                "volume `{}` ({}): format `oci` (the image stored as an OCI layout) is not \
-                 supported yet; drop `format` or use `format: filesystem` for its root filesystem",
-                v.name, v.origin
-            )))
+    let format = v.format.unwrap_or(VolumeFormat::Filesystem);
+    let mut platforms: Vec<PlatformSpec> = Vec::new();
+    for p in v.platforms.iter().flatten() {
+        let p: PlatformSpec = p.parse().map_err(|e| {
+            BuildError::Usage(format!(
+                "{}:{}: volume `{}`: {e}",
+                v.origin.file,
+                v.origin.at("platforms"),
+                v.name
+            ))
+        })?;
+        if !platforms.contains(&p) {
+            platforms.push(p);
         }
-        (Some(image), _) => Some(resolver.resolve(image)?),
-        // Without an image LinuxKit makes an empty volume whatever the format.
-        (None, _) => None,
-    };
+    }
+    if !platforms.is_empty() && format != VolumeFormat::Oci {
+        tracing::warn!(
+            "{}: volume `{}`: `platforms` only applies to `format: oci`; ignoring it",
+            v.origin,
+            v.name
+        );
+        platforms.clear();
+    }
     Ok(VolumePlan {
         name: v.name.clone(),
-        image,
+        // Without an image LinuxKit makes an empty volume whatever the format.
+        image: match &v.image {
+            Some(image) => Some(resolver.resolve(image)?),
+            None => None,
+        },
         readonly: v.readonly,
+        format,
+        platforms,
     })
 }
 

@@ -30,7 +30,7 @@ pub const STDIN_LABEL: &str = "<stdin>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {path}: {source}")]
+    #[error("cannot read manifest {path}")]
     Read {
         path: String,
         #[source]

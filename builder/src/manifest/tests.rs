@@ -491,9 +491,11 @@ fn merged_dependencies_are_checked_after_merge() {
 #[test]
 fn missing_file_names_it() {
     let e = load(&[PathBuf::from("/nonexistent/x.yml")]).unwrap_err();
-    assert!(e
-        .to_string()
-        .starts_with("cannot read manifest /nonexistent/x.yml: "));
+    assert_eq!(e.to_string(), "cannot read manifest /nonexistent/x.yml");
+    // The io error is the source, shown once by the error chain.
+    let source = std::error::Error::source(&e).unwrap();
+    let io = source.downcast_ref::<std::io::Error>().unwrap();
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use std::path::Path;
 /// Everything that can go wrong in `osk pkg`, each naming its input.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         #[source]

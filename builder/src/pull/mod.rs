@@ -29,7 +29,8 @@ use tokio::runtime::Runtime;
 
 use crate::reference::{Digest, Reference};
 use crate::store::{
-    descriptor, descriptor_digest, host_arch, pick_platform, platforms, Image, Store, StoreError,
+    descriptor, descriptor_digest, host_arch, pick_platform, platforms, Image, PlatformSpec, Store,
+    StoreError,
 };
 
 pub use credentials::{
@@ -72,13 +73,9 @@ pub enum PullError {
         registry: String,
         detail: String,
     },
-    #[error("image {reference} has no manifest for platform {os}/{arch} (available: {available})")]
-    NoPlatform {
-        reference: String,
-        os: String,
-        arch: String,
-        available: String,
-    },
+    /// The store's own [`StoreError::NoPlatform`]: the registry's index lacks the platform.
+    #[error(transparent)]
+    NoPlatform(Box<StoreError>),
     #[error("image {reference}: {what}")]
     Unsupported { reference: String, what: String },
     #[error("cannot pull {reference}: credentials for {registry}")]
@@ -272,15 +269,18 @@ impl<'a> Puller<'a> {
                 Some(Kind::Index) => {
                     let digest = self.digest_of(&desc)?;
                     let index: ImageIndex = self.read_json(&digest)?;
-                    let chosen =
-                        pick_platform(&index, &self.opts.os, &self.opts.arch).ok_or_else(|| {
-                            PullError::NoPlatform {
-                                reference: self.reference.familiar(),
-                                os: self.opts.os.clone(),
-                                arch: self.opts.arch.clone(),
-                                available: platforms(&index),
-                            }
-                        })?;
+                    let platform = PlatformSpec {
+                        os: self.opts.os.clone(),
+                        arch: self.opts.arch.clone(),
+                        variant: None,
+                    };
+                    let chosen = pick_platform(&index, &platform).ok_or_else(|| {
+                        PullError::NoPlatform(Box::new(StoreError::NoPlatform {
+                            reference: self.reference.familiar(),
+                            platform: platform.to_string(),
+                            available: platforms(&index),
+                        }))
+                    })?;
                     desc = self.manifest(Some(self.digest_of(&chosen)?))?;
                 }
                 Some(Kind::Manifest) => {

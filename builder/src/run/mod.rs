@@ -43,7 +43,7 @@ pub enum Error {
     QemuImgNotFound { path: PathBuf, format: String },
     #[error("UEFI firmware {path} not found: install it with `apt-get install ovmf`")]
     FirmwareNotFound { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

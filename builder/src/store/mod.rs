@@ -6,6 +6,7 @@
 //! into place only when their digest is right; every read is verified again,
 //! so a corrupt blob is an error, never silently used.
 
+mod layout;
 mod transfer;
 
 use std::collections::BTreeSet;
@@ -15,13 +16,14 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
     Descriptor, DescriptorBuilder, ImageConfiguration, ImageIndex, ImageIndexBuilder,
-    ImageManifest, ImageManifestBuilder, MediaType, Platform, ANNOTATION_REF_NAME,
+    ImageManifest, ImageManifestBuilder, MediaType, ANNOTATION_REF_NAME,
 };
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use crate::reference::{Digest, Reference};
 
+pub use layout::{oci_layout_file, Layout, PlatformSpec, CONTAINERD_IMAGE_NAME};
 pub use transfer::ArchiveFormat;
 
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -51,17 +53,18 @@ pub enum StoreError {
         store: PathBuf,
         context: String,
     },
-    #[error("blob {expected} is corrupt: its content hashes to {actual}{context}; remove the image with `osk cache rm` and fetch or build it again")]
+    /// `context` names where the blob came from and, where the caller knows, what to do.
+    #[error("blob {expected} is corrupt: its content hashes to {actual}{context}")]
     DigestMismatch {
         expected: Digest,
         actual: Digest,
         context: String,
     },
-    #[error("image {reference} has no manifest for platform {os}/{arch} (available: {available})")]
+    #[error("image {reference} has no manifest for platform {platform} (available: {available}); use one of those")]
     NoPlatform {
         reference: String,
-        os: String,
-        arch: String,
+        /// `os/arch[/variant]`.
+        platform: String,
         available: String,
     },
     #[error("image {reference}: unsupported manifest media type {media_type}")]
@@ -347,14 +350,23 @@ impl Store {
 
     /// Loads `reference` for `os`/`arch`, following an index to the right platform.
     pub fn image(&self, reference: &Reference, os: &str, arch: &str) -> Result<Image> {
+        let platform = PlatformSpec {
+            os: os.into(),
+            arch: arch.into(),
+            variant: None,
+        };
+        self.image_for(reference, &platform)
+    }
+
+    /// Loads `reference` for `platform` (its variant too, when it names one).
+    pub fn image_for(&self, reference: &Reference, platform: &PlatformSpec) -> Result<Image> {
         let top = self
             .resolve(reference)?
             .ok_or_else(|| StoreError::NotFound {
                 reference: reference.familiar(),
                 store: self.root.clone(),
             })?;
-        let with_ref =
-            |e: StoreError| with_context(e, &format!(" (image {})", reference.familiar()));
+        let with_ref = |e: StoreError| with_context(e, &remedy(reference));
         let mut desc = top;
         for _ in 0..4 {
             let digest = descriptor_digest(&desc)?;
@@ -364,10 +376,9 @@ impl Store {
                         .read_json(&digest, "an image index")
                         .map_err(with_ref)?;
                     desc =
-                        pick_platform(&index, os, arch).ok_or_else(|| StoreError::NoPlatform {
+                        pick_platform(&index, platform).ok_or_else(|| StoreError::NoPlatform {
                             reference: reference.familiar(),
-                            os: os.into(),
-                            arch: arch.into(),
+                            platform: platform.to_string(),
                             available: platforms(&index),
                         })?;
                 }
@@ -566,6 +577,12 @@ pub fn verify_error(e: io::Error, path: &Path) -> StoreError {
     io_err(path)(e)
 }
 
+/// The context for a bad blob of a stored image: which image, and what to do.
+pub(crate) fn remedy(reference: &Reference) -> String {
+    let name = reference.familiar();
+    format!(" (image {name}); remove it with `osk cache rm {name}` and pull or build it again")
+}
+
 fn with_context(e: StoreError, ctx: &str) -> StoreError {
     match e {
         StoreError::DigestMismatch {
@@ -609,23 +626,25 @@ fn sniff_media_type(bytes: &[u8]) -> MediaType {
     }
 }
 
-/// The first entry of `index` for `os`/`arch`; the puller fetches the same one.
-pub(crate) fn pick_platform(index: &ImageIndex, os: &str, arch: &str) -> Option<Descriptor> {
-    let matches = |p: &Platform| p.os().to_string() == os && p.architecture().to_string() == arch;
+/// The first entry of `index` for `platform`; the puller fetches the same one.
+pub(crate) fn pick_platform(index: &ImageIndex, platform: &PlatformSpec) -> Option<Descriptor> {
     index
         .manifests()
         .iter()
-        .find(|d| d.platform().as_ref().is_some_and(matches))
+        .find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p)))
         .cloned()
 }
 
-/// `os/arch` of every entry, for error messages.
+/// `os/arch[/variant]` of every entry, for error messages.
 pub(crate) fn platforms(index: &ImageIndex) -> String {
     let v: Vec<String> = index
         .manifests()
         .iter()
         .filter_map(|d| d.platform().as_ref())
-        .map(|p| format!("{}/{}", p.os(), p.architecture()))
+        .map(|p| match p.variant().as_deref().filter(|v| !v.is_empty()) {
+            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+            None => format!("{}/{}", p.os(), p.architecture()),
+        })
         .collect();
     if v.is_empty() {
         "none".into()

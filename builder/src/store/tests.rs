@@ -117,6 +117,7 @@ fn corrupt_blob_is_detected() {
     let err = store.image(&r, "linux", "amd64").unwrap_err();
     assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains("osk/x:1"), "{err}");
+    assert!(err.to_string().contains("osk cache rm osk/x:1"), "{err}");
     // A layer streamed through open_blob fails at EOF.
     let layer = Digest::of(b"layer");
     fs::write(store.blob_path(&layer), b"LAYER").unwrap();

@@ -8,11 +8,9 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType, ANNO
 
 use super::{
     descriptor_digest, io_err, to_json, verify_error, with_context, Result, Store, StoreError,
+    CONTAINERD_IMAGE_NAME,
 };
 use crate::reference::{Digest, Reference};
-
-/// containerd and Docker put the full image name here and only the tag in `ref.name`.
-const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// How an exported image is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +140,7 @@ impl Store {
             .build()
             .expect("index with one manifest always builds");
         let blobs = self.reachable(&desc)?;
+        let bad_blob = |e: StoreError| with_context(e, &super::remedy(reference));
         let parent = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -157,10 +156,11 @@ impl Store {
                 fs::write(dir.join("oci-layout"), super::OCI_LAYOUT).map_err(io_err(dir))?;
                 fs::write(dir.join("index.json"), to_json(&index)).map_err(io_err(dir))?;
                 for d in &blobs {
-                    let mut reader = self.open_blob(d)?;
+                    let mut reader = self.open_blob(d).map_err(bad_blob)?;
                     let target = dir.join("blobs/sha256").join(d.hex());
                     let mut out = File::create(&target).map_err(io_err(&target))?;
-                    io::copy(&mut reader, &mut out).map_err(|e| verify_error(e, &target))?;
+                    io::copy(&mut reader, &mut out)
+                        .map_err(|e| bad_blob(verify_error(e, &target)))?;
                 }
                 if dest.exists() {
                     return Err(StoreError::Import(format!(
@@ -180,14 +180,14 @@ impl Store {
                     let path = self.blob_path(d);
                     let size = fs::metadata(&path).map_err(io_err(&path))?.len();
                     let mut header = fixed_header(size);
-                    let mut reader = self.open_blob(d)?;
+                    let mut reader = self.open_blob(d).map_err(bad_blob)?;
                     builder
                         .append_data(
                             &mut header,
                             format!("blobs/sha256/{}", d.hex()),
                             &mut reader,
                         )
-                        .map_err(|e| verify_error(e, &path))?;
+                        .map_err(|e| bad_blob(verify_error(e, &path)))?;
                 }
                 builder.finish().map_err(io_err(dest))?;
                 drop(builder);

@@ -70,7 +70,7 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
                     insecure_registries: args.insecure_registries.clone(),
                     ..Default::default()
                 };
-                pull::ensure(&store, &r, &opts).map_err(|e| BuildError::Usage(e.to_string()))
+                pull::ensure(&store, &r, &opts).map_err(|e| BuildError::Resolve(e.into()))
             }
             // Built (or found already built) from the package directory.
             ImageSource::Package(dir) => {
@@ -78,11 +78,13 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
                     cache_dir: store_path.join("debs"),
                     ..Default::default()
                 };
-                let r = pkg::ensure_built(dir, &store, &opts)
-                    .map_err(|e| BuildError::Usage(format!("{image}: {e}")))?;
+                let r = pkg::ensure_built(dir, &store, &opts).map_err(|e| BuildError::Package {
+                    image: image.to_string(),
+                    source: e.into(),
+                })?;
                 store
                     .image(&r, "linux", &arch)
-                    .map_err(|e| BuildError::Usage(e.to_string()))
+                    .map_err(|e| BuildError::Resolve(e.into()))
             }
         }
     };
