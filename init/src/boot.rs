@@ -116,8 +116,11 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
 /// machine). Runs on a blocking thread while containerd starts.
 fn modules_and_hostname(sys: &dyn Sys) {
     load_modules(sys);
-    let host = net::pick_hostname();
-    if let Err(e) = nix::unistd::sethostname(&host) {
+    set_hostname(&net::pick_hostname());
+}
+
+fn set_hostname(host: &str) {
+    if let Err(e) = nix::unistd::sethostname(host) {
         tracing::warn!("setting hostname {host}: {e}");
     }
     let _ = std::fs::write("/etc/hostname.osk", format!("{host}\n"));
@@ -347,6 +350,12 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     )
     .await;
     mark(Event::OnbootDone);
+    // Metadata (the `metadata` onboot container) names the machine over
+    // /etc/hostname and the MAC, before any service starts.
+    if let Some(h) = net::read_hostname(Path::new(net::METADATA_HOSTNAME)) {
+        tracing::info!("hostname {h} (from {})", net::METADATA_HOSTNAME);
+        set_hostname(&h);
+    }
 
     let mut bundles = Vec::new();
     for b in Bundle::load_all(&Path::new("/").join(osk_layout::SERVICES_DIR)) {

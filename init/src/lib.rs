@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod early;
 pub mod logfile;
 pub mod logger;
+pub mod metadata;
 pub mod modules;
 pub mod net;
 pub mod onboot;

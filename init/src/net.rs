@@ -10,13 +10,20 @@ pub fn hostname_from_mac(mac: &str) -> Option<String> {
     (hex.len() == 12 && hex != "000000000000").then(|| format!("osk-{}", &hex[6..]))
 }
 
+/// Where the metadata onboot container leaves the hostname (LinuxKit's path).
+pub const METADATA_HOSTNAME: &str = "/run/config/hostname";
+
+/// The first line of a hostname file, trimmed; `None` if missing or blank.
+pub fn read_hostname(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let h = text.lines().next().unwrap_or_default().trim();
+    (!h.is_empty()).then(|| h.to_string())
+}
+
 /// The hostname to set: /etc/hostname, else from the first non-loopback MAC.
 pub fn pick_hostname() -> String {
-    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
-        let h = h.trim();
-        if !h.is_empty() {
-            return h.to_string();
-        }
+    if let Some(h) = read_hostname(std::path::Path::new("/etc/hostname")) {
+        return h;
     }
     let mut names: Vec<_> = std::fs::read_dir("/sys/class/net")
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
@@ -203,6 +210,17 @@ pub fn move_link(name: &str, pid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostname_files_give_their_first_trimmed_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hostname");
+        assert_eq!(read_hostname(&p), None);
+        std::fs::write(&p, " web1 \nsecond\n").unwrap();
+        assert_eq!(read_hostname(&p).as_deref(), Some("web1"));
+        std::fs::write(&p, "\n").unwrap();
+        assert_eq!(read_hostname(&p), None);
+    }
 
     #[test]
     fn hostname_from_last_three_mac_bytes() {

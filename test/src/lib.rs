@@ -6,6 +6,7 @@
 pub mod cpio;
 pub mod floor;
 mod machine;
+pub mod metadata;
 mod net;
 
 pub use machine::{BootOpts, Machine};

@@ -344,19 +344,36 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
     Ok(())
 }
 
+/// The hostname s5 gives its machine through metadata.
+const S5_HOSTNAME: &str = "osk-e2e-node";
+
+/// `--data` for s5: the ssh key and the hostname, LinuxKit-shaped, so they
+/// reach the machine through the metadata onboot container, not the image.
+fn s5_metadata(key: &Key) -> Result<String> {
+    let pub_path = format!("{}.pub", key.private.display());
+    let public =
+        std::fs::read_to_string(&pub_path).with_context(|| format!("reading {pub_path}"))?;
+    Ok(osk_e2e::metadata::linuxkit_json(&[
+        ("hostname", 0o644, S5_HOSTNAME),
+        ("ssh/authorized_keys", 0o600, &public),
+    ]))
+}
+
 /// Scenario 5, persistence: examples/node.yml formats and mounts a data
 /// disk on /var/lib; a file written there survives a power-off and a second
-/// boot with the same disk.
+/// boot with the same disk. The ssh key and hostname come from `--data`
+/// metadata, as on a cloud.
 #[test]
 fn s5_persistence() -> Result<()> {
     let key = key()?;
     let out = scratch()?;
-    let manifests = [root(NODE), key.overlay.clone()];
+    let manifests = [root(NODE)];
     let prefix = build_ok(&manifests, out.path(), "node", None)?;
     let disk = out.path().join("node-data.img");
     let opts = BootOpts {
         publish: vec![22],
         disks: vec![format!("{},size=256M", disk.display())],
+        data: Some(s5_metadata(&key)?),
         ..BootOpts::default()
     };
     let stamp = format!("kept {}", std::process::id());
@@ -369,6 +386,11 @@ fn s5_persistence() -> Result<()> {
             "the first boot did not format the blank disk"
         );
         wait_ssh(&vm, &key.private)?;
+        assert_eq!(
+            ssh_ok(&vm, &key.private, "hostname")?.trim(),
+            S5_HOSTNAME,
+            "the hostname from metadata"
+        );
         ssh_ok(
             &vm,
             &key.private,
