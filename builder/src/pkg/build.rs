@@ -278,6 +278,8 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
     }
     let root = workspace_root(&pkg.dir)?;
     const TARGET: &str = "x86_64-unknown-linux-gnu";
+    // The workspace's `[profile.image]`: fat LTO, one codegen unit, size-optimised.
+    const PROFILE: &str = "image";
     let mut packages: Vec<&str> = pkg
         .spec
         .binaries
@@ -296,13 +298,14 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
         cargo_home.display()
     );
     for p in &packages {
-        tracing::info!("cargo build --release -p {p} --target {TARGET}");
+        tracing::info!("cargo build --profile {PROFILE} -p {p} --target {TARGET}");
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
             .env("RUSTFLAGS", &rustflags)
             .args([
                 "build",
-                "--release",
+                "--profile",
+                PROFILE,
                 "--locked",
                 "-p",
                 p,
@@ -337,7 +340,7 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
         .binaries
         .iter()
         .map(|b| {
-            let path = target_dir.join(TARGET).join("release").join(&b.bin);
+            let path = target_dir.join(TARGET).join(PROFILE).join(&b.bin);
             std::fs::read(&path)
                 .map(|d| (b.dest.clone(), d))
                 .map_err(|e| Error::io(&path, e))
