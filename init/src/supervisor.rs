@@ -261,9 +261,9 @@ impl Service {
     /// Waits for the running task to exit, re-attaching if containerd
     /// restarts meanwhile; or for a command.
     async fn watch_task(&mut self) -> Outcome {
+        let name = self.b.name.clone();
         loop {
             let cd = self.containerd().await;
-            let name = self.b.name.clone();
             let res = tokio::select! {
                 r = cd.wait_exit(&name) => r,
                 cmd = self.cmds.recv() => match cmd {
@@ -275,20 +275,56 @@ impl Service {
             };
             match res {
                 Ok(code) => return Outcome::Exited(code),
-                Err(e) if e.is_unavailable() => {
+                // Whatever broke the wait (containerd killed, a reset
+                // stream), the task itself may well be alive: its shim
+                // outlives containerd. Ask again before calling it dead.
+                Err(e) => {
                     tracing::warn!("{name}: lost containerd ({e}); re-attaching when it is back");
-                    // Wait for the next containerd generation, then look again.
-                    let _ = self.cd.changed().await;
-                    let cd = self.containerd().await;
-                    match cd.task(&name).await {
-                        Ok(Some((_, TaskState::Running))) => continue,
-                        Ok(_) => return Outcome::Exited(255),
-                        Err(_) => continue,
+                    if let Some(out) = self.reattach().await {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a failed wait: finds the task again through the current (or
+    /// next) containerd. `None` means it still runs: wait on it again.
+    async fn reattach(&mut self) -> Option<Outcome> {
+        let name = self.b.name.clone();
+        loop {
+            let cd = self.containerd().await;
+            match cd.task(&name).await {
+                Ok(Some((pid, TaskState::Running | TaskState::Created))) => {
+                    tracing::info!("{name}: re-attached, pid {pid} still running");
+                    return None;
+                }
+                Ok(Some((_, TaskState::Stopped))) => {
+                    // Exited while containerd was away; its status is kept.
+                    let code = cd.wait_exit(&name).await.unwrap_or(255);
+                    return Some(Outcome::Exited(code));
+                }
+                Ok(_) => {
+                    tracing::warn!("{name}: its task is gone after the containerd restart");
+                    return Some(Outcome::Exited(255));
+                }
+                Err(e) if e.is_unavailable() => {
+                    // Not back yet: the next containerd generation, or a
+                    // second's retry if the loop has not noticed the death.
+                    tokio::select! {
+                        _ = self.cd.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        cmd = self.cmds.recv() => return Some(match cmd {
+                            Some(Cmd::Stop(done)) => Outcome::Stop(done),
+                            Some(Cmd::Restart) => Outcome::Restart,
+                            Some(Cmd::Start) => continue,
+                            None => Outcome::Stop(None),
+                        }),
                     }
                 }
                 Err(e) => {
                     tracing::error!("{name}: {e}");
-                    return Outcome::Exited(255);
+                    return Some(Outcome::Exited(255));
                 }
             }
         }
