@@ -15,6 +15,7 @@ use crate::backoff::{should_restart, Backoff, Exit};
 use crate::containerd::{self, Containerd, ServiceDef, TaskState};
 use crate::logfile::{self, RotatingLog, SharedSink, Sink};
 use crate::prepare::{self, Bundle};
+use crate::shutdown;
 
 /// One row of `oskctl ps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub struct Supervisor {
     table: Table,
     cmds: Arc<HashMap<String, mpsc::Sender<Cmd>>>,
     sinks: Arc<HashMap<String, SharedSink>>,
+    /// Every service's `dependsOn`, for the shutdown order.
+    depends_on: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// Creates (once) the FIFO pair a service's task writes to and starts
@@ -85,8 +88,10 @@ impl Supervisor {
         let running_tx = Arc::new(running_tx);
         let mut cmds = HashMap::new();
         let mut sinks = HashMap::new();
+        let mut depends_on = BTreeMap::new();
         for b in bundles {
             let name = b.name.clone();
+            depends_on.insert(name.clone(), b.runtime.depends_on.clone());
             lock(&table).insert(
                 name.clone(),
                 Status {
@@ -122,6 +127,7 @@ impl Supervisor {
             table,
             cmds: Arc::new(cmds),
             sinks: Arc::new(sinks),
+            depends_on: Arc::new(depends_on),
         }
     }
 
@@ -150,18 +156,29 @@ impl Supervisor {
             .map_err(|_| format!("{name}: supervisor gone"))
     }
 
-    /// Stops every service (in parallel, each with its grace period).
+    /// Stops every service, each with its grace period: dependents before
+    /// what they depend on, independent ones in parallel (see
+    /// [`shutdown::stop_plan`]).
     pub async fn stop_all(&self) {
-        let mut waits = Vec::new();
-        for tx in self.cmds.values() {
-            let (done, wait) = oneshot::channel();
-            if tx.send(Cmd::Stop(Some(done))).await.is_ok() {
-                waits.push(wait);
+        let plan = shutdown::stop_plan(&self.depends_on);
+        if !plan.cyclic.is_empty() {
+            let names: Vec<&str> = plan.cyclic.iter().map(String::as_str).collect();
+            tracing::warn!(
+                "dependsOn cycle among {}: stopping those without order",
+                names.join(", ")
+            );
+        }
+        let sup = self.clone();
+        shutdown::stop_in_order(&plan, move |name| {
+            let sup = sup.clone();
+            async move {
+                let (done, wait) = oneshot::channel();
+                if sup.send(&name, Cmd::Stop(Some(done))).await.is_ok() {
+                    let _ = wait.await;
+                }
             }
-        }
-        for w in waits {
-            let _ = w.await;
-        }
+        })
+        .await;
     }
 }
 

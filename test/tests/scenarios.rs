@@ -300,12 +300,22 @@ fn s1_minimal_and_s4_shutdown() -> Result<()> {
 /// containerd's death: `kill -9` of containerd brings a new containerd
 /// within 60 s while every service keeps its pid and restart count (shims
 /// hold the containers), and the supervisor watches them through the new
-/// one: demo, killed again, is restarted once more.
+/// one: demo, killed again, is restarted once more. Last, `oskctl poweroff`
+/// stops demo (made to depend on sshd here) before sshd, and QEMU exits.
 #[test]
 fn s2_sshd_and_s3_restart() -> Result<()> {
     let key = key()?;
     let out = scratch()?;
-    let manifests = [root(SSHD), key.overlay.clone()];
+    // demo depends on sshd here, so that the power-off shows the stop order.
+    let order = out.path().join("order.yml");
+    std::fs::write(
+        &order,
+        format!(
+            "services:\n  - name: demo\n    image: \"@pkg:{}\"\n    depends_on: [sshd]\n",
+            root("pkgs/demo").display()
+        ),
+    )?;
+    let manifests = [root(SSHD), key.overlay.clone(), order];
     let prefix = build_ok(&manifests, out.path(), "sshd", None)?;
     let mut vm = Machine::boot(
         &prefix,
@@ -332,7 +342,33 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
     wait_http(vm.port(80), "/", Duration::from_secs(30)).context("demo page after the restart")?;
 
     containerd_death(&vm, &key.private, &services)?;
-    vm.kill();
+    power_off_in_order(&mut vm, &key.private)
+}
+
+/// `oskctl poweroff` over ssh: demo, a dependent of sshd, is stopped before
+/// sshd is; then QEMU exits.
+fn power_off_in_order(vm: &mut Machine, key: &Path) -> Result<()> {
+    let asked = Instant::now();
+    // sshd may stop under this session: its exit status proves nothing.
+    let _ = ssh(vm.port(22), key, "oskctl poweroff");
+    vm.wait_for_marker(&Event::ShutdownStart, Duration::from_secs(30))?;
+    vm.wait_exit(Duration::from_secs(90))?;
+    let console = vm.console();
+    let at = |needle: &str| {
+        console
+            .find(needle)
+            .with_context(|| format!("no {needle:?} on the console:\n{console}"))
+    };
+    let demo_stopped = at("demo stopped in")?;
+    let sshd_stopping = at("stopping sshd (its dependents demo stopped)")?;
+    ensure!(
+        demo_stopped < sshd_stopping,
+        "sshd was stopped before its dependent demo:\n{console}"
+    );
+    eprintln!(
+        "power-off in dependency order; QEMU exited {:.1?} after oskctl poweroff",
+        asked.elapsed()
+    );
     Ok(())
 }
 
