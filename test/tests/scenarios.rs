@@ -365,6 +365,9 @@ fn power_off_in_order(vm: &mut Machine, key: &Path) -> Result<()> {
         demo_stopped < sshd_stopping,
         "sshd was stopped before its dependent demo:\n{console}"
     );
+    for l in console.lines().filter(|l| l.contains("shutdown step")) {
+        eprintln!("  {l}");
+    }
     eprintln!(
         "power-off in dependency order; QEMU exited {:.1?} after oskctl poweroff",
         asked.elapsed()
