@@ -14,26 +14,33 @@ use tokio::sync::mpsc;
 use crate::supervisor::{Cmd, Status, Supervisor};
 use crate::sys::PowerAction;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A request, and also oskctl's subcommand: the CLI is this enum, so the
+/// two cannot drift (a subcommand's name is its `cmd` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
+#[command(rename_all = "lowercase")]
 pub enum Request {
+    /// List services: name, state, pid, restarts, uptime.
     Ps,
+    /// osk-init's memory and uptime, and how many services run.
     Status,
+    /// Print a service's log.
     Logs {
         name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
         #[serde(default)]
         follow: bool,
     },
-    Start {
-        name: String,
-    },
-    Stop {
-        name: String,
-    },
-    Restart {
-        name: String,
-    },
+    /// Start a stopped service.
+    Start { name: String },
+    /// Stop a service (it stays stopped until `start`).
+    Stop { name: String },
+    /// Stop a service and start it again.
+    Restart { name: String },
+    /// Stop everything and power off.
     Poweroff,
+    /// Stop everything and reboot.
     Reboot,
 }
 
@@ -211,5 +218,55 @@ mod tests {
         // An older osk-init's answer (no `init`) still parses.
         let r: Response = serde_json::from_str(r#"{"ok":true}"#).unwrap();
         assert_eq!(r.init, None);
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Request,
+    }
+
+    fn parse(args: &[&str]) -> Request {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("oskctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .cmd
+    }
+
+    #[test]
+    fn cli_parses_into_the_wire_request() {
+        assert_eq!(
+            parse(&["logs", "-f", "sshd"]),
+            Request::Logs {
+                name: "sshd".into(),
+                follow: true
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&parse(&["restart", "demo"])).unwrap(),
+            r#"{"cmd":"restart","name":"demo"}"#
+        );
+        assert_eq!(parse(&["poweroff"]), Request::Poweroff);
+    }
+
+    #[test]
+    fn every_subcommand_name_is_a_wire_cmd() {
+        use clap::CommandFactory;
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["ps", "status", "logs", "start", "stop", "restart", "poweroff", "reboot"]
+        );
+        for n in names {
+            let args: Vec<&str> = match n.as_str() {
+                "logs" | "start" | "stop" | "restart" => vec![n.as_str(), "x"],
+                _ => vec![n.as_str()],
+            };
+            let json = serde_json::to_value(parse(&args)).unwrap();
+            assert_eq!(json["cmd"], n.as_str());
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::backoff::{should_restart, Backoff, Exit};
 use crate::containerd::{self, Containerd, ServiceDef, TaskState};
 use crate::logfile::{self, RotatingLog, SharedSink, Sink};
 use crate::prepare::{self, Bundle};
+use crate::shutdown;
 
 /// One row of `oskctl ps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub struct Supervisor {
     table: Table,
     cmds: Arc<HashMap<String, mpsc::Sender<Cmd>>>,
     sinks: Arc<HashMap<String, SharedSink>>,
+    /// Every service's `dependsOn`, for the shutdown order.
+    depends_on: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// Creates (once) the FIFO pair a service's task writes to and starts
@@ -85,8 +88,10 @@ impl Supervisor {
         let running_tx = Arc::new(running_tx);
         let mut cmds = HashMap::new();
         let mut sinks = HashMap::new();
+        let mut depends_on = BTreeMap::new();
         for b in bundles {
             let name = b.name.clone();
+            depends_on.insert(name.clone(), b.runtime.depends_on.clone());
             lock(&table).insert(
                 name.clone(),
                 Status {
@@ -122,6 +127,7 @@ impl Supervisor {
             table,
             cmds: Arc::new(cmds),
             sinks: Arc::new(sinks),
+            depends_on: Arc::new(depends_on),
         }
     }
 
@@ -150,18 +156,29 @@ impl Supervisor {
             .map_err(|_| format!("{name}: supervisor gone"))
     }
 
-    /// Stops every service (in parallel, each with its grace period).
+    /// Stops every service, each with its grace period: dependents before
+    /// what they depend on, independent ones in parallel (see
+    /// [`shutdown::stop_plan`]).
     pub async fn stop_all(&self) {
-        let mut waits = Vec::new();
-        for tx in self.cmds.values() {
-            let (done, wait) = oneshot::channel();
-            if tx.send(Cmd::Stop(Some(done))).await.is_ok() {
-                waits.push(wait);
+        let plan = shutdown::stop_plan(&self.depends_on);
+        if !plan.cyclic.is_empty() {
+            let names: Vec<&str> = plan.cyclic.iter().map(String::as_str).collect();
+            tracing::warn!(
+                "dependsOn cycle among {}: stopping those without order",
+                names.join(", ")
+            );
+        }
+        let sup = self.clone();
+        shutdown::stop_in_order(&plan, move |name| {
+            let sup = sup.clone();
+            async move {
+                let (done, wait) = oneshot::channel();
+                if sup.send(&name, Cmd::Stop(Some(done))).await.is_ok() {
+                    let _ = wait.await;
+                }
             }
-        }
-        for w in waits {
-            let _ = w.await;
-        }
+        })
+        .await;
     }
 }
 
@@ -261,9 +278,9 @@ impl Service {
     /// Waits for the running task to exit, re-attaching if containerd
     /// restarts meanwhile; or for a command.
     async fn watch_task(&mut self) -> Outcome {
+        let name = self.b.name.clone();
         loop {
             let cd = self.containerd().await;
-            let name = self.b.name.clone();
             let res = tokio::select! {
                 r = cd.wait_exit(&name) => r,
                 cmd = self.cmds.recv() => match cmd {
@@ -275,20 +292,56 @@ impl Service {
             };
             match res {
                 Ok(code) => return Outcome::Exited(code),
-                Err(e) if e.is_unavailable() => {
+                // Whatever broke the wait (containerd killed, a reset
+                // stream), the task itself may well be alive: its shim
+                // outlives containerd. Ask again before calling it dead.
+                Err(e) => {
                     tracing::warn!("{name}: lost containerd ({e}); re-attaching when it is back");
-                    // Wait for the next containerd generation, then look again.
-                    let _ = self.cd.changed().await;
-                    let cd = self.containerd().await;
-                    match cd.task(&name).await {
-                        Ok(Some((_, TaskState::Running))) => continue,
-                        Ok(_) => return Outcome::Exited(255),
-                        Err(_) => continue,
+                    if let Some(out) = self.reattach().await {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a failed wait: finds the task again through the current (or
+    /// next) containerd. `None` means it still runs: wait on it again.
+    async fn reattach(&mut self) -> Option<Outcome> {
+        let name = self.b.name.clone();
+        loop {
+            let cd = self.containerd().await;
+            match cd.task(&name).await {
+                Ok(Some((pid, TaskState::Running | TaskState::Created))) => {
+                    tracing::info!("{name}: re-attached, pid {pid} still running");
+                    return None;
+                }
+                Ok(Some((_, TaskState::Stopped))) => {
+                    // Exited while containerd was away; its status is kept.
+                    let code = cd.wait_exit(&name).await.unwrap_or(255);
+                    return Some(Outcome::Exited(code));
+                }
+                Ok(_) => {
+                    tracing::warn!("{name}: its task is gone after the containerd restart");
+                    return Some(Outcome::Exited(255));
+                }
+                Err(e) if e.is_unavailable() => {
+                    // Not back yet: the next containerd generation, or a
+                    // second's retry if the loop has not noticed the death.
+                    tokio::select! {
+                        _ = self.cd.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        cmd = self.cmds.recv() => return Some(match cmd {
+                            Some(Cmd::Stop(done)) => Outcome::Stop(done),
+                            Some(Cmd::Restart) => Outcome::Restart,
+                            Some(Cmd::Start) => continue,
+                            None => Outcome::Stop(None),
+                        }),
                     }
                 }
                 Err(e) => {
                     tracing::error!("{name}: {e}");
-                    return Outcome::Exited(255);
+                    return Some(Outcome::Exited(255));
                 }
             }
         }

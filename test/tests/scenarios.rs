@@ -296,12 +296,26 @@ fn s1_minimal_and_s4_shutdown() -> Result<()> {
 /// Scenario 2, sshd: log in with a key given to the machine through a
 /// `files` entry; `oskctl ps` shows every service running. Then scenario 3,
 /// restart, on the same VM: `kill -9` of demo's main process brings it back
-/// within seconds with a new pid, and `oskctl ps` counts the restart.
+/// within seconds with a new pid, and `oskctl ps` counts the restart. Then
+/// containerd's death: `kill -9` of containerd brings a new containerd
+/// within 60 s while every service keeps its pid and restart count (shims
+/// hold the containers), and the supervisor watches them through the new
+/// one: demo, killed again, is restarted once more. Last, `oskctl poweroff`
+/// stops demo (made to depend on sshd here) before sshd, and QEMU exits.
 #[test]
 fn s2_sshd_and_s3_restart() -> Result<()> {
     let key = key()?;
     let out = scratch()?;
-    let manifests = [root(SSHD), key.overlay.clone()];
+    // demo depends on sshd here, so that the power-off shows the stop order.
+    let order = out.path().join("order.yml");
+    std::fs::write(
+        &order,
+        format!(
+            "services:\n  - name: demo\n    image: \"@pkg:{}\"\n    depends_on: [sshd]\n",
+            root("pkgs/demo").display()
+        ),
+    )?;
+    let manifests = [root(SSHD), key.overlay.clone(), order];
     let prefix = build_ok(&manifests, out.path(), "sshd", None)?;
     let mut vm = Machine::boot(
         &prefix,
@@ -313,8 +327,9 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
     wait_all_started(&mut vm, &manifests)?;
     wait_ssh(&vm, &key.private)?;
     let ps = ssh_ok(&vm, &key.private, "oskctl ps")?;
-    for s in service_names(&manifests)? {
-        let row = ps_row(&ps, &s)?;
+    let services = service_names(&manifests)?;
+    for s in &services {
+        let row = ps_row(&ps, s)?;
         assert_eq!(row.state, "running", "{s} is not running:\n{ps}");
         assert!(row.pid.is_some(), "{s} has no pid:\n{ps}");
     }
@@ -322,25 +337,152 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
 
     // s3: the victim is demo (sshd carries this session).
     wait_http(vm.port(80), "/", Duration::from_secs(30))?;
-    let before = ps_row(&ps, "demo")?;
-    let pid = before.pid.context("demo has no pid")?;
-    ssh_ok(&vm, &key.private, &format!("kill -9 {pid}"))?;
+    let back = kill_and_wait_restart(&vm, &key.private, "demo")?;
+    eprintln!("s3: demo back {back:.1?} after kill -9");
+    wait_http(vm.port(80), "/", Duration::from_secs(30)).context("demo page after the restart")?;
+
+    containerd_death(&vm, &key.private, &services)?;
+    power_off_in_order(&mut vm, &key.private)
+}
+
+/// `oskctl poweroff` over ssh: demo, a dependent of sshd, is stopped before
+/// sshd is; then QEMU exits.
+fn power_off_in_order(vm: &mut Machine, key: &Path) -> Result<()> {
+    let asked = Instant::now();
+    // sshd may stop under this session: its exit status proves nothing.
+    let _ = ssh(vm.port(22), key, "oskctl poweroff");
+    vm.wait_for_marker(&Event::ShutdownStart, Duration::from_secs(30))?;
+    vm.wait_exit(Duration::from_secs(90))?;
+    let console = vm.console();
+    let at = |needle: &str| {
+        console
+            .find(needle)
+            .with_context(|| format!("no {needle:?} on the console:\n{console}"))
+    };
+    let demo_stopped = at("demo stopped in")?;
+    let sshd_stopping = at("stopping sshd (its dependents demo stopped)")?;
+    ensure!(
+        demo_stopped < sshd_stopping,
+        "sshd was stopped before its dependent demo:\n{console}"
+    );
+    for l in console.lines().filter(|l| l.contains("shutdown step")) {
+        eprintln!("  {l}");
+    }
+    eprintln!(
+        "power-off in dependency order; QEMU exited {:.1?} after oskctl poweroff",
+        asked.elapsed()
+    );
+    Ok(())
+}
+
+/// `kill -9` of `service`'s main process; waits (30 s) until `oskctl ps`
+/// shows it running again with a new pid and one more restart. Returns how
+/// long that took.
+fn kill_and_wait_restart(vm: &Machine, key: &Path, service: &str) -> Result<Duration> {
+    let before = ps_row(&ssh_ok(vm, key, "oskctl ps")?, service)?;
+    let pid = before
+        .pid
+        .with_context(|| format!("{service} has no pid"))?;
+    ssh_ok(vm, key, &format!("kill -9 {pid}"))?;
     let killed = Instant::now();
     let after = loop {
-        let ps = ssh_ok(&vm, &key.private, "oskctl ps")?;
-        let row = ps_row(&ps, "demo")?;
+        let ps = ssh_ok(vm, key, "oskctl ps")?;
+        let row = ps_row(&ps, service)?;
         if row.state == "running" && row.pid.is_some_and(|p| p != pid) {
             break row;
         }
         if killed.elapsed() > Duration::from_secs(30) {
-            bail!("demo not running again 30 s after kill -9 {pid}:\n{ps}");
+            bail!("{service} not running again 30 s after kill -9 {pid}:\n{ps}");
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    eprintln!("s3: demo back {:.1?} after kill -9", killed.elapsed());
-    assert_eq!(after.restarts, before.restarts + 1, "restart not counted");
-    wait_http(vm.port(80), "/", Duration::from_secs(30)).context("demo page after the restart")?;
-    vm.kill();
+    ensure!(
+        after.restarts == before.restarts + 1,
+        "{service}: restart not counted ({before:?} -> {after:?})"
+    );
+    Ok(killed.elapsed())
+}
+
+/// Pids of the processes named `containerd` (the daemon; its shims are
+/// `containerd-shim*`), from /proc with shell builtins only.
+const CONTAINERD_PIDS: &str = r#"for p in /proc/[0-9]*; do { read -r c < "$p/comm"; } 2>/dev/null && [ "$c" = containerd ] && echo "${p#/proc/}"; done; true"#;
+
+fn containerd_pid(vm: &Machine, key: &Path) -> Result<Option<u32>> {
+    let out = ssh_ok(vm, key, CONTAINERD_PIDS)?;
+    let pids: Vec<u32> = out
+        .split_whitespace()
+        .map(|p| p.parse().with_context(|| format!("pid {p:?}")))
+        .collect::<Result<_>>()?;
+    ensure!(pids.len() <= 1, "several containerd processes: {pids:?}");
+    Ok(pids.first().copied())
+}
+
+/// osk-init's log, as sshd (which binds /var/log) sees it.
+fn init_log(vm: &Machine, key: &Path) -> Result<String> {
+    ssh_ok(vm, key, "busybox cat /var/log/init.log")
+}
+
+/// containerd killed: a new one within 60 s, the services untouched and
+/// re-attached (see [`s2_sshd_and_s3_restart`]).
+fn containerd_death(vm: &Machine, key: &Path, services: &[String]) -> Result<()> {
+    let old = containerd_pid(vm, key)?.context("no containerd process in /proc")?;
+    let ps_before = ssh_ok(vm, key, "oskctl ps")?;
+    let log_before = init_log(vm, key)?;
+    ssh_ok(vm, key, &format!("kill -9 {old}"))?;
+    let killed = Instant::now();
+    let limit = Duration::from_secs(60);
+    let new = loop {
+        if let Some(p) = containerd_pid(vm, key)?.filter(|&p| p != old) {
+            break p;
+        }
+        ensure!(
+            killed.elapsed() < limit,
+            "no new containerd 60 s after kill -9 {old}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "containerd {old} killed; containerd {new} runs {:.1?} later",
+        killed.elapsed()
+    );
+    // Every service re-attaches (init logs it) once the new one answers.
+    let log = loop {
+        let log = init_log(vm, key)?;
+        let fresh = log.get(log_before.len()..).unwrap_or(&log).to_string();
+        if services
+            .iter()
+            .all(|s| fresh.contains(&format!("{s}: re-attached")))
+        {
+            break fresh;
+        }
+        ensure!(
+            killed.elapsed() < limit,
+            "not every service re-attached 60 s after containerd died; init.log since:\n{fresh}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "every service re-attached {:.1?} after containerd died",
+        killed.elapsed()
+    );
+    ensure!(
+        log.contains("containerd exited") && log.contains("ready"),
+        "init.log does not tell containerd's restart:\n{log}"
+    );
+    let ps_after = ssh_ok(vm, key, "oskctl ps")?;
+    for s in services {
+        let (a, b) = (ps_row(&ps_before, s)?, ps_row(&ps_after, s)?);
+        ensure!(
+            b.state == "running" && a == b,
+            "{s} changed across containerd's death: {a:?} -> {b:?}\nbefore:\n{ps_before}after:\n{ps_after}"
+        );
+    }
+    wait_http(vm.port(80), "/", Duration::from_secs(30))
+        .context("demo page after containerd's restart")?;
+    // Exits are seen through the new containerd: demo dies, demo returns.
+    let back = kill_and_wait_restart(vm, key, "demo")
+        .context("demo after containerd's restart (is the supervisor attached?)")?;
+    eprintln!("demo back {back:.1?} after kill -9, through the new containerd");
     Ok(())
 }
 

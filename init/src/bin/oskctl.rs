@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use osk_init::control::{Request, Response};
 
 #[derive(Parser)]
@@ -13,50 +13,14 @@ struct Cli {
     /// osk-init's control socket.
     #[arg(long, default_value = osk_layout::CONTROL_SOCKET)]
     socket: String,
+    /// The request to send (the control protocol's own type).
     #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// List services: name, state, pid, restarts, uptime.
-    Ps,
-    /// osk-init's memory and uptime, and how many services run.
-    Status,
-    /// Print a service's log.
-    Logs {
-        name: String,
-        /// Keep printing new output.
-        #[arg(short, long)]
-        follow: bool,
-    },
-    Start {
-        name: String,
-    },
-    Stop {
-        name: String,
-    },
-    Restart {
-        name: String,
-    },
-    /// Stop everything and power off.
-    Poweroff,
-    /// Stop everything and reboot.
-    Reboot,
+    cmd: Request,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let req = match cli.cmd {
-        Cmd::Ps => Request::Ps,
-        Cmd::Status => Request::Status,
-        Cmd::Logs { name, follow } => Request::Logs { name, follow },
-        Cmd::Start { name } => Request::Start { name },
-        Cmd::Stop { name } => Request::Stop { name },
-        Cmd::Restart { name } => Request::Restart { name },
-        Cmd::Poweroff => Request::Poweroff,
-        Cmd::Reboot => Request::Reboot,
-    };
+    let req = cli.cmd;
     let mut stream = UnixStream::connect(&cli.socket).with_context(|| {
         format!(
             "connecting to osk-init at {} (is this an osk machine, and /run mounted?)",
