@@ -2,6 +2,7 @@
 
 pub mod assemble;
 pub mod build;
+pub mod civil;
 pub mod initramfs;
 pub mod manifest;
 pub mod pkg;

@@ -146,25 +146,9 @@ pub fn build(tree: &Tree, run: &RunConfig, mtime: u64) -> Result<Image, Error> {
     })
 }
 
-/// Seconds since the epoch as RFC 3339 UTC (days-from-civil, no time crate).
+/// Seconds since the epoch as RFC 3339 UTC.
 fn chrono_free_rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::civil::Civil::from_unix(secs as i64).rfc3339()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{Error, Result};
+use crate::civil::Civil;
 
 const SECTOR: usize = 2048;
 const PVD_SECTOR: usize = 16;
@@ -176,17 +177,13 @@ fn both32(field: &mut [u8], v: u32) {
     field[4..8].copy_from_slice(&v.to_be_bytes());
 }
 
-/// A UTC calendar time.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    min: u32,
-    sec: u32,
+/// ISO 9660 date forms of a calendar time.
+trait IsoDate {
+    fn short_form(&self) -> [u8; 7];
+    fn long_form(&self) -> [u8; 17];
 }
 
-impl Civil {
+impl IsoDate for Civil {
     /// Directory record form: years since 1900, month, day, h, m, s, UTC offset.
     fn short_form(&self) -> [u8; 7] {
         let y = (self.year - 1900).clamp(0, 255) as u8;
@@ -220,25 +217,7 @@ impl Civil {
 
 /// Seconds since the Unix epoch to a UTC date (Howard Hinnant's days-from-civil inverse).
 fn civil(epoch: i64) -> Civil {
-    let days = epoch.div_euclid(86_400);
-    let secs = epoch.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: secs / 3600,
-        min: secs / 60 % 60,
-        sec: secs % 60,
-    }
+    Civil::from_unix(epoch)
 }
 
 #[cfg(test)]
