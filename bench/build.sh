@@ -88,12 +88,14 @@ warm=$(measure warm "${BUILD[@]}")
 size_osk=$(stat -c %s "$W/out/bench-initrd.img")
 warm_gz=$(measure warm-gzip "${BUILD[@]}" --compress gzip)
 
-# The floor: the same tree, extracted, archived and compressed by the classic tools.
+# The floor: the same tree, extracted, archived and compressed by the classic
+# tools with osk's parameters (builder/src/initramfs/compress.rs: level 19,
+# 2^27 window with long matching, chain log 23, one thread).
 mkdir -p "$W/x"
 "${BUILD[@]}" --compress none 2>/dev/null
 (cd "$W/x" && cpio -idm --quiet <"$W/out/bench-initrd.img")
 raw=$(du -sb --apparent-size "$W/x" | cut -f1)
-floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 -T0 -c >"$W/floor.zst"; }
+floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=23 --single-thread -c >"$W/floor.zst"; }
 export -f floor; export W
 flo=$(measure floor bash -c floor)
 size_floor=$(stat -c %s "$W/floor.zst")
