@@ -27,10 +27,10 @@ pub const SHIM_GROUP: &str = "osk";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to containerd at {path}: {source}")]
+    #[error("cannot connect to containerd at {path}: {cause}")]
     Connect {
         path: String,
-        source: tonic::transport::Error,
+        cause: tonic::transport::Error,
     },
     #[error("containerd {op} {id}: {status}")]
     Rpc {
@@ -112,9 +112,9 @@ impl Containerd {
         let channel =
             containerd_client::connect(socket)
                 .await
-                .map_err(|source| Error::Connect {
+                .map_err(|cause| Error::Connect {
                     path: socket.display().to_string(),
-                    source,
+                    cause,
                 })?;
         Ok(Containerd {
             channel,

@@ -12,8 +12,8 @@ use crate::sys::Sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModinfoError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path}: not a 64-bit little-endian ELF module")]
     NotElf { path: PathBuf },
     #[error("{path}: no .modinfo section")]
@@ -28,9 +28,9 @@ pub fn normalize(name: &str) -> String {
 /// Extracts the NUL-separated `key=value` strings of `.modinfo` from an ELF64
 /// module image, reading only the headers and that section.
 pub fn read_modinfo(path: &Path) -> Result<Vec<String>, ModinfoError> {
-    let io_err = |source| ModinfoError::Io {
+    let io_err = |cause| ModinfoError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let f = File::open(path).map_err(io_err)?;
     let mut eh = [0u8; 64];

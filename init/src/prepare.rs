@@ -17,15 +17,15 @@ pub struct Bundle {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: invalid runtime.json: {source} (see osk_layout::Runtime for the fields)")]
+    #[error("{path}: invalid runtime.json: {cause} (see osk_layout::Runtime for the fields)")]
     Runtime {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
@@ -40,15 +40,15 @@ impl Bundle {
             .into_owned();
         let rt_path = dir.join(osk_layout::RUNTIME_JSON);
         let runtime = match std::fs::read(&rt_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| BundleError::Runtime {
+            Ok(b) => serde_json::from_slice(&b).map_err(|cause| BundleError::Runtime {
                 path: rt_path.clone(),
-                source,
+                cause,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Runtime::default(),
-            Err(source) => {
+            Err(cause) => {
                 return Err(BundleError::Read {
                     path: rt_path,
-                    source,
+                    cause,
                 })
             }
         };

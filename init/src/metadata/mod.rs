@@ -34,18 +34,18 @@ const OPENSTACK_USER: &str = "openstack/latest/user_data";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error("{device}: {source}")]
-    Iso { device: PathBuf, source: IsoError },
-    #[error("{device}: {file}: not valid JSON: {source}")]
+    #[error("{device}: {cause}")]
+    Iso { device: PathBuf, cause: IsoError },
+    #[error("{device}: {file}: not valid JSON: {cause}")]
     Json {
         device: PathBuf,
         file: &'static str,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
-    #[error("{device}: {source}")]
+    #[error("{device}: {cause}")]
     Payload {
         device: PathBuf,
-        source: payload::PayloadError,
+        cause: payload::PayloadError,
     },
     #[error(transparent)]
     Write(#[from] write::WriteError),
@@ -59,9 +59,9 @@ pub fn extract<M: Medium + ?Sized>(
     kind: Kind,
     config_dir: &Path,
 ) -> Result<Vec<String>, MetadataError> {
-    let iso_err = |source| MetadataError::Iso {
+    let iso_err = |cause| MetadataError::Iso {
         device: device.to_path_buf(),
-        source,
+        cause,
     };
     let iso = Iso::open(medium).map_err(iso_err)?;
     write::dir(config_dir, 0o755)?;
@@ -74,10 +74,10 @@ pub fn extract<M: Medium + ?Sized>(
         Kind::ConfigDrive => {
             if let Some(raw) = iso.read(OPENSTACK_META).map_err(iso_err)? {
                 let meta =
-                    openstack::MetaData::parse(&raw).map_err(|source| MetadataError::Json {
+                    openstack::MetaData::parse(&raw).map_err(|cause| MetadataError::Json {
                         device: device.to_path_buf(),
                         file: OPENSTACK_META,
-                        source,
+                        cause,
                     })?;
                 if let Some(h) = meta.hostname() {
                     write::file(
@@ -98,9 +98,9 @@ pub fn extract<M: Medium + ?Sized>(
     };
     if let Some(data) = user {
         let applied =
-            payload::apply(config_dir, &data).map_err(|source| MetadataError::Payload {
+            payload::apply(config_dir, &data).map_err(|cause| MetadataError::Payload {
                 device: device.to_path_buf(),
-                source,
+                cause,
             })?;
         written.push(payload::USERDATA.to_string());
         if let payload::Applied::Tree(files) = applied {

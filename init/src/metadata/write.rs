@@ -7,16 +7,16 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("writing {path}: {source}")]
+#[error("writing {path}: {cause}")]
 pub struct WriteError {
     pub path: PathBuf,
-    pub source: io::Error,
+    pub cause: io::Error,
 }
 
 fn err(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
-    move |source| WriteError {
+    move |cause| WriteError {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
