@@ -35,6 +35,9 @@ pub fn main() -> ! {
         }
     }
     let cmd = Cmdline::read();
+    if let Some(level) = cmd.console_loglevel() {
+        let _ = sys.console_loglevel(level);
+    }
     logger::set_consoles(&cmd.console_paths());
     logger::init_tracing(cmd.debug);
     std::panic::set_hook(Box::new(|info| {

@@ -13,6 +13,9 @@ pub struct Cmdline {
     pub shell: bool,
     /// `osk.onboot_timeout=SECS`: overrides every onboot container's timeout.
     pub onboot_timeout: Option<Duration>,
+    /// `loglevel=`, `quiet`, `debug` or `ignore_loglevel` given: the kernel's
+    /// console log level is the user's choice, init leaves it alone.
+    pub kernel_loglevel_set: bool,
 }
 
 impl Cmdline {
@@ -31,6 +34,7 @@ impl Cmdline {
                         }
                     }
                 }
+                "loglevel" | "quiet" | "debug" | "ignore_loglevel" => c.kernel_loglevel_set = true,
                 "osk.debug" => c.debug = value != "0",
                 "osk.shell" => c.shell = value != "0",
                 "osk.onboot_timeout" => {
@@ -45,6 +49,15 @@ impl Cmdline {
     /// Reads `/proc/cmdline` (empty when unreadable).
     pub fn read() -> Cmdline {
         Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+    }
+
+    /// The kernel console log level init sets at start, if any: warnings and
+    /// worse (`KERN_WARNING` is 4; the console prints levels below this).
+    /// Info messages from module loading would otherwise land in the middle
+    /// of init's lines (printk does not wait for a tty write to finish) and
+    /// cost serial output on every boot; they stay in `dmesg`.
+    pub fn console_loglevel(&self) -> Option<i32> {
+        (!self.kernel_loglevel_set && !self.debug).then_some(5)
     }
 
     /// Consoles to log to: the `console=` ones, or `/dev/console`.
@@ -75,6 +88,10 @@ mod tests {
     #[test]
     fn defaults_to_dev_console() {
         let c = Cmdline::parse("quiet osk.shell");
+        assert_eq!(c.console_loglevel(), None, "quiet is the user's choice");
+        assert_eq!(Cmdline::parse("console=ttyS0").console_loglevel(), Some(5));
+        assert_eq!(Cmdline::parse("loglevel=7").console_loglevel(), None);
+        assert_eq!(Cmdline::parse("osk.debug").console_loglevel(), None);
         assert!(c.shell);
         assert_eq!(c.console_paths(), ["/dev/console"]);
     }

@@ -109,13 +109,12 @@ fn rpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> Error {
 
 impl Containerd {
     pub async fn connect(socket: &Path, ns: &str) -> Result<Containerd, Error> {
-        let channel =
-            containerd_client::connect(socket)
-                .await
-                .map_err(|cause| Error::Connect {
-                    path: socket.display().to_string(),
-                    cause,
-                })?;
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|cause| Error::Connect {
+                path: socket.display().to_string(),
+                cause,
+            })?;
         Ok(Containerd {
             channel,
             ns: ns.to_string(),

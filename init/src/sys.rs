@@ -33,6 +33,8 @@ pub trait Sys {
     fn sync(&self);
     /// Makes Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
     fn disable_cad(&self) -> io::Result<()>;
+    /// syslog(2) SYSLOG_ACTION_CONSOLE_LEVEL: which kernel messages reach the console.
+    fn console_loglevel(&self, level: i32) -> io::Result<()>;
     fn reboot(&self, action: PowerAction) -> io::Result<()>;
 }
 
@@ -88,6 +90,18 @@ impl Sys for RealSys {
 
     fn disable_cad(&self) -> io::Result<()> {
         nix::sys::reboot::set_cad_enabled(false).map_err(errno)
+    }
+
+    fn console_loglevel(&self, level: i32) -> io::Result<()> {
+        const SYSLOG_ACTION_CONSOLE_LEVEL: libc::c_int = 8;
+        // SAFETY: this action reads no buffer; a null pointer and the level
+        // as length are what syslog(2) documents.
+        let rc = unsafe { libc::klogctl(SYSLOG_ACTION_CONSOLE_LEVEL, std::ptr::null_mut(), level) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn reboot(&self, action: PowerAction) -> io::Result<()> {
@@ -198,6 +212,10 @@ pub mod testing {
         }
         fn disable_cad(&self) -> io::Result<()> {
             self.rec("cad-off".into());
+            Ok(())
+        }
+        fn console_loglevel(&self, level: i32) -> io::Result<()> {
+            self.rec(format!("loglevel {level}"));
             Ok(())
         }
         fn reboot(&self, action: PowerAction) -> io::Result<()> {

@@ -95,12 +95,29 @@ fn main() -> Result<()> {
         Err(why) => notes.push(format!("osk rows skipped: {why}")),
         Ok(()) => {
             let (cold, warm, prefix) = bench_build(&args.manifest, work.path())?;
-            let boots = (0..args.runs)
-                .map(|i| {
-                    eprintln!("osk: boot {}/{}", i + 1, args.runs);
-                    boot_osk(&prefix)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            // A boot whose console lost a marker line is retried, twice at
+            // most over the run, and said so in the notes.
+            let mut boots = Vec::new();
+            let mut discarded = Vec::new();
+            while boots.len() < args.runs {
+                eprintln!("osk: boot {}/{}", boots.len() + 1, args.runs);
+                match boot_osk(&prefix) {
+                    Ok(b) => boots.push(b),
+                    Err(e) if discarded.len() < 2 => {
+                        let first = format!("{e:#}")
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        eprintln!("osk: boot discarded: {first}");
+                        discarded.push(first);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            for d in discarded {
+                notes.push(format!("one boot discarded and run again: {d}"));
+            }
             let m = summarize(&boots);
             let nan = f64::NAN;
             let (cs, cr) = (
