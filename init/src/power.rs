@@ -2,8 +2,11 @@
 //! module (`button`); it reports presses as KEY_POWER on an input device,
 //! read here through evdev (module `evdev`). Both must be loaded.
 
-use std::os::fd::AsRawFd;
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -20,12 +23,65 @@ pub fn is_power_press(ev: &[u8]) -> bool {
         && i32::from_ne_bytes(ev[20..24].try_into().unwrap_or_default()) == 1
 }
 
-/// Watches every /dev/input/event* for a power button press.
+/// Watches every evdev device for KEY_POWER, including the ones devtmpfs
+/// creates after this call: the nodes of just-loaded modules appear
+/// asynchronously, and racing them would leave the button deaf.
 pub fn watch(power: mpsc::UnboundedSender<PowerAction>) {
-    let Ok(rd) = std::fs::read_dir("/dev/input") else {
-        tracing::debug!(
-            "no /dev/input: the power button will not work (load modules button and evdev)"
-        );
+    tokio::spawn(async move {
+        let mut opened = HashSet::new();
+        let notify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("inotify: {e}; only input devices present now are watched");
+                scan(&power, &mut opened);
+                return;
+            }
+        };
+        // /dev/input itself appears with the first input device.
+        let _ = notify.add_watch("/dev", AddWatchFlags::IN_CREATE);
+        let _ = notify.add_watch(INPUT_DIR, AddWatchFlags::IN_CREATE);
+        scan(&power, &mut opened);
+        // SAFETY: the AsyncFd owns the inotify instance; nothing else
+        // closes its descriptor while it is registered.
+        let Ok(fd) = (unsafe { AsyncFd::register(Notify(notify)) }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable().await else {
+                return;
+            };
+            match fd.get_ref().0.read_events() {
+                Ok(_) => {
+                    let _ = fd
+                        .get_ref()
+                        .0
+                        .add_watch(INPUT_DIR, AddWatchFlags::IN_CREATE);
+                    scan(&power, &mut opened);
+                }
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::warn!("inotify on {INPUT_DIR}: {e}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+const INPUT_DIR: &str = "/dev/input";
+
+/// nix's Inotify has AsFd only; tokio's AsyncFd wants AsRawFd.
+struct Notify(Inotify);
+
+impl AsRawFd for Notify {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Starts a reader for every `/dev/input/event*` not yet opened.
+fn scan(power: &mpsc::UnboundedSender<PowerAction>, opened: &mut HashSet<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(INPUT_DIR) else {
         return;
     };
     for e in rd.flatten() {
@@ -33,6 +89,9 @@ pub fn watch(power: mpsc::UnboundedSender<PowerAction>) {
             continue;
         }
         let path = e.path();
+        if opened.contains(&path) {
+            continue;
+        }
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -41,35 +100,35 @@ pub fn watch(power: mpsc::UnboundedSender<PowerAction>) {
             Ok(f) => f,
             Err(_) => continue,
         };
+        opened.insert(path.clone());
         let power = power.clone();
-        tokio::spawn(async move {
-            // SAFETY: the AsyncFd owns the File, so the fd stays open and the
-            // same for the AsyncFd's whole life.
-            let Ok(fd) = (unsafe { AsyncFd::register(file) }) else {
-                return;
-            };
-            let mut buf = [0u8; 24 * 16];
-            loop {
-                let Ok(mut guard) = fd.readable().await else {
-                    return;
-                };
-                // SAFETY: buf is valid for its length; the fd is open.
-                let n = unsafe {
-                    libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
-                if n < 0 {
-                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
-                        guard.clear_ready();
-                        continue;
-                    }
-                    return;
-                }
-                if buf[..n as usize].chunks(24).any(is_power_press) {
-                    tracing::info!("power button pressed ({})", path.display());
-                    let _ = power.send(PowerAction::PowerOff);
-                }
+        tokio::spawn(read_keys(file, path, power));
+    }
+}
+
+async fn read_keys(file: std::fs::File, path: PathBuf, power: mpsc::UnboundedSender<PowerAction>) {
+    // SAFETY: the AsyncFd owns the file; nothing else closes its descriptor.
+    let Ok(fd) = (unsafe { AsyncFd::register(file) }) else {
+        return;
+    };
+    let mut buf = [0u8; 24 * 16];
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        // SAFETY: reading into a buffer we own, of the length passed.
+        let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                guard.clear_ready();
+                continue;
             }
-        });
+            return;
+        }
+        if buf[..n as usize].chunks(24).any(is_power_press) {
+            tracing::info!("power button pressed ({})", path.display());
+            let _ = power.send(PowerAction::PowerOff);
+        }
     }
 }
 
