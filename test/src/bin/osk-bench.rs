@@ -240,8 +240,9 @@ fn boot_osk(prefix: &Path) -> Result<Boot> {
     let start = Instant::now();
     let mut vm = Machine::boot(prefix, &BootOpts::default())?;
     let init_start = vm.wait_for_marker(&Event::InitStart, BOOT_TIMEOUT)?;
-    let containerd_ready = vm.wait_for_marker(&Event::ContainerdReady, BOOT_TIMEOUT)?;
+    // The console is read forward only: markers in the order init prints them.
     let containerd_start = vm.wait_for_marker(&Event::ContainerdStart, BOOT_TIMEOUT)?;
+    let containerd_ready = vm.wait_for_marker(&Event::ContainerdReady, BOOT_TIMEOUT)?;
     let all = vm.wait_for_marker(&Event::AllServicesStarted, BOOT_TIMEOUT)?;
     let init_rss_kib = init_rss_kib(&mut vm)?;
     vm.monitor("system_powerdown")?;
