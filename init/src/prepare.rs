@@ -272,6 +272,34 @@ mod tests {
     }
 
     #[test]
+    fn only_interfaces_or_bind_ns_need_the_pid_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().join("dhcpcd");
+        std::fs::create_dir(&b).unwrap();
+        assert!(
+            !needs_pid(&Bundle::load(&b).unwrap()),
+            "defaults: one runc run"
+        );
+        std::fs::write(b.join("runtime.json"), r#"{"mkdir":["/run/x"]}"#).unwrap();
+        assert!(
+            !needs_pid(&Bundle::load(&b).unwrap()),
+            "mkdir is done before create"
+        );
+        std::fs::write(
+            b.join("runtime.json"),
+            r#"{"bindNS":{"net":"/run/netns/x"}}"#,
+        )
+        .unwrap();
+        assert!(needs_pid(&Bundle::load(&b).unwrap()));
+        std::fs::write(
+            b.join("runtime.json"),
+            r#"{"interfaces":[{"name":"eth1"}]}"#,
+        )
+        .unwrap();
+        assert!(needs_pid(&Bundle::load(&b).unwrap()));
+    }
+
+    #[test]
     fn before_create_makes_dirs_and_cgroup_errors_name_the_bundle() {
         let dir = tempfile::tempdir().unwrap();
         let want = dir.path().join("a/b");
