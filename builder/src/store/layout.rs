@@ -7,11 +7,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use oci_spec::image::{
-    Descriptor, ImageIndexBuilder, MediaType, Platform, PlatformBuilder, ANNOTATION_REF_NAME,
-};
+use oci_spec::image::{Descriptor, MediaType, Platform, PlatformBuilder, ANNOTATION_REF_NAME};
 
-use super::{descriptor, descriptor_digest, to_json, Image, Result, Store};
+use super::{descriptor, descriptor_digest, index_of, to_json, Image, Result, Store};
 use crate::reference::{Digest, Reference};
 
 /// containerd's importer prefers this name over `ref.name`; containerd and
@@ -149,12 +147,7 @@ impl Store {
         let mut top = match &manifests[..] {
             [one] => one.clone(),
             _ => {
-                let index = ImageIndexBuilder::default()
-                    .schema_version(2u32)
-                    .media_type(MediaType::ImageIndex)
-                    .manifests(manifests)
-                    .build()
-                    .expect("an index with manifests always builds");
+                let index = index_of(manifests);
                 let bytes = to_json(&index);
                 let digest = Digest::of(&bytes);
                 let d = descriptor(MediaType::ImageIndex, &digest, bytes.len() as u64);
@@ -166,12 +159,7 @@ impl Store {
         ann.insert(ANNOTATION_REF_NAME.to_string(), name.clone());
         ann.insert(CONTAINERD_IMAGE_NAME.to_string(), name);
         top.set_annotations(Some(ann));
-        let index = ImageIndexBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageIndex)
-            .manifests(vec![top])
-            .build()
-            .expect("an index with one manifest always builds");
+        let index = index_of(vec![top]);
         Ok(Layout {
             index_json: to_json(&index),
             generated,

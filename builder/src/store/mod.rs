@@ -153,13 +153,7 @@ impl Store {
         }
         let index = root.join("index.json");
         if !index.exists() {
-            let empty = ImageIndexBuilder::default()
-                .schema_version(2u32)
-                .media_type(MediaType::ImageIndex)
-                .manifests(Vec::new())
-                .build()
-                .expect("an empty index always builds");
-            write_atomic(&index, &to_json(&empty))?;
+            write_atomic(&index, &to_json(&index_of(Vec::new())))?;
         }
         Ok(Store { root })
     }
@@ -678,6 +672,16 @@ pub fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Descript
 }
 
 /// Deterministic JSON: through `serde_json::Value`, whose maps are sorted.
+/// An OCI image index listing `manifests`, as layouts and exports write them.
+pub fn index_of(manifests: Vec<Descriptor>) -> ImageIndex {
+    ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .expect("an index of descriptors always builds")
+}
+
 pub fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     let value = serde_json::to_value(v).expect("OCI types always serialize");
     serde_json::to_vec(&value).expect("a JSON value always serializes")

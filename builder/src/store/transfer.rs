@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType, ANNOTATION_REF_NAME};
+use oci_spec::image::{Descriptor, ImageIndex, ANNOTATION_REF_NAME};
 
 use super::{
     descriptor_digest, io_err, to_json, verify_error, with_context, Result, Store, StoreError,
@@ -133,12 +133,7 @@ impl Store {
             reference.without_digest().to_string(),
         );
         named.set_annotations(Some(ann));
-        let index = ImageIndexBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageIndex)
-            .manifests(vec![named])
-            .build()
-            .expect("index with one manifest always builds");
+        let index = super::index_of(vec![named]);
         let blobs = self.reachable(&desc)?;
         let bad_blob = |e: StoreError| with_context(e, &super::remedy(reference));
         let parent = dest
