@@ -80,10 +80,11 @@ impl<W: Write> Encoder<W> {
             Compression::Zstd => {
                 // Single-threaded on purpose. With this window zstd's workers
                 // each need their own match tables and share a buffer of the
-                // window plus a job per worker: on a 229 MB tree that peaked
-                // at 495 MB, against about 160 MB here. It also compresses
-                // better (21.3 MB against 22.0 MB for minimal), since jobs
-                // cut matches, and the bytes cannot depend on the machine.
+                // window plus a job per worker: on a 229 MB tree `osk build`
+                // peaked at 495 MB, against 257 MB now (bench/BUILD.md). It
+                // also compresses better (21.1 MB against 22.0 MB for
+                // minimal), since jobs cut matches, and the bytes cannot
+                // depend on the machine.
                 let mut e = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
                 e.include_checksum(true)?;
                 e.long_distance_matching(true)?;
