@@ -110,6 +110,13 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
     {
         tracing::warn!("raising RLIMIT_NOFILE: {e}");
     }
+    let runc = Path::new(crate::onboot::image_runc_path());
+    if runc.exists() {
+        match crate::sealedrunc::install(runc, Path::new(crate::sealedrunc::BIN_DIR)) {
+            Ok(link) => tracing::debug!("sealed runc at {}", link.display()),
+            Err(e) => tracing::warn!("no sealed runc ({e}); every container start copies runc"),
+        }
+    }
     if let Err(e) = net::link_up("lo") {
         tracing::warn!("bringing up lo: {e}");
     }

@@ -11,8 +11,9 @@ use crate::reaper;
 pub const BINARY: &str = "/usr/bin/containerd";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
 pub const CONFIG: &str = "/run/osk/containerd.toml";
-/// PATH for containerd and the shims it starts (they look up `runc`).
-pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// PATH for containerd and the shims it starts (they look up `runc`; the
+/// sealed one in [`crate::sealedrunc::BIN_DIR`] comes first).
+pub const PATH: &str = "/run/osk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The generated containerd config: no CRI, no image-oriented plugins,
 /// state on /run, root on /var.

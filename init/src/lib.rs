@@ -20,6 +20,7 @@ pub mod onboot;
 pub mod power;
 pub mod prepare;
 pub mod reaper;
+pub mod sealedrunc;
 pub mod selfstat;
 pub mod shutdown;
 pub mod supervisor;

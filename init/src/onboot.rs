@@ -46,8 +46,17 @@ async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32,
         .map_err(|_| "lost runc's exit status".to_string())
 }
 
-/// runc's path: /usr/bin/runc, else /usr/sbin/runc (Debian's).
+/// runc's path: the sealed copy if init made one, else the image's.
 pub fn runc_path() -> &'static str {
+    if Path::new(crate::sealedrunc::LINK).exists() {
+        crate::sealedrunc::LINK
+    } else {
+        image_runc_path()
+    }
+}
+
+/// The image's runc: /usr/bin/runc, else /usr/sbin/runc (Debian's).
+pub fn image_runc_path() -> &'static str {
     if Path::new(RUNC).exists() {
         RUNC
     } else {
