@@ -124,8 +124,8 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
 
 /// Kernel modules, then the hostname (the MAC of a virtio NIC may name the
 /// machine). Runs on a blocking thread while containerd starts.
-fn modules_and_hostname(sys: &dyn Sys) {
-    load_modules(sys);
+fn modules_and_hostname() {
+    load_modules();
     set_hostname(&net::pick_hostname());
 }
 
@@ -136,19 +136,27 @@ fn set_hostname(host: &str) {
     let _ = std::fs::write("/etc/hostname.osk", format!("{host}\n"));
 }
 
-fn load_modules(sys: &dyn Sys) {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = Path::new("/lib/modules").join(&release);
-    let wanted = std::fs::read_to_string(Path::new("/").join(osk_layout::MODULES_LIST))
-        .ok()
-        .map(|t| modules::parse_list(&t));
+fn load_modules() {
+    let dir = crate::modprobe::release_dir();
     let (index, errors) = modules::index_dir(&dir);
     for e in errors {
         tracing::warn!("skipping module: {e}");
     }
-    let (order, missing) = modules::load_order(&index, wanted.as_deref());
+    // The helper first: modules loaded below may ask for others (libcrc32c
+    // for crc32c).
+    match std::env::current_exe() {
+        Ok(exe) => {
+            if let Err(e) = crate::modprobe::install(&exe) {
+                tracing::warn!("no modprobe helper ({e}); modules load only at boot");
+            }
+        }
+        Err(e) => tracing::warn!("no modprobe helper (own path: {e})"),
+    }
+    // The image's list: loaded whatever the hardware.
+    let wanted = std::fs::read_to_string(Path::new("/").join(osk_layout::MODULES_LIST))
+        .map(|t| modules::parse_list(&t))
+        .unwrap_or_default();
+    let (order, missing) = modules::load_order(&index, Some(&wanted));
     for m in missing {
         tracing::warn!(
             "module {m} not found under {} (listed in /{} or a dependency)",
@@ -156,15 +164,26 @@ fn load_modules(sys: &dyn Sys) {
             osk_layout::MODULES_LIST
         );
     }
-    let report = modules::load(sys, &index, &order);
-    for (m, e) in &report.failed {
+    let kmod = modules::RealKmod;
+    let listed = modules::load(&kmod, &index, &order);
+    let mut tried = order.into_iter().collect();
+    let devices = crate::modalias::coldplug(
+        &kmod,
+        &index,
+        || crate::modalias::scan(Path::new("/sys/devices")),
+        &mut tried,
+    );
+    for (m, e) in listed.failed.iter().chain(&devices.failed) {
         tracing::warn!("loading module {m} failed: {e}");
     }
+    let attempted =
+        listed.loaded.len() + listed.present.len() + devices.loaded.len() + devices.present.len();
     tracing::info!(
-        "modules: {} loaded, {} already present, {} failed",
-        report.loaded.len(),
-        report.present.len(),
-        report.failed.len()
+        "modules: {} listed, {} for devices, {} failed; the other {} load when the kernel asks",
+        listed.loaded.len(),
+        devices.loaded.len(),
+        listed.failed.len() + devices.failed.len(),
+        index.len().saturating_sub(attempted)
     );
     mark(Event::ModulesLoaded);
 }
@@ -345,7 +364,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     let (cd_tx, cd_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = mpsc::channel(1);
     tokio::spawn(containerd_loop(cd_tx, cmd.debug, stop_rx));
-    if let Err(e) = tokio::task::spawn_blocking(|| modules_and_hostname(&RealSys)).await {
+    if let Err(e) = tokio::task::spawn_blocking(modules_and_hostname).await {
         tracing::error!("loading modules: {e}");
     }
     // The power button's input device exists once evdev is loaded.

@@ -168,6 +168,7 @@ impl Containerd {
             ))
             .await
             .map_err(rpc("create container", id))?;
+        tracing::debug!("{id}: container created");
         let created = TasksClient::new(self.channel.clone())
             .create(req(
                 &self.ns,
@@ -181,6 +182,7 @@ impl Containerd {
             .await
             .map_err(rpc("create task", id))?
             .into_inner();
+        tracing::debug!("{id}: task created, pid {}", created.pid);
         if let Err(msg) = before_start(created.pid) {
             let _ = self.remove(id).await;
             return Err(Error::Rpc {

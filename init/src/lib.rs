@@ -14,6 +14,8 @@ pub mod early;
 pub mod logfile;
 pub mod logger;
 pub mod metadata;
+pub mod modalias;
+pub mod modprobe;
 pub mod modules;
 pub mod net;
 pub mod onboot;

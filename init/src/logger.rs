@@ -118,18 +118,35 @@ impl Write for Writer {
     }
 }
 
-/// Installs the `tracing` subscriber (debug level with `osk.debug`).
+/// Stamps init's log lines with the uptime, as the kernel stamps its own,
+/// so the two read as one timeline.
+struct Uptime;
+
+impl tracing_subscriber::fmt::time::FormatTime for Uptime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "[{:>8.3}]", crate::sys::uptime())
+    }
+}
+
+/// Installs the `tracing` subscriber: info, and with `osk.debug` init's own
+/// debug lines (the gRPC stack's would drown them).
 pub fn init_tracing(debug: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
     let level = if debug {
         tracing::Level::DEBUG
     } else {
         tracing::Level::INFO
     };
-    let _ = tracing_subscriber::fmt()
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("osk_init", level)
+        .with_default(tracing::Level::INFO);
+    let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(|| Writer)
         .with_ansi(false)
-        .without_time()
+        .with_timer(Uptime)
         .with_target(false)
-        .try_init();
+        .finish()
+        .with(filter);
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }

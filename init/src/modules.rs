@@ -1,6 +1,10 @@
-//! Kernel modules: find the `.ko` files, read their dependencies from the
-//! `.modinfo` ELF section, order them dependencies-first and load them with
-//! `finit_module(2)`. No kmod, no modules.dep needed.
+//! Kernel modules: find the `.ko` files, read their dependencies and aliases
+//! from the `.modinfo` ELF section, order them dependencies-first and load
+//! them with `finit_module(2)`. No kmod, no modules.dep needed.
+//!
+//! Which modules load when: the image's list at boot ([`parse_list`]), the
+//! drivers of the devices present ([`crate::modalias`]), and anything the
+//! kernel asks for later through its modprobe helper ([`crate::modprobe`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -8,7 +12,34 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::sys::Sys;
+/// Loading modules. `Sync`: independent modules load on parallel threads.
+pub trait Kmod: Sync {
+    /// finit_module(2) with the module's parameters (`""` for none).
+    fn finit_module(&self, path: &Path, params: &str) -> io::Result<()>;
+    /// The module is live in the kernel already.
+    fn is_loaded(&self, name: &str) -> bool;
+}
+
+/// The real kernel.
+pub struct RealKmod;
+
+impl Kmod for RealKmod {
+    fn finit_module(&self, path: &Path, params: &str) -> io::Result<()> {
+        let f = File::open(path)?;
+        let params = std::ffi::CString::new(params)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module parameters"))?;
+        nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty())
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))
+    }
+
+    fn is_loaded(&self, name: &str) -> bool {
+        // Built-in modules have a /sys/module entry too, but no initstate.
+        Path::new("/sys/module")
+            .join(name)
+            .join("initstate")
+            .exists()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModinfoError {
@@ -93,11 +124,42 @@ pub fn depends(modinfo: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The `softdep=pre:` modules of a modinfo: loaded first when present, as
+/// modprobe does (libcrc32c needs crc32c this way).
+pub fn softdeps_pre(modinfo: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for kv in modinfo.iter().filter_map(|kv| kv.strip_prefix("softdep=")) {
+        let mut pre = false;
+        for word in kv.split_whitespace() {
+            match word {
+                "pre:" => pre = true,
+                "post:" => pre = false,
+                w if pre => out.push(normalize(w)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The `alias=` patterns of a modinfo (device modaliases, `fs-ext4`...).
+pub fn aliases(modinfo: &[String]) -> Vec<String> {
+    modinfo
+        .iter()
+        .filter_map(|kv| kv.strip_prefix("alias="))
+        .map(str::to_string)
+        .collect()
+}
+
 /// One module file and what it needs first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Module {
     pub path: PathBuf,
     pub depends: Vec<String>,
+    /// Loaded before this one when they exist; never reported missing.
+    pub softdeps: Vec<String>,
+    /// Glob patterns (fnmatch) naming what this module serves.
+    pub aliases: Vec<String>,
 }
 
 /// Every module found, by normalized name.
@@ -127,6 +189,8 @@ pub fn index_dir(dir: &Path) -> (Index, Vec<ModinfoError>) {
                             Module {
                                 path: p,
                                 depends: depends(&info),
+                                softdeps: softdeps_pre(&info),
+                                aliases: aliases(&info),
                             },
                         );
                     }
@@ -163,6 +227,9 @@ pub fn load_order(index: &Index, wanted: Option<&[String]>) -> (Vec<String>, Vec
         }
         match index.get(name) {
             Some(m) => {
+                for d in m.softdeps.iter().filter(|d| index.contains_key(*d)) {
+                    visit(d, index, done, visiting, order, missing);
+                }
                 for d in &m.depends {
                     visit(d, index, done, visiting, order, missing);
                 }
@@ -200,13 +267,26 @@ pub struct LoadReport {
     pub failed: Vec<(String, String)>,
 }
 
+impl LoadReport {
+    pub fn merge(&mut self, other: LoadReport) {
+        self.loaded.extend(other.loaded);
+        self.present.extend(other.present);
+        self.failed.extend(other.failed);
+    }
+}
+
 /// Loads `order` (names in `index`); a failing module is recorded and the
-/// rest are still tried.
-pub fn load(sys: &dyn Sys, index: &Index, order: &[String]) -> LoadReport {
+/// rest are still tried. Live modules are skipped: the kernel would verify
+/// the whole file before it says EEXIST.
+pub fn load(kmod: &dyn Kmod, index: &Index, order: &[String]) -> LoadReport {
     let mut r = LoadReport::default();
     for name in order {
         let Some(m) = index.get(name) else { continue };
-        match sys.finit_module(&m.path) {
+        if kmod.is_loaded(name) {
+            r.present.push(name.clone());
+            continue;
+        }
+        match kmod.finit_module(&m.path, "") {
             Ok(()) => r.loaded.push(name.clone()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => r.present.push(name.clone()),
             Err(e) => r
@@ -218,9 +298,44 @@ pub fn load(sys: &dyn Sys, index: &Index, order: &[String]) -> LoadReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::sys::testing::Recorder;
+    use std::sync::Mutex;
+
+    /// Records loads; `failing` module files fail, `live` names are loaded.
+    #[derive(Default)]
+    pub(crate) struct FakeKmod {
+        pub calls: Mutex<Vec<String>>,
+        pub failing: BTreeSet<String>,
+        pub live: Mutex<BTreeSet<String>>,
+    }
+
+    impl FakeKmod {
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Kmod for FakeKmod {
+        fn finit_module(&self, path: &Path, params: &str) -> io::Result<()> {
+            let file = path.file_name().unwrap().to_string_lossy().to_string();
+            let call = if params.is_empty() {
+                format!("insmod {file}")
+            } else {
+                format!("insmod {file} {params}")
+            };
+            self.calls.lock().unwrap().push(call);
+            if self.failing.contains(&file) {
+                return Err(io::Error::from_raw_os_error(libc::ENOEXEC));
+            }
+            let name = normalize(file.trim_end_matches(".ko"));
+            self.live.lock().unwrap().insert(name);
+            Ok(())
+        }
+        fn is_loaded(&self, name: &str) -> bool {
+            self.live.lock().unwrap().contains(name)
+        }
+    }
 
     fn idx(entries: &[(&str, &[&str])]) -> Index {
         entries
@@ -231,6 +346,7 @@ mod tests {
                     Module {
                         path: PathBuf::from(format!("/m/{n}.ko")),
                         depends: d.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
                     },
                 )
             })
@@ -318,13 +434,41 @@ mod tests {
     #[test]
     fn failing_module_is_reported_and_loading_goes_on() {
         let index = idx(&[("a", &[]), ("b", &["a"]), ("c", &[])]);
-        let mut sys = Recorder::default();
-        sys.failing_modules.insert("a.ko".into());
-        let r = load(&sys, &index, &["a".into(), "b".into(), "c".into()]);
-        assert_eq!(sys.calls(), ["insmod a.ko", "insmod b.ko", "insmod c.ko"]);
+        let mut kmod = FakeKmod::default();
+        kmod.failing.insert("a.ko".into());
+        let r = load(&kmod, &index, &["a".into(), "b".into(), "c".into()]);
+        assert_eq!(kmod.calls(), ["insmod a.ko", "insmod b.ko", "insmod c.ko"]);
         assert_eq!(r.loaded, ["b", "c"]);
         assert_eq!(r.failed.len(), 1);
         assert!(r.failed[0].1.contains("/m/a.ko"));
+    }
+
+    #[test]
+    fn live_modules_are_not_loaded_again() {
+        let index = idx(&[("a", &[]), ("b", &["a"])]);
+        let kmod = FakeKmod::default();
+        kmod.live.lock().unwrap().insert("a".into());
+        let r = load(&kmod, &index, &["a".into(), "b".into()]);
+        assert_eq!(kmod.calls(), ["insmod b.ko"]);
+        assert_eq!(r.present, ["a"]);
+    }
+
+    #[test]
+    fn softdeps_come_first_when_present() {
+        let info: Vec<String> = [
+            "softdep=pre: crc32c post: nothing",
+            "alias=fs-ext4",
+            "alias=pci:v00001AF4d*",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(softdeps_pre(&info), ["crc32c"]);
+        assert_eq!(aliases(&info), ["fs-ext4", "pci:v00001AF4d*"]);
+        let mut index = idx(&[("libcrc32c", &[]), ("crc32c", &[])]);
+        index.get_mut("libcrc32c").unwrap().softdeps = vec!["crc32c".into(), "absent".into()];
+        let (order, missing) = load_order(&index, Some(&["libcrc32c".into()]));
+        assert_eq!(order, ["crc32c", "libcrc32c"]);
+        assert!(missing.is_empty());
     }
 
     #[test]

@@ -25,17 +25,10 @@ pub fn pick_hostname() -> String {
     if let Some(h) = read_hostname(std::path::Path::new("/etc/hostname")) {
         return h;
     }
-    let mut names: Vec<_> = std::fs::read_dir("/sys/class/net")
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
+    interfaces()
         .iter()
-        .filter(|n| *n != "lo")
         .find_map(|n| {
-            let mac =
-                std::fs::read_to_string(format!("/sys/class/net/{}/address", n.to_string_lossy()))
-                    .ok()?;
+            let mac = std::fs::read_to_string(format!("/sys/class/net/{n}/address")).ok()?;
             hostname_from_mac(mac.trim())
         })
         .unwrap_or_else(|| "osk".into())
@@ -54,11 +47,7 @@ fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
 /// Brings an interface up (SIOCSIFFLAGS |= IFF_UP).
 pub fn link_up(name: &str) -> io::Result<()> {
     let sock = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
-    // SAFETY: ifreq is plain old data; zeroed is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
-        ifr.ifr_name[i] = b as libc::c_char;
-    }
+    let mut ifr = ifreq(name);
     // SAFETY: the ioctls read/write the ifreq we own, sized as the kernel expects.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
@@ -70,6 +59,29 @@ pub fn link_up(name: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    ifr
+}
+
+/// Every network interface but loopback.
+pub fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lo")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 // rtnetlink constants not all exported by libc.

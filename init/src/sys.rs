@@ -28,7 +28,6 @@ pub trait Sys {
     fn umount(&self, target: &str, flags: MntFlags) -> io::Result<()>;
     fn is_mountpoint(&self, path: &str) -> bool;
     fn mkdir_p(&self, path: &str) -> io::Result<()>;
-    fn finit_module(&self, path: &Path) -> io::Result<()>;
     fn kill(&self, pid: i32, signal: i32) -> io::Result<()>;
     fn sync(&self);
     /// Makes Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
@@ -67,11 +66,6 @@ impl Sys for RealSys {
 
     fn mkdir_p(&self, path: &str) -> io::Result<()> {
         std::fs::create_dir_all(path)
-    }
-
-    fn finit_module(&self, path: &Path) -> io::Result<()> {
-        let f = std::fs::File::open(path)?;
-        nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()).map_err(errno)
     }
 
     fn kill(&self, pid: i32, signal: i32) -> io::Result<()> {
@@ -154,8 +148,6 @@ pub mod testing {
     pub struct Recorder {
         pub calls: RefCell<Vec<String>>,
         pub mounted: RefCell<HashSet<String>>,
-        /// Module file names whose load fails.
-        pub failing_modules: HashSet<String>,
     }
 
     impl Recorder {
@@ -193,14 +185,6 @@ pub mod testing {
         }
         fn mkdir_p(&self, path: &str) -> io::Result<()> {
             self.rec(format!("mkdir {path}"));
-            Ok(())
-        }
-        fn finit_module(&self, path: &Path) -> io::Result<()> {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            self.rec(format!("insmod {name}"));
-            if self.failing_modules.contains(&name) {
-                return Err(io::Error::from_raw_os_error(libc::ENOEXEC));
-            }
             Ok(())
         }
         fn kill(&self, pid: i32, signal: i32) -> io::Result<()> {

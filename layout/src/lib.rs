@@ -41,8 +41,9 @@ pub const KERNEL_TAR: &str = "kernel.tar";
 /// Kernel image layout (LinuxKit's): optional early microcode cpio.
 pub const KERNEL_UCODE: &str = "ucode.cpio";
 
-/// Optional root-relative list of module names (one per line) to load at boot.
-/// Without it, osk-init loads every `.ko` under `/lib/modules/$(uname -r)`.
+/// Optional root-relative list of module names (one per line) to load at
+/// every boot whatever the hardware. osk-init also loads the drivers of the
+/// devices present, and any other module when the kernel asks for it.
 pub const MODULES_LIST: &str = "etc/osk/modules";
 
 /// containerd namespace in which osk-init runs services.

@@ -24,6 +24,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 
 /// Bumped when the builder's output for the same inputs changes.
 const FORMAT: &str = "osk-pkg-1";
+/// The same for kernel packages only (2: `etc/osk/modules` holds `kernel.boot`).
+const KERNEL_FORMAT: &str = "osk-kernel-2";
 /// Image references are `osk/NAME:TAG`.
 pub const IMAGE_PREFIX: &str = "osk/";
 
@@ -475,6 +477,9 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
         h.update(v);
     };
     field("format", FORMAT.as_bytes());
+    if pkg.spec.kernel.is_some() {
+        field("kernel-format", KERNEL_FORMAT.as_bytes());
+    }
     field("name", pkg.name.as_bytes());
     field(
         "source-date-epoch",
@@ -574,7 +579,7 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
                 k.package
             ),
         })?;
-        return kernel::kernel_tree(deb, &k.modules, opts.source_date_epoch);
+        return kernel::kernel_tree(deb, &k.modules, &k.boot, opts.source_date_epoch);
     }
     let mut tree = match &p.base {
         Some(PreparedBase::Package(b)) => assemble(b, store, opts)?,

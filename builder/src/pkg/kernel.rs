@@ -1,6 +1,7 @@
 //! The kernel image form: `/kernel` (vmlinuz) and `/kernel.tar` holding the
 //! chosen modules plus their `depends=` closure, a matching `modules.dep`
-//! and osk's load-order list.
+//! and osk's list of modules to load at every boot (`kernel.boot`, in load
+//! order; osk-init loads device drivers and on-demand modules itself).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -93,7 +94,12 @@ fn for_each_entry(
 /// The data tar is walked twice with [`for_each_entry`]: first for every
 /// module's dependencies, then for the bytes of the kept ones. Holding every
 /// module's bytes from a single walk would cost hundreds of MB of memory.
-pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Error> {
+pub fn kernel_tree(
+    deb: &Path,
+    wanted: &[String],
+    boot: &[String],
+    mtime: u64,
+) -> Result<Tree, Error> {
     let bad = |m: String| Error::Kernel {
         file: deb.display().to_string(),
         message: m,
@@ -146,6 +152,17 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
         visit(&canon(m), "build.yml", &modules, &mut seen, &mut order).map_err(bad)?;
     }
     let keep: BTreeSet<&str> = order.iter().map(|m| modules[m].0.as_str()).collect();
+    let mut at_boot = BTreeSet::new();
+    for b in boot {
+        let b = canon(b);
+        if !seen.contains(&b) {
+            return Err(bad(format!(
+                "`kernel.boot` lists `{b}`, which is not shipped: add it to `kernel.modules`"
+            )));
+        }
+        at_boot.extend(closure_of(&b, &modules));
+    }
+    let boot_order: Vec<&String> = order.iter().filter(|m| at_boot.contains(*m)).collect();
 
     // Pass 2: the kernel and the kept modules' bytes.
     let mut modtree = Tree::default();
@@ -193,7 +210,14 @@ pub fn kernel_tree(deb: &Path, wanted: &[String], mtime: u64) -> Result<Tree, Er
     );
     modtree.insert(
         MODULES_LIST.to_string(),
-        Node::file(format!("{}\n", order.join("\n")).into_bytes(), 0o644),
+        Node::file(
+            boot_order
+                .iter()
+                .map(|m| format!("{m}\n"))
+                .collect::<String>()
+                .into_bytes(),
+            0o644,
+        ),
     );
 
     let mut tree = Tree::default();
@@ -230,4 +254,104 @@ fn closure_of(name: &str, modules: &BTreeMap<String, (String, Vec<String>)>) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ELF64 with just a `.modinfo` section, as the kernel build makes.
+    fn fake_ko(modinfo: &str) -> Vec<u8> {
+        let shstr = b"\0.shstrtab\0.modinfo\0";
+        let info = modinfo.replace(';', "\0").into_bytes();
+        let shstr_off = 64 + info.len() as u64;
+        let shoff = shstr_off + shstr.len() as u64;
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        f[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        f[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&info);
+        f.extend_from_slice(shstr);
+        for (name, off, size) in [
+            (0u32, 0u64, 0u64),
+            (1, shstr_off, shstr.len() as u64),
+            (11, 64, info.len() as u64),
+        ] {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[24..32].copy_from_slice(&off.to_le_bytes());
+            h[32..40].copy_from_slice(&size.to_le_bytes());
+            f.extend(h);
+        }
+        f
+    }
+
+    /// A .deb whose data.tar holds a vmlinuz and three modules: a needs b.
+    fn fake_deb(dir: &Path) -> std::path::PathBuf {
+        let mut tar = tar::Builder::new(Vec::new());
+        let v = "6.1.0-9-amd64";
+        let mut add = |path: String, data: Vec<u8>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, path, data.as_slice()).unwrap();
+        };
+        add(format!("./boot/vmlinuz-{v}"), b"kernel".to_vec());
+        let m = format!("./lib/modules/{v}/kernel");
+        add(format!("{m}/a.ko"), fake_ko("alias=fs-a;depends=b;"));
+        add(format!("{m}/b.ko"), fake_ko("depends=;"));
+        add(format!("{m}/c-d.ko"), fake_ko("depends=;"));
+        let data = tar.into_inner().unwrap();
+        let deb = dir.join("linux-image.deb");
+        let mut ar = ar::Builder::new(std::fs::File::create(&deb).unwrap());
+        ar.append(
+            &ar::Header::new(b"data.tar".to_vec(), data.len() as u64),
+            data.as_slice(),
+        )
+        .unwrap();
+        deb
+    }
+
+    #[test]
+    fn boot_list_holds_the_boot_modules_after_their_dependencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = fake_deb(dir.path());
+        let wanted = ["a".to_string(), "c_d".to_string()];
+        let tree = kernel_tree(&deb, &wanted, &["a".into()], 0).unwrap();
+        let tar = tree.file(KERNEL_TAR).unwrap();
+        let mut list = String::new();
+        let mut shipped = Vec::new();
+        for e in tar::Archive::new(tar).entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            if p == MODULES_LIST {
+                e.read_to_string(&mut list).unwrap();
+            } else if p.ends_with(".ko") {
+                shipped.push(p.rsplit('/').next().unwrap().to_string());
+            }
+        }
+        shipped.sort();
+        assert_eq!(shipped, ["a.ko", "b.ko", "c-d.ko"]);
+        assert_eq!(list, "b\na\n");
+        // Nothing at boot: an empty list, every module still shipped.
+        let tree = kernel_tree(&deb, &wanted, &[], 0).unwrap();
+        let n = tar::Archive::new(tree.file(KERNEL_TAR).unwrap())
+            .entries()
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().unwrap().ends_with(MODULES_LIST))
+            .count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_boot_module_that_is_not_shipped_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = fake_deb(dir.path());
+        let e = kernel_tree(&deb, &["c-d".into()], &["a".into()], 0).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("kernel.boot") && msg.contains("`a`"), "{msg}");
+    }
 }

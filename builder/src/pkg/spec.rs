@@ -133,8 +133,12 @@ pub struct Debian {
 pub struct Kernel {
     /// The exact ABI package, e.g. `linux-image-6.1.0-37-amd64`.
     pub package: String,
-    /// Modules to ship; their `depends=` closure is added.
+    /// Modules to ship; their `depends=` closure is added. osk-init loads
+    /// the drivers of the devices it finds and the rest when the kernel asks.
     pub modules: Vec<String>,
+    /// Modules loaded at every boot whatever the hardware (must be shipped).
+    #[serde(default)]
+    pub boot: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
