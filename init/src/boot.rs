@@ -142,6 +142,9 @@ fn load_modules() {
     for e in errors {
         tracing::warn!("skipping module: {e}");
     }
+    if let Err(e) = modules::save_index(&index, &dir, Path::new(modules::INDEX_CACHE)) {
+        tracing::warn!("saving the module index for modprobe: {e}");
+    }
     // The helper first: modules loaded below may ask for others (libcrc32c
     // for crc32c).
     match std::env::current_exe() {

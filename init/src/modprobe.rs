@@ -183,7 +183,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let dir = release_dir();
-    let (index, _) = modules::index_dir(&dir);
+    let index = modules::load_index(&dir, Path::new(modules::INDEX_CACHE));
     let builtin =
         builtin(&std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default());
     let (msgs, ok) = probe(&RealKmod, &index, &builtin, &args);

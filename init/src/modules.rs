@@ -152,7 +152,7 @@ pub fn aliases(modinfo: &[String]) -> Vec<String> {
 }
 
 /// One module file and what it needs first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Module {
     pub path: PathBuf,
     pub depends: Vec<String>,
@@ -200,6 +200,42 @@ pub fn index_dir(dir: &Path) -> (Index, Vec<ModinfoError>) {
         }
     }
     (index, errors)
+}
+
+/// Where PID 1 leaves its index for the modprobe helper, which the kernel
+/// may start several times a boot (a DHCP client alone asks for two
+/// modules twice): reading one file beats reading every module again.
+pub const INDEX_CACHE: &str = "/run/osk/modules.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cached {
+    dir: PathBuf,
+    modules: Index,
+}
+
+/// Writes `index` (of `dir`) to `path`, through a temporary name.
+pub fn save_index(index: &Index, dir: &Path, path: &Path) -> io::Result<()> {
+    let cached = Cached {
+        dir: dir.to_path_buf(),
+        modules: index.clone(),
+    };
+    let data = serde_json::to_vec(&cached).map_err(io::Error::other)?;
+    let tmp = path.with_extension("json.new");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(tmp, path)
+}
+
+/// The index of `dir`: from `cache` if it was made for `dir`, else read
+/// from the modules themselves.
+pub fn load_index(dir: &Path, cache: &Path) -> Index {
+    if let Ok(data) = std::fs::read(cache) {
+        if let Ok(c) = serde_json::from_slice::<Cached>(&data) {
+            if c.dir == dir {
+                return c.modules;
+            }
+        }
+    }
+    index_dir(dir).0
 }
 
 /// The load order: `wanted` (every indexed module when `None`) plus their
@@ -451,6 +487,27 @@ pub(crate) mod tests {
         let r = load(&kmod, &index, &["a".into(), "b".into()]);
         assert_eq!(kmod.calls(), ["insmod b.ko"]);
         assert_eq!(r.present, ["a"]);
+    }
+
+    #[test]
+    fn the_cached_index_is_used_for_its_own_directory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mods, newer) = (dir.path().join("6.1.0-9"), dir.path().join("6.1.0-10"));
+        for d in [&mods, &newer] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("real.ko"), fake_ko(b"depends=\0alias=fs-real\0")).unwrap();
+        }
+        let cache = dir.path().join("modules.json");
+        let cached = idx(&[("cached", &["dep"])]);
+        save_index(&cached, &mods, &cache).unwrap();
+        assert_eq!(load_index(&mods, &cache), cached);
+        // Another release: the cache does not apply.
+        let other = load_index(&newer, &cache);
+        assert!(other.contains_key("real"), "{other:?}");
+        assert_eq!(other["real"].aliases, ["fs-real"]);
+        // No cache: read the modules.
+        std::fs::remove_file(&cache).unwrap();
+        assert!(load_index(&mods, &cache).contains_key("real"));
     }
 
     #[test]
