@@ -142,8 +142,17 @@ pub fn coldplug(
     std::thread::scope(|s| {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let mut running = 0usize;
+        // A sysfs walk is thousands of directory reads on a large machine:
+        // scan again only after a load added a module, and take every
+        // answer already waiting before doing so.
+        let mut rescan = true;
         loop {
-            for alias in scan_devices() {
+            let aliases = if rescan {
+                scan_devices()
+            } else {
+                BTreeSet::new()
+            };
+            for alias in aliases {
                 for m in modules_for(index, &alias) {
                     if tried.contains(&m) || kmod.is_loaded(&m) {
                         continue;
@@ -168,12 +177,12 @@ pub fn coldplug(
             if running == 0 {
                 break;
             }
-            match done_rx.recv() {
-                Ok(r) => {
-                    running -= 1;
-                    report.merge(r);
-                }
-                Err(_) => break,
+            let Ok(first) = done_rx.recv() else { break };
+            rescan = false;
+            for r in std::iter::once(first).chain(done_rx.try_iter()) {
+                running -= 1;
+                rescan |= !r.loaded.is_empty();
+                report.merge(r);
             }
         }
     });
@@ -277,11 +286,18 @@ mod tests {
         let index = index();
         let mut kmod = FakeKmod::default();
         kmod.failing.insert("virtio_blk.ko".into());
-        let scan = || BTreeSet::from(["virtio:d00000002v00001AF4".to_string()]);
+        kmod.live.lock().unwrap().insert("virtio".into());
+        let scans = std::cell::Cell::new(0);
+        let scan = || {
+            scans.set(scans.get() + 1);
+            BTreeSet::from(["virtio:d00000002v00001AF4".to_string()])
+        };
         let mut tried = BTreeSet::new();
         let r = coldplug(&kmod, &index, scan, &mut tried);
         assert_eq!(r.failed.len(), 1);
-        assert_eq!(kmod.calls(), ["insmod virtio.ko", "insmod virtio_blk.ko"]);
+        assert_eq!(kmod.calls(), ["insmod virtio_blk.ko"]);
+        // Nothing was added, so sysfs was not walked again.
+        assert_eq!(scans.get(), 1);
     }
 
     #[test]
