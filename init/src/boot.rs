@@ -137,6 +137,7 @@ fn set_hostname(host: &str) {
 }
 
 fn load_modules() {
+    use modules::Kmod;
     let dir = crate::modprobe::release_dir();
     let (index, errors) = modules::index_dir(&dir);
     for e in errors {
@@ -179,14 +180,12 @@ fn load_modules() {
     for (m, e) in listed.failed.iter().chain(&devices.failed) {
         tracing::warn!("loading module {m} failed: {e}");
     }
-    let attempted =
-        listed.loaded.len() + listed.present.len() + devices.loaded.len() + devices.present.len();
+    let waiting = index.keys().filter(|m| !kmod.is_loaded(m)).count();
     tracing::info!(
-        "modules: {} listed, {} for devices, {} failed; the other {} load when the kernel asks",
+        "modules: {} listed, {} for devices, {} failed; {waiting} more load when the kernel asks",
         listed.loaded.len(),
         devices.loaded.len(),
         listed.failed.len() + devices.failed.len(),
-        index.len().saturating_sub(attempted)
     );
     mark(Event::ModulesLoaded);
 }
