@@ -19,13 +19,7 @@ const KERNEL_KNOB: &str = "/proc/sys/kernel/modprobe";
 
 /// Links [`LINK`] to `init_exe` and tells the kernel to run it.
 pub fn install(init_exe: &Path) -> io::Result<()> {
-    let link = Path::new(LINK);
-    let dir = link.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(".modprobe.new");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(init_exe, &tmp)?;
-    std::fs::rename(&tmp, link)?;
+    crate::sys::replace_symlink(init_exe, Path::new(LINK))?;
     std::fs::write(KERNEL_KNOB, format!("{LINK}\n"))
 }
 

@@ -45,21 +45,14 @@ pub fn sealed_copy(src: &Path) -> io::Result<OwnedFd> {
 /// Makes the sealed copy of `src` and links `bin_dir/runc` to it. The
 /// memfd stays open for as long as this process lives (PID 1: always).
 pub fn install(src: &Path, bin_dir: &Path) -> io::Result<PathBuf> {
-    let fd = sealed_copy(src).map_err(|e| annotate(e, "copying", src))?;
-    fs::create_dir_all(bin_dir).map_err(|e| annotate(e, "creating", bin_dir))?;
+    let fd = sealed_copy(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("copying {}: {e}", src.display())))?;
     let link = bin_dir.join("runc");
     let target = format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
-    let tmp = bin_dir.join(".runc.new");
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&target, &tmp).map_err(|e| annotate(e, "linking", &tmp))?;
-    fs::rename(&tmp, &link).map_err(|e| annotate(e, "renaming to", &link))?;
+    crate::sys::replace_symlink(Path::new(&target), &link)?;
     // Kept open on purpose: the link is only valid while the fd is.
     let _ = fd.into_raw_fd();
     Ok(link)
-}
-
-fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -123,6 +123,23 @@ pub fn is_mountpoint(path: &Path) -> bool {
     me.dev() != parent.dev() || me.ino() == parent.ino()
 }
 
+/// Points `link` at `target`, replacing what was there in one rename (a
+/// reader sees the old link or the new one, never none); creates the
+/// directory. Errors name the path.
+pub fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
+    let named = |what: &str, p: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+    };
+    let dir = link.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| named("creating", dir, e))?;
+    let mut tmp = link.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| named("linking", &tmp, e))?;
+    std::fs::rename(&tmp, link).map_err(|e| named("renaming to", link, e))
+}
+
 /// `path` as a C string (paths with NUL bytes cannot exist on Linux).
 pub fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
