@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 /// Recorded from the archive: a suite with `Valid-Until` (security) and one
 /// without (this mirror's bookworm-updates).
-const SECURITY: &str = include_str!("fixtures/debian/inrelease/bookworm-security");
-const UPDATES: &str = include_str!("fixtures/debian/inrelease/bookworm-updates");
+const SECURITY: &str = include_str!("../fixtures/debian/inrelease/bookworm-security");
+const UPDATES: &str = include_str!("../fixtures/debian/inrelease/bookworm-updates");
 const MIRROR: &str = "http://mirror.invalid/debian";
 
 /// The recorded text, verified with Debian's keyring when the host has it.
@@ -85,7 +85,7 @@ fn recorded_release_without_valid_until_never_expires() {
 #[test]
 fn unparsable_valid_until_is_an_error_naming_the_file() {
     let text =
-        include_str!("fixtures/debian/Release").replace("Date:", "Valid-Until: tomorrow\nDate:");
+        include_str!("../fixtures/debian/Release").replace("Date:", "Valid-Until: tomorrow\nDate:");
     let err = Release::parse(&text, "dists/x/InRelease")
         .unwrap_err()
         .to_string();
@@ -155,7 +155,7 @@ fn serve(root: PathBuf) -> String {
 /// folder and options pointing at it.
 fn mirror_and_package(tmp: &Path, valid_until: &str) -> (PathBuf, Options) {
     let key = keypair();
-    let packages = include_str!("fixtures/debian/Packages");
+    let packages = include_str!("../fixtures/debian/Packages");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(packages.as_bytes()).unwrap();
     let gz = gz.finish().unwrap();

@@ -1,8 +1,7 @@
 //! `from: REFERENCE`: a package on top of an OCI image from the local store.
 //! The base images are written into a temporary store (an OCI layout) here.
 
-#[path = "assemble_support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

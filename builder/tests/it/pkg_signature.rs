@@ -7,7 +7,7 @@ use pgp::composed::{
 };
 use pgp::types::Password;
 
-const RELEASE: &str = include_str!("fixtures/debian/Release");
+const RELEASE: &str = include_str!("../fixtures/debian/Release");
 
 /// A certify-only primary key with a signing subkey, as Debian's archive keys are.
 fn keypair(uid: &str) -> SignedSecretKey {

@@ -2,8 +2,7 @@
 //! image layout that skopeo and umoci (standing in for containerd's
 //! importer) can read, with only the platforms asked for.
 
-#[path = "assemble_support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,7 @@
 //! Whole builds from real stores: outputs, hard-linked images, reproducibility,
 //! atomicity, and every compressor checked with the system's own tools.
 
-#[path = "assemble_support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

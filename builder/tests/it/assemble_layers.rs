@@ -1,7 +1,6 @@
 //! Layer application: OCI semantics and hostile layers, on real stores.
 
-#[path = "assemble_support/mod.rs"]
-mod support;
+use crate::support;
 
 use oci_spec::image::MediaType;
 use osk_builder::assemble::{flatten, Kind, Spool, Tree};

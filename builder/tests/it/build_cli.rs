@@ -1,7 +1,6 @@
 //! `osk build` end to end: a manifest, a store, the real binary.
 
-#[path = "assemble_support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -5,7 +5,7 @@ use osk_builder::pkg::resolve::{resolve, Universe};
 use osk_builder::pkg::version::Version;
 
 fn universe() -> Universe {
-    let text = include_str!("fixtures/debian/Packages");
+    let text = include_str!("../fixtures/debian/Packages");
     Universe::new(
         parse_packages(text, "fixtures/debian/Packages").unwrap(),
         "amd64",
