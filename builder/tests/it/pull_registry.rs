@@ -559,20 +559,28 @@ impl std::io::Read for Noise {
 }
 
 /// Runs `cmd` to its end; returns whether it succeeded and its peak RSS in KiB.
+/// Runs `cmd` and returns whether it succeeded and its peak resident memory
+/// in KiB. The peak is the child's own `VmHWM`, polled until it exits:
+/// `ru_maxrss` would also count this test process's memory, which the child
+/// inherits at spawn (the tests share one process).
 fn run_measuring_rss(cmd: &mut Command) -> (bool, i64) {
-    // Reaped by wait4 below, which also reports the peak RSS.
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.stdout(Stdio::null()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet waited for (Child never waits on
-    // drop); `status` and `usage` are valid, writable locals.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss)
+    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    // spawn() returns after the exec: from here on, status is the new image's.
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_path) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+            peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.success(), peak_kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -625,6 +633,7 @@ fn large_layers_are_streamed_not_held_in_memory() {
         .len();
     assert!(on_disk >= LAYER, "the pulled layer has {on_disk} bytes");
     eprintln!("osk pull peak RSS: {max_rss_kib} KiB for a {on_disk}-byte layer");
+    assert!(max_rss_kib > 0, "no VmHWM was read from osk pull");
     assert!(
         max_rss_kib < (LAYER / 1024 / 2) as i64,
         "osk pull peaked at {max_rss_kib} KiB for a {LAYER}-byte layer: it is buffering"
