@@ -12,6 +12,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use osk_layout::modinfo;
+
 /// Loading modules. `Sync`: independent modules load on parallel threads.
 pub trait Kmod: Sync {
     /// finit_module(2) with the module's parameters (`""` for none).
@@ -42,86 +44,23 @@ impl Kmod for RealKmod {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ModinfoError {
-    #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: io::Error },
-    #[error("{path}: not a 64-bit little-endian ELF module")]
-    NotElf { path: PathBuf },
-    #[error("{path}: no .modinfo section")]
-    NoModinfo { path: PathBuf },
+#[error("{path}: {cause}")]
+pub struct ModinfoError {
+    path: PathBuf,
+    cause: modinfo::Error,
 }
 
-/// A module's name as the kernel knows it (`-` and `_` are the same).
-pub fn normalize(name: &str) -> String {
-    name.trim().replace('-', "_")
-}
+pub use osk_layout::modinfo::{depends, normalize};
 
-/// Extracts the NUL-separated `key=value` strings of `.modinfo` from an ELF64
-/// module image, reading only the headers and that section.
+/// The `.modinfo` strings of the module at `path`, reading only the ELF
+/// headers and that section.
 pub fn read_modinfo(path: &Path) -> Result<Vec<String>, ModinfoError> {
-    let io_err = |cause| ModinfoError::Io {
+    let err = |cause| ModinfoError {
         path: path.to_path_buf(),
         cause,
     };
-    let f = File::open(path).map_err(io_err)?;
-    let mut eh = [0u8; 64];
-    f.read_exact_at(&mut eh, 0).map_err(io_err)?;
-    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
-        return Err(ModinfoError::NotElf {
-            path: path.to_path_buf(),
-        });
-    }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let shoff = u64_at(&eh, 0x28);
-    let shentsize = u16_at(&eh, 0x3a);
-    let shnum = u16_at(&eh, 0x3c);
-    let shstrndx = u16_at(&eh, 0x3e);
-    if shentsize < 64 || shstrndx >= shnum {
-        return Err(ModinfoError::NotElf {
-            path: path.to_path_buf(),
-        });
-    }
-    let mut sh = vec![0u8; (shentsize * shnum) as usize];
-    f.read_exact_at(&mut sh, shoff).map_err(io_err)?;
-    let section = |i: u64| {
-        let b = &sh[(i * shentsize) as usize..];
-        (u32_at(b, 0), u64_at(b, 24), u64_at(b, 32))
-    };
-    let (_, str_off, str_size) = section(shstrndx);
-    let mut names = vec![0u8; str_size as usize];
-    f.read_exact_at(&mut names, str_off).map_err(io_err)?;
-    for i in 0..shnum {
-        let (name_off, off, size) = section(i);
-        let name = names
-            .get(name_off as usize..)
-            .and_then(|n| n.split(|c| *c == 0).next())
-            .unwrap_or_default();
-        if name == b".modinfo" {
-            let mut data = vec![0u8; size as usize];
-            f.read_exact_at(&mut data, off).map_err(io_err)?;
-            return Ok(data
-                .split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect());
-        }
-    }
-    Err(ModinfoError::NoModinfo {
-        path: path.to_path_buf(),
-    })
-}
-
-/// The `depends=` list of a modinfo.
-pub fn depends(modinfo: &[String]) -> Vec<String> {
-    modinfo
-        .iter()
-        .filter_map(|kv| kv.strip_prefix("depends="))
-        .flat_map(|d| d.split(','))
-        .filter(|d| !d.is_empty())
-        .map(normalize)
-        .collect()
+    let f = File::open(path).map_err(|e| err(e.into()))?;
+    modinfo::read(&mut |off, buf| f.read_exact_at(buf, off)).map_err(err)
 }
 
 /// The `softdep=pre:` modules of a modinfo: loaded first when present, as
@@ -389,32 +328,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A minimal ELF64 with a .modinfo section, as the kernel build makes.
-    fn fake_ko(modinfo: &[u8]) -> Vec<u8> {
-        let shstr = b"\0.shstrtab\0.modinfo\0";
-        let data_off = 64u64;
-        let shstr_off = data_off + modinfo.len() as u64;
-        let shoff = shstr_off + shstr.len() as u64;
-        let mut f = vec![0u8; 64];
-        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
-        f[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        f[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
-        f[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-        f.extend_from_slice(modinfo);
-        f.extend_from_slice(shstr);
-        let sh = |name: u32, off: u64, size: u64| {
-            let mut h = vec![0u8; 64];
-            h[..4].copy_from_slice(&name.to_le_bytes());
-            h[24..32].copy_from_slice(&off.to_le_bytes());
-            h[32..40].copy_from_slice(&size.to_le_bytes());
-            h
-        };
-        f.extend(sh(0, 0, 0));
-        f.extend(sh(1, shstr_off, shstr.len() as u64));
-        f.extend(sh(11, data_off, modinfo.len() as u64));
-        f
-    }
+    use osk_layout::modinfo::synthetic_module as fake_ko;
 
     #[test]
     fn reads_depends_from_elf_modinfo() {

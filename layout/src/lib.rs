@@ -2,9 +2,11 @@
 //!
 //! Everything the builder writes into an image and the init reads back is
 //! named here, so the two sides cannot drift apart: where containers live,
-//! what `runtime.json` holds, how boot markers look on the console.
+//! what `runtime.json` holds, how boot markers look on the console, how a
+//! kernel module's metadata is read.
 
 pub mod marker;
+pub mod modinfo;
 pub mod runtime;
 
 pub use runtime::{BindNs, Interface, Mount, RestartPolicy, Runtime};

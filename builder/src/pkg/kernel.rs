@@ -7,57 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
-use osk_layout::{KERNEL_BINARY, KERNEL_TAR, MODULES_LIST};
+use osk_layout::{modinfo, KERNEL_BINARY, KERNEL_TAR, MODULES_LIST};
 
 use super::deb::with_data_tar;
 use super::tree::{normalise, Node, Tree};
 use super::Error;
-
-/// Module names treat `-` and `_` alike, as the kernel does.
-fn canon(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-/// The `depends=` field of a module's `.modinfo` ELF section.
-pub fn modinfo_depends(ko: &[u8]) -> Option<Vec<String>> {
-    let modinfo = elf_section(ko, ".modinfo")?;
-    for field in modinfo.split(|b| *b == 0) {
-        if let Some(v) = field.strip_prefix(b"depends=") {
-            let v = std::str::from_utf8(v).ok()?;
-            return Some(v.split(',').filter(|s| !s.is_empty()).map(canon).collect());
-        }
-    }
-    Some(Vec::new())
-}
-
-fn elf_section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
-    // ELF64 little-endian only: x86_64 modules.
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?) as usize);
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?) as usize);
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
-    let shoff = u64_at(0x28)?;
-    let shentsize = u16_at(0x3a)?;
-    let shnum = u16_at(0x3c)?;
-    let shstrndx = u16_at(0x3e)?;
-    let section = |i: usize| {
-        let h = shoff + i * shentsize;
-        Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
-    };
-    let (_, stroff, strsize) = section(shstrndx)?;
-    let strtab = elf.get(stroff..stroff + strsize)?;
-    for i in 0..shnum {
-        let (name, off, size) = section(i)?;
-        let n = strtab.get(name..)?;
-        let n = &n[..n.iter().position(|b| *b == 0)?];
-        if n == wanted.as_bytes() {
-            return elf.get(off..off + size);
-        }
-    }
-    None
-}
 
 /// Calls `f` with each entry of the .deb's data tar, its path normalised
 /// (no merged-/usr rewrite) and a reader of its content.
@@ -112,9 +66,9 @@ pub fn kernel_tree(
             version = Some(v.to_string());
         }
         if let Some(file) = path.strip_suffix(".ko") {
-            let deps =
-                modinfo_depends(&read()?).ok_or_else(|| bad(format!("{path}: no .modinfo")))?;
-            let name = canon(file.rsplit('/').next().unwrap_or(file));
+            let info = modinfo::from_bytes(&read()?).map_err(|e| bad(format!("{path}: {e}")))?;
+            let deps = modinfo::depends(&info);
+            let name = modinfo::normalize(file.rsplit('/').next().unwrap_or(file));
             modules.insert(name, (path.to_string(), deps));
         } else if path.ends_with(".ko.xz") || path.ends_with(".ko.zst") || path.ends_with(".ko.gz")
         {
@@ -149,12 +103,19 @@ pub fn kernel_tree(
         Ok(())
     }
     for m in wanted {
-        visit(&canon(m), "build.yml", &modules, &mut seen, &mut order).map_err(bad)?;
+        visit(
+            &modinfo::normalize(m),
+            "build.yml",
+            &modules,
+            &mut seen,
+            &mut order,
+        )
+        .map_err(bad)?;
     }
     let keep: BTreeSet<&str> = order.iter().map(|m| modules[m].0.as_str()).collect();
     let mut at_boot = BTreeSet::new();
     for b in boot {
-        let b = canon(b);
+        let b = modinfo::normalize(b);
         if !seen.contains(&b) {
             return Err(bad(format!(
                 "`kernel.boot` lists `{b}`, which is not shipped: add it to `kernel.modules`"
@@ -260,32 +221,9 @@ fn closure_of(name: &str, modules: &BTreeMap<String, (String, Vec<String>)>) -> 
 mod tests {
     use super::*;
 
-    /// An ELF64 with just a `.modinfo` section, as the kernel build makes.
-    fn fake_ko(modinfo: &str) -> Vec<u8> {
-        let shstr = b"\0.shstrtab\0.modinfo\0";
-        let info = modinfo.replace(';', "\0").into_bytes();
-        let shstr_off = 64 + info.len() as u64;
-        let shoff = shstr_off + shstr.len() as u64;
-        let mut f = vec![0u8; 64];
-        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
-        f[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        f[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
-        f[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-        f.extend_from_slice(&info);
-        f.extend_from_slice(shstr);
-        for (name, off, size) in [
-            (0u32, 0u64, 0u64),
-            (1, shstr_off, shstr.len() as u64),
-            (11, 64, info.len() as u64),
-        ] {
-            let mut h = vec![0u8; 64];
-            h[..4].copy_from_slice(&name.to_le_bytes());
-            h[24..32].copy_from_slice(&off.to_le_bytes());
-            h[32..40].copy_from_slice(&size.to_le_bytes());
-            f.extend(h);
-        }
-        f
+    /// A module whose `.modinfo` holds `fields`, `;`-separated.
+    fn fake_ko(fields: &str) -> Vec<u8> {
+        modinfo::synthetic_module(fields.replace(';', "\0").as_bytes())
     }
 
     /// A .deb whose data.tar holds a vmlinuz and three modules: a needs b.
