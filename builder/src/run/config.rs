@@ -10,6 +10,13 @@ use std::str::FromStr;
 use super::spawn::{CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, UEFI_VARS};
 use super::{Error, Result};
 
+/// The CPU under TCG: every extension QEMU emulates (so x86-64-v2/v3
+/// binaries run), except fast `rep movsb`/`rep stosb` (ERMS, FSRM). TCG runs
+/// a `rep` string instruction one element per iteration; told the CPU has
+/// them, the kernel and glibc copy and clear memory a byte at a time.
+/// Measured: the kernel unpacks a 96 MB initramfs 0.6-0.9 s faster without.
+pub const TCG_CPU: &str = "max,-erms,-fsrm";
+
 /// Where Debian's `ovmf` package puts the UEFI firmware.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 /// The pristine UEFI variable store each VM gets a copy of.
@@ -371,7 +378,7 @@ impl QemuConfig {
         let mut a = Argv::default();
         let (accel, cpu) = match self.accel {
             Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg | Accel::Auto => ("tcg", "max"),
+            Accel::Tcg | Accel::Auto => ("tcg", TCG_CPU),
         };
         // -nodefaults: every device is listed below, nothing QEMU adds by itself.
         a.args([
@@ -535,7 +542,7 @@ mod tests {
         assert_eq!(values(&v, "-initrd"), ["out/minimal-initrd.img"]);
         assert_eq!(values(&v, "-append"), ["console=ttyS0 quiet"]);
         assert_eq!(values(&v, "-accel"), ["tcg"]);
-        assert_eq!(values(&v, "-cpu"), ["max"]);
+        assert_eq!(values(&v, "-cpu"), ["max,-erms,-fsrm"]);
         assert_eq!(values(&v, "-smp"), ["1"]);
         assert_eq!(values(&v, "-m"), ["1024M"]);
         assert_eq!(values(&v, "-serial"), ["mon:stdio"]);
