@@ -82,7 +82,8 @@ pub struct Sink {
 pub type SharedSink = std::sync::Arc<std::sync::Mutex<Sink>>;
 
 impl Sink {
-    /// `console_prefix`: also copy each line to the consoles, prefixed.
+    /// `console_prefix`: also copy each line to the consoles, after the
+    /// uptime (as init's own lines) and this prefix.
     pub fn shared(log: Option<RotatingLog>, console_prefix: Option<String>) -> SharedSink {
         std::sync::Arc::new(std::sync::Mutex::new(Sink {
             log,
@@ -96,8 +97,11 @@ impl Sink {
             let _ = log.write_all(data);
         }
         if let Some(p) = &self.console_prefix {
+            let stamp = crate::logger::stamp();
             for line in data.split_inclusive(|c| *c == b'\n') {
-                let mut l = Vec::with_capacity(p.len() + line.len() + 1);
+                let mut l = Vec::with_capacity(stamp.len() + 1 + p.len() + line.len() + 1);
+                l.extend_from_slice(stamp.as_bytes());
+                l.push(b' ');
                 l.extend_from_slice(p.as_bytes());
                 l.extend_from_slice(line);
                 if !l.ends_with(b"\n") {

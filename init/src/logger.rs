@@ -124,8 +124,13 @@ struct Uptime;
 
 impl tracing_subscriber::fmt::time::FormatTime for Uptime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        write!(w, "[{:>8.3}]", crate::sys::uptime())
+        w.write_str(&stamp())
     }
+}
+
+/// The uptime as the kernel prints it: `[   4.512]`.
+pub fn stamp() -> String {
+    format!("[{:>8.3}]", crate::sys::uptime())
 }
 
 /// Installs the `tracing` subscriber: info, and with `osk.debug` init's own
