@@ -44,6 +44,9 @@ pub fn main() -> ! {
         logger::write_raw(format!("osk-init: PANIC: {info}\n").as_bytes());
     }));
     mark(Event::InitStart);
+    if let Some(idle) = crate::selfstat::machine_idle_seconds() {
+        tracing::debug!("CPUs idle {idle:.2} s since boot");
+    }
     if switchroot::root_is_initramfs() {
         match switchroot::switch_root() {
             Ok(()) => mark(Event::RootSwitched),
@@ -405,6 +408,10 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
             }
         }
         mark(Event::AllServicesStarted);
+        // How much of the boot the CPUs waited rather than worked.
+        if let Some(idle) = crate::selfstat::machine_idle_seconds() {
+            tracing::debug!("CPUs idle {idle:.2} s since boot");
+        }
         // Steady state: the start-up bursts (gRPC, log pumps) are over.
         tokio::time::sleep(RSS_SETTLE).await;
         if let Some(kib) = crate::selfstat::rss_kib() {

@@ -30,8 +30,21 @@ impl Kmod for RealKmod {
         let f = File::open(path)?;
         let params = std::ffi::CString::new(params)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module parameters"))?;
-        nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty())
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))
+        let started = std::time::Instant::now();
+        let result = nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty())
+            .map_err(|e| io::Error::from_raw_os_error(e as i32));
+        // Which driver holds up a boot: the load includes its device probes.
+        tracing::debug!(
+            "finit_module {}: {} ms{}",
+            path.display(),
+            started.elapsed().as_millis(),
+            result
+                .as_ref()
+                .err()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        result
     }
 
     fn is_loaded(&self, name: &str) -> bool {
