@@ -380,12 +380,21 @@ impl QemuConfig {
             Accel::Kvm => ("kvm", "host"),
             Accel::Tcg | Accel::Auto => ("tcg", TCG_CPU),
         };
-        // -nodefaults: every device is listed below, nothing QEMU adds by itself.
+        // -nodefaults: every device is listed below, nothing QEMU adds by
+        // itself. q35 still builds in an AHCI controller and an SMBus: the
+        // AHCI one only carries the metadata CD. Without it the guest does
+        // not load and probe its storage stack (scsi_mod, libata, ahci:
+        // 1.2 s of a TCG boot).
+        let machine = if self.data.is_some() {
+            "q35,smbus=off"
+        } else {
+            "q35,sata=off,smbus=off"
+        };
         a.args([
             "-nodefaults",
             "-no-user-config",
             "-machine",
-            "q35",
+            machine,
             "-accel",
             accel,
         ]);
@@ -543,6 +552,7 @@ mod tests {
         assert_eq!(values(&v, "-append"), ["console=ttyS0 quiet"]);
         assert_eq!(values(&v, "-accel"), ["tcg"]);
         assert_eq!(values(&v, "-cpu"), ["max,-erms,-fsrm"]);
+        assert_eq!(values(&v, "-machine"), ["q35,sata=off,smbus=off"]);
         assert_eq!(values(&v, "-smp"), ["1"]);
         assert_eq!(values(&v, "-m"), ["1024M"]);
         assert_eq!(values(&v, "-serial"), ["mon:stdio"]);
@@ -606,6 +616,8 @@ mod tests {
                 "virtio-rng-pci",
             ]
         );
+        // The CD hangs off q35's built-in AHCI controller.
+        assert_eq!(values(&v, "-machine"), ["q35,smbus=off"]);
         assert_eq!(
             values(&v, "-netdev"),
             ["user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53"]
