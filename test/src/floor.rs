@@ -159,15 +159,10 @@ impl DebianKernel {
         if order.contains(&ko) {
             return Ok(());
         }
-        let bytes = fs::read(&ko)?;
-        // modinfo strings are NUL-separated `key=value` records.
-        let depends = bytes
-            .split(|&b| b == 0)
-            .find_map(|s| s.strip_prefix(b"depends="))
-            .map(|d| String::from_utf8_lossy(d).into_owned())
-            .unwrap_or_default();
-        for dep in depends.split(',').filter(|d| !d.is_empty()) {
-            self.add_module(dep, order)?;
+        let info = osk_layout::modinfo::from_bytes(&fs::read(&ko)?)
+            .with_context(|| format!("reading {}", ko.display()))?;
+        for dep in osk_layout::modinfo::depends(&info) {
+            self.add_module(&dep, order)?;
         }
         if !order.contains(&ko) {
             order.push(ko);
@@ -178,19 +173,20 @@ impl DebianKernel {
     fn find_module(&self, name: &str) -> Result<PathBuf> {
         let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
         // Module names use `_` where file names may use `-`.
-        let file_names = [
-            format!("{name}.ko"),
-            format!("{}.ko", name.replace('_', "-")),
-        ];
+        let mut file_names = vec![format!("{name}.ko")];
+        if name.contains('_') {
+            file_names.push(format!("{}.ko", name.replace('_', "-")));
+        }
         for attempt in 0..2 {
             if let Some(p) = find_file(&self.modules_dir, &file_names) {
                 return Ok(p);
             }
             if attempt == 0 {
                 let root = self.modules_dir.ancestors().nth(3).unwrap().to_path_buf();
-                let members: Vec<String> = file_names.iter().map(|f| format!("*/{f}")).collect();
-                // tar fails when a wildcard matches nothing; the lookup below reports it.
-                let _ = extract(&self.deb, &root, &members);
+                // One pattern for both spellings: tar fails on a member that
+                // matches nothing, and the lookup below reports a missing one.
+                let member = format!("*/{}.ko", name.replace('_', "[-_]"));
+                let _ = extract(&self.deb, &root, &[member]);
             }
         }
         bail!("module {name} not found in {}", self.deb.display())
