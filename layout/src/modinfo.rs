@@ -40,7 +40,7 @@ pub fn read(
     if shentsize < 64 || shstrndx >= shnum {
         return Err(Error::NotElf);
     }
-    let mut sh = vec![0u8; (shentsize * shnum) as usize];
+    let mut sh = vec![0u8; plausible(shentsize * shnum)?];
     read_at(shoff, &mut sh).map_err(not_elf_if_short)?;
     // (name offset, file offset, size) of section header `i`.
     let section = |i: u64| {
@@ -48,7 +48,7 @@ pub fn read(
         (u32_at(b, 0), u64_at(b, 24), u64_at(b, 32))
     };
     let (_, str_off, str_size) = section(shstrndx);
-    let mut names = vec![0u8; usize::try_from(str_size).map_err(|_| Error::NotElf)?];
+    let mut names = vec![0u8; plausible(str_size)?];
     read_at(str_off, &mut names).map_err(not_elf_if_short)?;
     for i in 0..shnum {
         let (name_off, off, size) = section(i);
@@ -57,7 +57,7 @@ pub fn read(
             .and_then(|n| n.split(|c| *c == 0).next())
             .unwrap_or_default();
         if name == b".modinfo" {
-            let mut data = vec![0u8; usize::try_from(size).map_err(|_| Error::NotElf)?];
+            let mut data = vec![0u8; plausible(size)?];
             read_at(off, &mut data).map_err(not_elf_if_short)?;
             return Ok(data
                 .split(|c| *c == 0)
@@ -91,6 +91,17 @@ pub fn depends(modinfo: &[String]) -> Vec<String> {
         .filter(|d| !d.is_empty())
         .map(normalize)
         .collect()
+}
+
+/// A size worth allocating: the header table, the names and `.modinfo` are
+/// a few KiB in a real module, and a corrupt header must not make PID 1
+/// allocate gigabytes.
+fn plausible(size: u64) -> Result<usize, Error> {
+    const MAX: u64 = 4 << 20;
+    if size > MAX {
+        return Err(Error::NotElf);
+    }
+    Ok(size as usize)
 }
 
 /// An offset or size past the end of the file: the headers lie.
@@ -173,6 +184,11 @@ mod tests {
         assert!(matches!(from_bytes(b"nope"), Err(Error::NotElf)));
         let mut ko = synthetic_module(b"x=1\0");
         ko[4] = 1; // ELF32
+        assert!(matches!(from_bytes(&ko), Err(Error::NotElf)));
+        // A section size no module has (the allocation is refused up front).
+        let mut ko = synthetic_module(b"x=1\0");
+        let sh = ko.len() - 64;
+        ko[sh + 32..sh + 40].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(from_bytes(&ko), Err(Error::NotElf)));
         // Section headers pointing past the end.
         let ko = synthetic_module(b"x=1\0");
