@@ -172,6 +172,17 @@ fn main() -> Result<()> {
                     .collect::<Vec<_>>()
                     .join("; ")
             )?;
+            // The aim is per boot; a ratio of medians can hide a bad one.
+            let ratios: Vec<f64> = boots.iter().filter_map(own_start_ratio).collect();
+            writeln!(
+                report,
+                "\ninit-start→all-services-started over containerd's own start, boot by boot: {}",
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}×"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
             build_rows = Some((cold, warm, prefix));
         }
     }
@@ -411,6 +422,13 @@ fn summarize(boots: &[Boot]) -> Boot {
     }
 }
 
+/// (all services - init start) / (containerd ready - containerd start).
+fn own_start_ratio(b: &Boot) -> Option<f64> {
+    let own = b.containerd_ready? - b.containerd_start?;
+    let all = b.all_services? - b.init_start;
+    (own > 0.0).then_some(all / own)
+}
+
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
@@ -423,4 +441,32 @@ fn size(p: &Path) -> u64 {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(init: f64, cd: Option<(f64, f64)>, all: Option<f64>) -> Boot {
+        Boot {
+            wall: 20.0,
+            init_start: init,
+            containerd_start: cd.map(|c| c.0),
+            containerd_ready: cd.map(|c| c.1),
+            all_services: all,
+            init_rss_kib: None,
+        }
+    }
+
+    #[test]
+    fn ratio_is_per_boot_and_needs_every_marker() {
+        let r = own_start_ratio(&boot(4.0, Some((4.1, 6.1)), Some(8.0))).unwrap();
+        assert!((r - 2.0).abs() < 1e-9, "{r}");
+        assert_eq!(own_start_ratio(&boot(4.0, None, Some(8.0))), None);
+        assert_eq!(own_start_ratio(&boot(4.0, Some((4.1, 6.1)), None)), None);
+        assert_eq!(
+            own_start_ratio(&boot(4.0, Some((5.0, 5.0)), Some(8.0))),
+            None
+        );
+    }
 }
