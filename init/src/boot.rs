@@ -44,9 +44,7 @@ pub fn main() -> ! {
         logger::write_raw(format!("osk-init: PANIC: {info}\n").as_bytes());
     }));
     mark(Event::InitStart);
-    if let Some(idle) = crate::selfstat::machine_idle_seconds() {
-        tracing::debug!("CPUs idle {idle:.2} s since boot");
-    }
+    log_idle();
     if switchroot::root_is_initramfs() {
         match switchroot::switch_root() {
             Ok(()) => mark(Event::RootSwitched),
@@ -63,6 +61,16 @@ pub fn main() -> ! {
         }
         Ok(Err(e)) => fatal(&e),
         Err(_) => fatal("panic in the main loop (see above)"),
+    }
+}
+
+/// With `osk.debug`: how much of the boot the CPUs waited rather than
+/// worked. Without it /proc/stat is not read at all.
+fn log_idle() {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        if let Some(idle) = crate::selfstat::machine_idle_seconds() {
+            tracing::debug!("CPUs idle {idle:.2} s since boot");
+        }
     }
 }
 
@@ -408,10 +416,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
             }
         }
         mark(Event::AllServicesStarted);
-        // How much of the boot the CPUs waited rather than worked.
-        if let Some(idle) = crate::selfstat::machine_idle_seconds() {
-            tracing::debug!("CPUs idle {idle:.2} s since boot");
-        }
+        log_idle();
         // Steady state: the start-up bursts (gRPC, log pumps) are over.
         tokio::time::sleep(RSS_SETTLE).await;
         if let Some(kib) = crate::selfstat::rss_kib() {
