@@ -101,7 +101,18 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
     }
     logger::set_consoles(&cmd.console_paths());
     logger::set_file(&format!("{}/init.log", osk_layout::LOG_DIR));
-    // runc bind-mounts these into host-networked containers.
+    let nofile = 1 << 20;
+    if let Err(e) =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
+    {
+        tracing::warn!("raising RLIMIT_NOFILE: {e}");
+    }
+}
+
+/// What runc needs before the first container: the files it binds into
+/// host-networked containers, one sealed copy of itself, loopback. Runs
+/// while containerd starts, which needs none of it.
+fn prepare_runc() {
     for f in ["/etc/hosts", "/etc/resolv.conf"] {
         if !Path::new(f).exists() {
             let _ = std::fs::create_dir_all("/etc");
@@ -114,12 +125,6 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
                 tracing::warn!("creating {f}: {e}");
             }
         }
-    }
-    let nofile = 1 << 20;
-    if let Err(e) =
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
-    {
-        tracing::warn!("raising RLIMIT_NOFILE: {e}");
     }
     let runc = Path::new(crate::onboot::image_runc_path());
     if runc.exists() {
@@ -377,7 +382,30 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     let (cd_tx, cd_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = mpsc::channel(1);
     tokio::spawn(containerd_loop(cd_tx, cmd.debug, stop_rx));
-    if let Err(e) = tokio::task::spawn_blocking(modules_and_hostname).await {
+    // Let the loop exec containerd, the longest start of the boot, before
+    // anything else competes for the CPU.
+    tokio::task::yield_now().await;
+
+    // Services are set up now, so that their container records are made as
+    // soon as containerd answers; their tasks wait for onboot.
+    let mut bundles = Vec::new();
+    for b in Bundle::load_all(&Path::new("/").join(osk_layout::SERVICES_DIR)) {
+        match b {
+            Ok(b) => bundles.push(b),
+            Err(e) => tracing::error!("skipping service: {e}"),
+        }
+    }
+    let n = bundles.len();
+    let (onboot_tx, onboot_rx) = watch::channel(false);
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+    let sup = Supervisor::start(bundles, cd_rx, onboot_rx, cmd.debug, first_tx);
+
+    if let Err(e) = tokio::task::spawn_blocking(|| {
+        prepare_runc();
+        modules_and_hostname();
+    })
+    .await
+    {
         tracing::error!("loading modules: {e}");
     }
     // The power button's input device exists once evdev is loaded.
@@ -399,16 +427,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
         set_hostname(&h);
     }
 
-    let mut bundles = Vec::new();
-    for b in Bundle::load_all(&Path::new("/").join(osk_layout::SERVICES_DIR)) {
-        match b {
-            Ok(b) => bundles.push(b),
-            Err(e) => tracing::error!("skipping service: {e}"),
-        }
-    }
-    let n = bundles.len();
-    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
-    let sup = Supervisor::start(bundles, cd_rx, cmd.debug, first_tx);
+    let _ = onboot_tx.send(true);
     tokio::spawn(async move {
         for _ in 0..n {
             if first_rx.recv().await.is_none() {

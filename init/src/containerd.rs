@@ -145,7 +145,15 @@ impl Containerd {
         def: ServiceDef<'_>,
         before_start: impl FnOnce(u32) -> Result<(), String>,
     ) -> Result<u32, Error> {
-        let id = def.id;
+        self.create_container(def.id, def.spec_json).await?;
+        self.start_task(def.id, def.stdout, def.stderr, before_start)
+            .await
+    }
+
+    /// The container record alone (removing a stale one of the same name):
+    /// metadata in containerd's database, nothing runs and nothing is
+    /// mounted, so it can be made before the rootfs' binds are ready.
+    pub async fn create_container(&self, id: &str, spec_json: Vec<u8>) -> Result<(), Error> {
         self.remove(id).await?;
         let container = Container {
             id: id.to_string(),
@@ -155,7 +163,7 @@ impl Containerd {
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.to_string(),
-                value: def.spec_json,
+                value: spec_json,
             }),
             ..Default::default()
         };
@@ -169,13 +177,26 @@ impl Containerd {
             .await
             .map_err(rpc("create container", id))?;
         tracing::debug!("{id}: container created");
+        Ok(())
+    }
+
+    /// Creates the task of an existing container (the shim runs `runc
+    /// create`), runs `before_start` with its pid and starts it. Returns
+    /// the pid. If `before_start` fails, the task and container are removed.
+    pub async fn start_task(
+        &self,
+        id: &str,
+        stdout: &str,
+        stderr: &str,
+        before_start: impl FnOnce(u32) -> Result<(), String>,
+    ) -> Result<u32, Error> {
         let created = TasksClient::new(self.channel.clone())
             .create(req(
                 &self.ns,
                 CreateTaskRequest {
                     container_id: id.to_string(),
-                    stdout: def.stdout.to_string(),
-                    stderr: def.stderr.to_string(),
+                    stdout: stdout.to_string(),
+                    stderr: stderr.to_string(),
                     ..Default::default()
                 },
             ))

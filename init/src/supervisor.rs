@@ -77,9 +77,12 @@ fn open_fifos(name: &str, sink: &SharedSink) -> std::io::Result<(String, String)
 impl Supervisor {
     /// Starts a supervising task per bundle. Each service reports its first
     /// start (or failure to start) on `first`.
+    /// Tasks start once `onboot` turns true; the container records are made
+    /// as soon as containerd answers, while onboot still runs.
     pub fn start(
         bundles: Vec<Bundle>,
         cd: watch::Receiver<Option<Containerd>>,
+        onboot: watch::Receiver<bool>,
         debug: bool,
         first: mpsc::UnboundedSender<String>,
     ) -> Supervisor {
@@ -120,8 +123,9 @@ impl Supervisor {
                 cmds: rx,
                 sink,
                 first: Some(first.clone()),
+                precreated: false,
             };
-            tokio::spawn(svc.run());
+            tokio::spawn(svc.run(onboot.clone()));
         }
         Supervisor {
             table,
@@ -190,6 +194,9 @@ struct Service {
     cmds: mpsc::Receiver<Cmd>,
     sink: SharedSink,
     first: Option<mpsc::UnboundedSender<String>>,
+    /// The container record exists already: the next start only creates
+    /// the task.
+    precreated: bool,
 }
 
 enum Outcome {
@@ -256,21 +263,45 @@ impl Service {
         }
     }
 
-    /// Starts the task; returns its pid.
-    async fn start_once(&mut self, fifos: &(String, String)) -> Result<u32, String> {
+    fn spec(&self) -> Result<Vec<u8>, String> {
         let config = self.b.config_path();
         let raw = std::fs::read(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-        let spec = containerd::spec_with_root(&raw, &self.b.rootfs())
-            .map_err(|e| format!("{}: invalid OCI spec: {e}", config.display()))?;
+        containerd::spec_with_root(&raw, &self.b.rootfs())
+            .map_err(|e| format!("{}: invalid OCI spec: {e}", config.display()))
+    }
+
+    /// Makes the container record ahead of the first start, off the boot's
+    /// critical path. A failure only means the first start makes it.
+    async fn precreate(&mut self) {
+        let spec = match self.spec() {
+            Ok(s) => s,
+            Err(e) => return tracing::debug!("{}: not created ahead: {e}", self.b.name),
+        };
         let cd = self.containerd().await;
+        match cd.create_container(&self.b.name, spec).await {
+            Ok(()) => self.precreated = true,
+            Err(e) => tracing::debug!("{}: not created ahead: {e}", self.b.name),
+        }
+    }
+
+    /// Starts the task; returns its pid.
+    async fn start_once(&mut self, fifos: &(String, String)) -> Result<u32, String> {
+        let cd = self.containerd().await;
+        let b = &self.b;
+        let prepare = |pid| prepare::after_create(b, pid);
+        if std::mem::take(&mut self.precreated) {
+            return cd
+                .start_task(&b.name, &fifos.0, &fifos.1, prepare)
+                .await
+                .map_err(|e| e.to_string());
+        }
         let def = ServiceDef {
-            id: &self.b.name,
-            spec_json: spec,
+            id: &b.name,
+            spec_json: self.spec()?,
             stdout: &fifos.0,
             stderr: &fifos.1,
         };
-        let b = &self.b;
-        cd.start_service(def, |pid| prepare::after_create(b, pid))
+        cd.start_service(def, prepare)
             .await
             .map_err(|e| e.to_string())
     }
@@ -366,7 +397,7 @@ impl Service {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(mut self, mut onboot: watch::Receiver<bool>) {
         let name = self.b.name.clone();
         let fifos = match open_fifos(&name, &self.sink) {
             Ok(f) => f,
@@ -377,6 +408,10 @@ impl Service {
                 return;
             }
         };
+        // Onboot may mount what runtime.json and the task's binds use: only
+        // the container record is made before it is done.
+        self.precreate().await;
+        let _ = onboot.wait_for(|done| *done).await;
         if let Err(e) = prepare::before_create(&self.b) {
             tracing::error!("{e}");
         }
