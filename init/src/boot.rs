@@ -187,10 +187,25 @@ fn load_modules() {
     let kmod = modules::RealKmod;
     let listed = modules::load(&kmod, &index, &order);
     let mut tried = order.into_iter().collect();
+    // Subscribed before the first walk, so no device added after it is
+    // missed; later looks read only what the kernel announced since.
+    let events = crate::uevent::Listener::open()
+        .map_err(|e| tracing::debug!("no uevents ({e}); sysfs is walked after every load"))
+        .ok();
+    let mut walked = false;
     let devices = crate::modalias::coldplug(
         &kmod,
         &index,
-        || crate::modalias::scan(Path::new("/sys/devices")),
+        || {
+            if let (true, Some(events)) = (walked, &events) {
+                match events.drain_added() {
+                    Ok(added) => return added,
+                    Err(e) => tracing::debug!("uevents lost ({e}); walking sysfs"),
+                }
+            }
+            walked = true;
+            crate::modalias::scan(Path::new("/sys/devices"))
+        },
         &mut tried,
     );
     for (m, e) in listed.failed.iter().chain(&devices.failed) {

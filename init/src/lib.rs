@@ -28,4 +28,5 @@ pub mod shutdown;
 pub mod supervisor;
 pub mod switchroot;
 pub mod sys;
+pub mod uevent;
 pub mod volumes;
