@@ -192,20 +192,13 @@ fn load_modules() {
     let events = crate::uevent::Listener::open()
         .map_err(|e| tracing::debug!("no uevents ({e}); sysfs is walked after every load"))
         .ok();
-    let mut walked = false;
     let devices = crate::modalias::coldplug(
         &kmod,
         &index,
-        || {
-            if let (true, Some(events)) = (walked, &events) {
-                match events.drain_added() {
-                    Ok(added) => return added,
-                    Err(e) => tracing::debug!("uevents lost ({e}); walking sysfs"),
-                }
-            }
-            walked = true;
-            crate::modalias::scan(Path::new("/sys/devices"))
-        },
+        crate::modalias::walk_once(
+            || crate::modalias::scan(Path::new("/sys/devices")),
+            events.map(|l| move || l.drain_added()),
+        ),
         &mut tried,
     );
     for (m, e) in listed.failed.iter().chain(&devices.failed) {

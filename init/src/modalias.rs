@@ -124,6 +124,27 @@ pub fn scan(devices: &Path) -> BTreeSet<String> {
     out
 }
 
+/// The device source coldplug asks after every load: the first look walks
+/// sysfs (`walk`), later ones take only what the kernel announced since
+/// (`added`), walking again if that failed (events were lost) or if there
+/// is no announcement to read.
+pub fn walk_once(
+    mut walk: impl FnMut() -> BTreeSet<String>,
+    mut added: Option<impl FnMut() -> std::io::Result<BTreeSet<String>>>,
+) -> impl FnMut() -> BTreeSet<String> {
+    let mut walked = false;
+    move || {
+        if let (true, Some(added)) = (walked, added.as_mut()) {
+            match added() {
+                Ok(new) => return new,
+                Err(e) => tracing::debug!("uevents lost ({e}); walking sysfs"),
+            }
+        }
+        walked = true;
+        walk()
+    }
+}
+
 /// Loads the drivers of the devices `scan_devices` reports until no new one
 /// matches. Each driver (after its dependencies) loads on its own thread,
 /// so one that waits for its hardware (a disk controller probing its ports)
@@ -319,6 +340,46 @@ mod tests {
         assert!(pos("insmod virtio.ko") < pos("insmod virtio_blk.ko"));
         assert!(r.loaded.contains(&"virtio_net".to_string()));
         assert!(r.loaded.contains(&"virtio_blk".to_string()));
+    }
+
+    #[test]
+    fn sysfs_is_walked_once_then_announcements_are_read() {
+        let walks = std::cell::Cell::new(0);
+        let walk = || {
+            walks.set(walks.get() + 1);
+            BTreeSet::from(["pci:a".to_string()])
+        };
+        let mut queue = vec![
+            Ok(BTreeSet::from(["virtio:b".to_string()])),
+            Err(std::io::Error::from_raw_os_error(libc::ENOBUFS)),
+            Ok(BTreeSet::new()),
+        ]
+        .into_iter();
+        let mut look = walk_once(walk, Some(move || queue.next().unwrap()));
+        assert_eq!(look(), BTreeSet::from(["pci:a".to_string()]));
+        assert_eq!(look(), BTreeSet::from(["virtio:b".to_string()]));
+        // Lost events: everything there is, from a walk.
+        assert_eq!(look(), BTreeSet::from(["pci:a".to_string()]));
+        assert_eq!(look(), BTreeSet::new());
+        drop(look);
+        assert_eq!(walks.get(), 2);
+    }
+
+    #[test]
+    fn without_announcements_every_look_walks() {
+        let walks = std::cell::Cell::new(0);
+        let none: Option<fn() -> std::io::Result<BTreeSet<String>>> = None;
+        let mut look = walk_once(
+            || {
+                walks.set(walks.get() + 1);
+                BTreeSet::new()
+            },
+            none,
+        );
+        look();
+        look();
+        drop(look);
+        assert_eq!(walks.get(), 2);
     }
 
     #[test]
