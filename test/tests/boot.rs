@@ -39,6 +39,34 @@ fn floor_boots_and_powers_off() -> Result<()> {
         vm.console().contains("Linux version"),
         "kernel messages on the serial console"
     );
+    assert!(
+        !vm.console().contains(EFI_BOOT),
+        "a BIOS boot unless --uefi"
+    );
+    Ok(())
+}
+
+/// What the kernel prints when firmware started it as an EFI application.
+const EFI_BOOT: &str = "efi: EFI v";
+
+/// `--uefi`: OVMF (Debian's `ovmf`) starts the same kernel through its EFI
+/// stub, with the initrd and command line as under BIOS.
+#[test]
+fn floor_boots_through_uefi() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let prefix = floor::floor_image(dir.path())?;
+    let opts = BootOpts {
+        uefi: true,
+        ..BootOpts::default()
+    };
+    let mut vm = Machine::boot(&prefix, &opts)?;
+    vm.wait_for_line("floor: /init reached at uptime", BOOT)?;
+    vm.wait_exit(EXIT)?;
+    assert!(
+        vm.console().contains(EFI_BOOT),
+        "no EFI boot in the console:\n{}",
+        vm.console()
+    );
     Ok(())
 }
 
