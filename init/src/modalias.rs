@@ -126,8 +126,8 @@ pub fn scan(devices: &Path) -> BTreeSet<String> {
 
 /// The device source coldplug asks after every load: the first look walks
 /// sysfs (`walk`), later ones take only what the kernel announced since
-/// (`added`), walking again if that failed (events were lost) or if there
-/// is no announcement to read.
+/// (`added`), walking again if that failed (events were lost). Without
+/// `added` (no uevent socket), every look walks.
 pub fn walk_once(
     mut walk: impl FnMut() -> BTreeSet<String>,
     mut added: Option<impl FnMut() -> std::io::Result<BTreeSet<String>>>,

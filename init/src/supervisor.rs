@@ -77,6 +77,7 @@ fn open_fifos(name: &str, sink: &SharedSink) -> std::io::Result<(String, String)
 impl Supervisor {
     /// Starts a supervising task per bundle. Each service reports its first
     /// start (or failure to start) on `first`.
+    ///
     /// Tasks start once `onboot` turns true; the container records are made
     /// as soon as containerd answers, while onboot still runs.
     pub fn start(
