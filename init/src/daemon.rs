@@ -12,8 +12,10 @@ pub const BINARY: &str = "/usr/bin/containerd";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
 pub const CONFIG: &str = "/run/osk/containerd.toml";
 /// PATH for containerd and the shims it starts (they look up `runc`; the
-/// sealed one in [`crate::sealedrunc::BIN_DIR`] comes first).
-pub const PATH: &str = "/run/osk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// sealed one in [`crate::sealedrunc::BIN_DIR`] comes first). containerd
+/// finds the shim front of [`crate::shimstart::FRONT_DIR`] before the shim.
+pub const PATH: &str =
+    "/run/osk/bin:/usr/libexec/osk:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The generated containerd config: no CRI, no image-oriented plugins,
 /// state on /run, root on /var.
@@ -95,5 +97,18 @@ mod tests {
         assert!(c.contains("\"io.containerd.grpc.v1.cri\""));
         assert!(c.contains("state = \"/run/containerd\""));
         assert!(c.contains("root = \"/var/lib/containerd\""));
+    }
+
+    #[test]
+    fn shim_front_comes_before_the_real_shim() {
+        let dirs: Vec<&str> = super::PATH.split(':').collect();
+        let pos = |d: &str| dirs.iter().position(|x| *x == d).unwrap();
+        let real = std::path::Path::new(crate::shimstart::REAL_SHIM);
+        assert!(pos(crate::shimstart::FRONT_DIR) < pos(real.parent().unwrap().to_str().unwrap()));
+        assert_eq!(
+            pos(crate::sealedrunc::BIN_DIR),
+            0,
+            "the sealed runc comes first"
+        );
     }
 }

@@ -24,6 +24,7 @@ pub mod prepare;
 pub mod reaper;
 pub mod sealedrunc;
 pub mod selfstat;
+pub mod shimstart;
 pub mod shutdown;
 pub mod supervisor;
 pub mod switchroot;

@@ -333,6 +333,14 @@ fn s2_sshd_and_s3_restart() -> Result<()> {
         assert_eq!(row.state, "running", "{s} is not running:\n{ps}");
         assert!(row.pid.is_some(), "{s} has no pid:\n{ps}");
     }
+    // Every service's task is served by one shim (osk-init groups them; the
+    // shim front answers containerd's `start` for all but the first).
+    let shims = ssh_ok(&vm, &key.private, SHIM_PIDS)?;
+    ensure!(
+        shims.split_whitespace().count() == 1,
+        "{} services should share one containerd shim, found pids {shims:?}",
+        services.len()
+    );
     eprintln!("s2 passed {:.0?} after boot", vm.booted_at.elapsed());
 
     // s3: the victim is demo (sshd carries this session).
@@ -406,6 +414,9 @@ fn kill_and_wait_restart(vm: &Machine, key: &Path, service: &str) -> Result<Dura
 /// Pids of the processes named `containerd` (the daemon; its shims are
 /// `containerd-shim*`), from /proc with shell builtins only.
 const CONTAINERD_PIDS: &str = r#"for p in /proc/[0-9]*; do { read -r c < "$p/comm"; } 2>/dev/null && [ "$c" = containerd ] && echo "${p#/proc/}"; done; true"#;
+
+/// Pids of the containerd shims (`comm` is cut to 15 bytes).
+const SHIM_PIDS: &str = r#"for p in /proc/[0-9]*; do { read -r c < "$p/comm"; } 2>/dev/null && [ "$c" = containerd-shim ] && echo "${p#/proc/}"; done; true"#;
 
 fn containerd_pid(vm: &Machine, key: &Path) -> Result<Option<u32>> {
     let out = ssh_ok(vm, key, CONTAINERD_PIDS)?;
