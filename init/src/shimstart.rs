@@ -419,49 +419,24 @@ mod tests {
 
     #[test]
     fn everything_else_goes_to_the_real_shim() {
-        for args in [
-            vec!["-namespace", "n", "-address", "/a", "-id", "x", "delete"],
-            vec![
-                "-namespace",
-                "n",
-                "-address",
-                "/a",
-                "-id",
-                "x",
-                "-bundle",
-                "/b",
-                "start",
-            ],
-            vec![
-                "-namespace",
-                "n",
-                "-address",
-                "/a",
-                "-id",
-                "x",
-                "-socket",
-                "/s",
-                "start",
-            ],
-            vec![
-                "-namespace",
-                "n",
-                "-address",
-                "/a",
-                "-id",
-                "x",
-                "start",
-                "extra",
-            ],
-            vec!["-namespace", "n", "-address", "/a", "-id", "../x", "start"],
-            vec!["-namespace", "", "-address", "/a", "-id", "x", "start"],
-            vec!["-address", "/a", "-id", "x", "start"],
-            vec!["-namespace", "n", "-address", "/a", "-id"],
-            vec!["-v"],
-            vec![],
+        let base = "-namespace n -address /a -id x";
+        for line in [
+            format!("{base} delete"),
+            format!("{base} -bundle /b start"),
+            format!("{base} -socket /s start"),
+            format!("{base} start extra"),
+            format!("{base} -debug=maybe start"),
+            "-namespace n -address /a -id ../x start".into(),
+            "-address /a -id x start".into(),
+            "-namespace n -address /a -id".into(),
+            "-v".into(),
+            String::new(),
         ] {
-            assert_eq!(parse(&os(&args)), None, "{args:?}");
+            let args: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(parse(&os(&args)), None, "{line}");
         }
+        let empty_ns = ["-namespace", "", "-address", "/a", "-id", "x", "start"];
+        assert_eq!(parse(&os(&empty_ns)), None);
     }
 
     #[test]
