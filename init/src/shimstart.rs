@@ -193,6 +193,12 @@ pub fn start(s: &Start, group: &str, at: Paths) -> io::Result<Started> {
         .recursive(true)
         .mode(0o700)
         .create(at.socket_dir)?;
+    // Services' tasks are created in parallel. Between another start's bind
+    // and listen its socket refuses connections and would look stale here:
+    // one start at a time per group (held until the daemon is spawned).
+    let lock = fs::File::create(path.with_extension("lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::from(e))?;
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -589,6 +595,62 @@ mod tests {
             socket_dir: &sockets,
         };
         assert!(start(&call, "x", at).is_err());
-        assert_eq!(fs::read_dir(&sockets).unwrap().count(), 0);
+        assert_eq!(sockets_in(&sockets), 0);
+    }
+
+    fn sockets_in(dir: &Path) -> usize {
+        use std::os::unix::fs::FileTypeExt;
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_socket())
+            .count()
+    }
+
+    #[test]
+    fn parallel_starts_of_one_group_spawn_one_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = fake_shim(dir.path());
+        let sockets = dir.path().join("s");
+        let ids: Vec<String> = (0..8).map(|i| format!("svc{i}")).collect();
+        for id in &ids {
+            fs::create_dir(dir.path().join(id)).unwrap();
+        }
+        let results: Vec<Started> = std::thread::scope(|t| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let (real, sockets, bundle) = (&real, &sockets, dir.path().join(id));
+                    t.spawn(move || {
+                        let call = Start {
+                            namespace: "services.osk".into(),
+                            address: "/run/containerd/containerd.sock".into(),
+                            id: id.clone(),
+                            debug: false,
+                        };
+                        let at = Paths {
+                            real,
+                            bundle: &bundle,
+                            socket_dir: sockets,
+                        };
+                        start(&call, "osk", at).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let spawned: Vec<u32> = results
+            .iter()
+            .filter_map(|r| match r {
+                Started::Spawned(_, pid) => Some(*pid),
+                Started::Joined(_) => None,
+            })
+            .collect();
+        for pid in &spawned {
+            let pid = nix::unistd::Pid::from_raw(*pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        assert_eq!(spawned.len(), 1, "{results:?}");
+        assert_eq!(sockets_in(&sockets), 1);
     }
 }
