@@ -9,6 +9,7 @@
 mod files;
 mod output;
 mod plan;
+pub mod resolve;
 mod volume;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::store::{Image, PlatformSpec, Store, StoreError};
 pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
 pub use output::{write_tar, Format};
 pub use plan::{image_defaults, plan, Resolve};
+pub use resolve::{ImageProvider, ResolveError, Resolver, StoreRegistry};
 
 pub use crate::initramfs::Compression;
 
@@ -60,16 +62,9 @@ pub enum BuildError {
         #[source]
         source: Box<StoreError>,
     },
-    /// Pulling or loading an image failed; the error names the image.
+    /// Pulling, loading or building an image failed; the error names the image.
     #[error(transparent)]
-    Resolve(Box<dyn std::error::Error + Send + Sync>),
-    /// Building a package image failed.
-    #[error("{image}")]
-    Package {
-        image: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Resolve(#[from] ResolveError),
     #[error("{0}")]
     Usage(String),
 }
