@@ -9,7 +9,7 @@ use std::path::Path;
 
 use osk_layout::{modinfo, KERNEL_BINARY, KERNEL_TAR, MODULES_LIST};
 
-use super::deb::with_data_tar;
+use super::debian::deb::with_data_tar;
 use super::tree::{normalise, Node, Tree};
 use super::Error;
 

@@ -1,3 +1,5 @@
+//! Spec generation end to end: precedence, adds, mounts, errors, JSON form.
+
 use std::path::Path;
 
 use serde_json::Value;
