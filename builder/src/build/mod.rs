@@ -23,9 +23,9 @@ use crate::manifest::VolumeFormat;
 use crate::reference::Digest;
 use crate::store::{Image, PlatformSpec, Store, StoreError};
 
-pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
+pub use files::{expand_source, parse_mode, FilePlan, FileWhat, ModeError};
 pub use output::{write_tar, Format};
-pub use plan::{image_defaults, plan, Resolve};
+pub use plan::{image_defaults, plan, FileEntryError, Resolve};
 pub use resolve::{ImageProvider, ResolveError, Resolver, StoreRegistry};
 
 pub use crate::initramfs::Compression;
@@ -47,6 +47,13 @@ pub enum BuildError {
         index: usize,
         path: String,
         reason: String,
+    },
+    /// A `files` entry of the manifest is malformed.
+    #[error("files[{index}] ({path}): {reason}")]
+    FileEntry {
+        index: usize,
+        path: String,
+        reason: FileEntryError,
     },
     #[error("{path}")]
     Io {
@@ -287,7 +294,7 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
             ));
         }
         root.add_dir(bundle.as_bytes(), Meta::root(0o755), Meta::root(0o755))
-            .map_err(|r| place(r, bundle))?;
+            .map_err(|r| place(r.to_string(), bundle))?;
         for (file, bytes) in [
             (osk_layout::CONFIG_JSON, &c.config_json),
             (osk_layout::RUNTIME_JSON, &c.runtime_json),
@@ -301,7 +308,7 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
                 Meta::root(0o644),
                 Meta::root(0o755),
             )
-            .map_err(|r| place(r, &path))?;
+            .map_err(|r| place(r.to_string(), &path))?;
         }
         let rootfs = format!("{bundle}/{}", osk_layout::ROOTFS_DIR);
         graft(&mut root, tree, &rootfs, inodes, &what)?;
@@ -323,7 +330,7 @@ fn graft(
         .map_err(|reason| BuildError::Place {
             what: what.to_string(),
             path: at.to_string(),
-            reason,
+            reason: reason.to_string(),
         })?;
     for path in kept {
         tracing::warn!("{what}: {path} is a directory from an earlier image; keeping it and ignoring the non-directory");

@@ -182,7 +182,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| Error::Spec {
             at: pkg.dir.join("build.yml").display().to_string(),
-            message: m,
+            message: m.to_string(),
         })?;
     let mut chosen = resolve(&universe, &requests, &debian.skip)?;
     if let Some(k) = &pkg.spec.kernel {

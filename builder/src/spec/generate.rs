@@ -142,7 +142,7 @@ fn process(c: &Container) -> Result<Value, SpecError> {
         .unwrap_or("/");
 
     let (image_uid, image_gid) = parse::image_user(d.user.as_deref());
-    let id = |v: &Id| parse::numeric_id(v, &d.id_map).map_err(|e| c.fail(e));
+    let id = |v: &Id| parse::numeric_id(v, &d.id_map).map_err(|e| c.fail(e.to_string()));
     let uid = match pick!(c, uid) {
         Some(v) => id(v)?,
         None => image_uid.unwrap_or(0),
@@ -162,9 +162,9 @@ fn process(c: &Container) -> Result<Value, SpecError> {
         &m.capabilities_add,
         c.label.map(|l| (&l.capabilities, &l.capabilities_add)),
     );
-    let caps = parse::capabilities(&caps).map_err(|e| c.fail(e))?;
+    let caps = parse::capabilities(&caps).map_err(|e| c.fail(e.to_string()))?;
     let ambient = parse::capabilities(pick!(c, ambient).map(Vec::as_slice).unwrap_or(&[]))
-        .map_err(|e| c.fail(e))?;
+        .map_err(|e| c.fail(e.to_string()))?;
     let mut bounding: Vec<String> = caps.iter().chain(&ambient).cloned().collect();
     bounding.sort();
     bounding.dedup();
@@ -173,7 +173,7 @@ fn process(c: &Container) -> Result<Value, SpecError> {
         .map(Vec::as_slice)
         .unwrap_or(&[])
         .iter()
-        .map(|s| parse_rlimit(s).map_err(|e| c.fail(e)))
+        .map(|s| parse_rlimit(s).map_err(|e| c.fail(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut user = json!({"uid": uid, "gid": gid});
@@ -264,7 +264,7 @@ fn mounts(c: &Container) -> Result<Vec<Value>, SpecError> {
         strs(&["nosuid", "noexec", "nodev", "relatime", "ro"]),
     );
     for t in pick!(c, tmpfs).map(Vec::as_slice).unwrap_or(&[]) {
-        let (dest, opts) = parse_tmpfs(t).map_err(|e| c.fail(e))?;
+        let (dest, opts) = parse_tmpfs(t).map_err(|e| c.fail(e.to_string()))?;
         put(&dest, "tmpfs", "tmpfs", opts);
     }
     let m = &c.entry.config;
@@ -275,13 +275,13 @@ fn mounts(c: &Container) -> Result<Vec<Value>, SpecError> {
     );
     let volumes = &c.defaults.volumes;
     for b in &binds {
-        let bind = parse_bind(b).map_err(|e| c.fail(e))?;
+        let bind = parse_bind(b).map_err(|e| c.fail(e.to_string()))?;
         let source = parse::volume_source(&bind.source, &bind.options, volumes)
             .map_err(|e| c.fail(format!("bind `{b}`: {e}")))?;
         put(&bind.destination, "bind", &source, bind.options);
     }
     for mc in pick!(c, mounts).map(Vec::as_slice).unwrap_or(&[]) {
-        let mount = parse::mount(mc).map_err(|e| c.fail(e))?;
+        let mount = parse::mount(mc).map_err(|e| c.fail(e.to_string()))?;
         let source = if mount.kind == "bind" {
             parse::volume_source(&mount.source, &mount.options, volumes)
                 .map_err(|e| c.fail(format!("mount at `{}`: {e}", mount.destination)))?
@@ -314,7 +314,7 @@ fn namespaces(c: &Container) -> Result<Vec<Value>, SpecError> {
         ("user", "userns", c.string(|l| &l.userns), "root"),
     ] {
         if let Some(ns) = parse::namespace(typ, key, value.as_deref().unwrap_or(default))
-            .map_err(|e| c.fail(e))?
+            .map_err(|e| c.fail(e.to_string()))?
         {
             namespaces.push(ns);
         }

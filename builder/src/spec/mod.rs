@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::manifest::{ContainerKind, Manifest};
 
 pub use generate::generate;
-pub use parse::{parse_bind, parse_rlimit, parse_tmpfs, Bind, Rlimit};
+pub use parse::{parse_bind, parse_rlimit, parse_tmpfs, Bind, Rlimit, SettingError};
 
 /// The OCI runtime-spec version written into `config.json`.
 pub const OCI_VERSION: &str = "1.0.2";

@@ -98,12 +98,11 @@ impl Store {
                 entry.read_to_end(&mut bytes).map_err(io_err(source))?;
                 index = Some(parse_index(&bytes, &source.join("index.json"))?);
             } else if let Ok(hex) = path.strip_prefix("blobs/sha256") {
-                let digest: Digest =
-                    format!("sha256:{}", hex.display())
-                        .parse()
-                        .map_err(|e: String| {
-                            StoreError::Import(format!("{}: {e}", source.display()))
-                        })?;
+                let digest: Digest = format!("sha256:{}", hex.display()).parse().map_err(
+                    |e: crate::reference::DigestError| {
+                        StoreError::Import(format!("{}: {e}", source.display()))
+                    },
+                )?;
                 if !self.has_blob(&digest) {
                     self.put_blob(&mut entry, Some(&digest))
                         .map_err(|e| in_source(e, source))?;
