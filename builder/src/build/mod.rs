@@ -380,10 +380,44 @@ fn spool_err(spool: &Spool) -> impl Fn(io::Error) -> BuildError + '_ {
     }
 }
 
-/// The default output name: the first manifest's file stem (as LinuxKit).
+/// The default output name: the first manifest's file stem (as LinuxKit),
+/// `osk` for standard input (`-`).
 pub fn default_name(first_manifest: &Path) -> String {
+    if first_manifest == Path::new("-") {
+        return "osk".into();
+    }
     first_manifest
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "osk".into())
+}
+
+/// `formats` without repeats, in the order first given.
+pub fn unique_formats(formats: impl IntoIterator<Item = Format>) -> Vec<Format> {
+    let mut out = Vec::new();
+    for f in formats {
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_name_is_the_stem_or_osk_for_stdin() {
+        assert_eq!(default_name(Path::new("/x/node.yml")), "node");
+        assert_eq!(default_name(Path::new("-")), "osk");
+    }
+
+    #[test]
+    fn unique_formats_keeps_first_order() {
+        assert_eq!(
+            unique_formats([Format::Tar, Format::KernelInitrd, Format::Tar]),
+            [Format::Tar, Format::KernelInitrd]
+        );
+    }
 }

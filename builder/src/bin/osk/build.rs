@@ -62,22 +62,12 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     };
     let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
     let plan = build::plan(&m, &mut resolve)?;
-    let name = args
-        .name
-        .unwrap_or_else(|| match args.manifests[0].to_str() {
-            Some("-") => "osk".to_string(),
-            _ => build::default_name(&args.manifests[0]),
-        });
-    let mut formats = Vec::new();
-    for f in args.formats {
-        if !formats.contains(&f) {
-            formats.push(f);
-        }
-    }
     let opts = BuildOptions {
-        formats,
+        formats: build::unique_formats(args.formats),
         dir: args.dir,
-        name,
+        name: args
+            .name
+            .unwrap_or_else(|| build::default_name(&args.manifests[0])),
         compress: args.compress,
         mtime: build::source_date_epoch()?,
     };
