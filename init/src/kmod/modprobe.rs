@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::modalias::modules_for;
-use crate::modules::{self, Index, Kmod, RealKmod};
+use crate::kmod::modalias::modules_for;
+use crate::kmod::modules::{self, Index, Kmod, RealKmod};
 
 /// The helper's path: a link to the init binary named `modprobe`.
 pub const LINK: &str = "/run/osk/bin/modprobe";
@@ -202,8 +202,8 @@ pub fn main(args: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::tests::FakeKmod;
-    use crate::modules::Module;
+    use crate::kmod::modules::tests::FakeKmod;
+    use crate::kmod::modules::Module;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -97,7 +97,7 @@ impl Sink {
             let _ = log.write_all(data);
         }
         if let Some(p) = &self.console_prefix {
-            let stamp = crate::logger::stamp();
+            let stamp = crate::log::console::stamp();
             for line in data.split_inclusive(|c| *c == b'\n') {
                 let mut l = Vec::with_capacity(stamp.len() + 1 + p.len() + line.len() + 1);
                 l.extend_from_slice(stamp.as_bytes());
@@ -107,7 +107,7 @@ impl Sink {
                 if !l.ends_with(b"\n") {
                     l.push(b'\n');
                 }
-                crate::logger::write_console(&l);
+                crate::log::console::write_console(&l);
             }
         }
         if self.follow.receiver_count() > 0 {

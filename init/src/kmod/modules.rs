@@ -3,8 +3,8 @@
 //! them with `finit_module(2)`. No kmod, no modules.dep needed.
 //!
 //! Which modules load when: the image's list at boot ([`parse_list`]), the
-//! drivers of the devices present ([`crate::modalias`]), and anything the
-//! kernel asks for later through its modprobe helper ([`crate::modprobe`]).
+//! drivers of the devices present ([`crate::kmod::modalias`]), and anything the
+//! kernel asks for later through its modprobe helper ([`crate::kmod::modprobe`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-/// Where the link to the sealed runc lives; first in [`crate::daemon::PATH`].
+/// Where the link to the sealed runc lives; first in [`crate::containerd::daemon::PATH`].
 pub const BIN_DIR: &str = "/run/osk/bin";
 /// `BIN_DIR/runc`.
 pub const LINK: &str = "/run/osk/bin/runc";

@@ -4,16 +4,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::containerd::Containerd;
-use crate::logfile::{self, RotatingLog, Sink};
+use crate::containerd::client::Containerd;
+use crate::log::rotating::{self, RotatingLog, Sink};
 use crate::reaper;
 
 pub const BINARY: &str = "/usr/bin/containerd";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
 pub const CONFIG: &str = "/run/osk/containerd.toml";
 /// PATH for containerd and the shims it starts (they look up `runc`; the
-/// sealed one in [`crate::sealedrunc::BIN_DIR`] comes first). containerd
-/// finds the shim front of [`crate::shimstart::FRONT_DIR`] before the shim.
+/// sealed one in [`crate::containerd::sealedrunc::BIN_DIR`] comes first). containerd
+/// finds the shim front of [`crate::containerd::shimstart::FRONT_DIR`] before the shim.
 pub const PATH: &str =
     "/run/osk/bin:/usr/libexec/osk:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -49,11 +49,11 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
     std::fs::create_dir_all("/run/osk")?;
     std::fs::write(CONFIG, config())?;
     let _ = std::fs::remove_file(SOCKET);
-    let (r, w) = logfile::async_pipe()?;
+    let (r, w) = rotating::async_pipe()?;
     let w2 = w.try_clone()?;
     let log = RotatingLog::open(
         format!("{}/containerd.log", osk_layout::LOG_DIR),
-        logfile::DEFAULT_CAP,
+        rotating::DEFAULT_CAP,
     )
     .ok();
     let sink = Sink::shared(log, debug.then(|| "containerd: ".to_string()));
@@ -66,7 +66,7 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
         .stderr(Stdio::from(w2));
     let child = reaper::spawn(&mut cmd)?;
     drop(cmd);
-    tokio::spawn(logfile::pump(r, sink));
+    tokio::spawn(rotating::pump(r, sink));
     Ok(child)
 }
 
@@ -103,10 +103,13 @@ mod tests {
     fn shim_front_comes_before_the_real_shim() {
         let dirs: Vec<&str> = super::PATH.split(':').collect();
         let pos = |d: &str| dirs.iter().position(|x| *x == d).unwrap();
-        let real = std::path::Path::new(crate::shimstart::REAL_SHIM);
-        assert!(pos(crate::shimstart::FRONT_DIR) < pos(real.parent().unwrap().to_str().unwrap()));
+        let real = std::path::Path::new(crate::containerd::shimstart::REAL_SHIM);
+        assert!(
+            pos(crate::containerd::shimstart::FRONT_DIR)
+                < pos(real.parent().unwrap().to_str().unwrap())
+        );
         assert_eq!(
-            pos(crate::sealedrunc::BIN_DIR),
+            pos(crate::containerd::sealedrunc::BIN_DIR),
             0,
             "the sealed runc comes first"
         );

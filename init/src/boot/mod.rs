@@ -2,6 +2,10 @@
 //! shutdown. Never returns: an exiting PID 1 panics the kernel, so any fatal
 //! error is logged, the disks synced and the machine powered off on purpose.
 
+pub mod cmdline;
+pub mod early;
+pub mod switchroot;
+
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,14 +16,18 @@ use osk_layout::marker::Event;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backoff::Backoff;
-use crate::cmdline::Cmdline;
-use crate::containerd::Containerd;
-use crate::logger::{self, mark};
-use crate::prepare::Bundle;
-use crate::supervisor::Supervisor;
+use crate::boot::cmdline::Cmdline;
+use crate::bundle::onboot;
+use crate::bundle::prepare::Bundle;
+use crate::containerd::client::Containerd;
+use crate::containerd::daemon;
+use crate::kmod::modules;
+use crate::log::console::{self, mark};
+use crate::power::shutdown;
+use crate::service::backoff::Backoff;
+use crate::service::supervisor::Supervisor;
 use crate::sys::{PowerAction, RealSys, Sys};
-use crate::{daemon, early, modules, net, onboot, reaper, shutdown, switchroot};
+use crate::{net, reaper};
 
 /// How long after all services started the `init-rss` marker is taken.
 const RSS_SETTLE: Duration = Duration::from_secs(3);
@@ -38,10 +46,10 @@ pub fn main() -> ! {
     if let Some(level) = cmd.console_loglevel() {
         let _ = sys.console_loglevel(level);
     }
-    logger::set_consoles(&cmd.console_paths());
-    logger::init_tracing(cmd.debug);
+    console::set_consoles(&cmd.console_paths());
+    console::init_tracing(cmd.debug);
     std::panic::set_hook(Box::new(|info| {
-        logger::write_raw(format!("osk-init: PANIC: {info}\n").as_bytes());
+        console::write_raw(format!("osk-init: PANIC: {info}\n").as_bytes());
     }));
     mark(Event::InitStart);
     log_idle();
@@ -68,7 +76,7 @@ pub fn main() -> ! {
 /// worked. Without it /proc/stat is not read at all.
 fn log_idle() {
     if tracing::enabled!(tracing::Level::DEBUG) {
-        if let Some(idle) = crate::selfstat::machine_idle_seconds() {
+        if let Some(idle) = crate::log::selfstat::machine_idle_seconds() {
             tracing::debug!("CPUs idle {idle:.2} s since boot");
         }
     }
@@ -76,7 +84,7 @@ fn log_idle() {
 
 /// Logs, syncs and powers off. Never returns.
 fn fatal(msg: &str) -> ! {
-    logger::write_raw(
+    console::write_raw(
         format!("osk-init: FATAL: {msg}; powering off (PID 1 must not exit)\n").as_bytes(),
     );
     let sys = RealSys;
@@ -99,8 +107,8 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
     for (target, e) in early::mount_all(sys) {
         tracing::warn!("mounting {target}: {e}");
     }
-    logger::set_consoles(&cmd.console_paths());
-    logger::set_file(&format!("{}/init.log", osk_layout::LOG_DIR));
+    console::set_consoles(&cmd.console_paths());
+    console::set_file(&format!("{}/init.log", osk_layout::LOG_DIR));
     let nofile = 1 << 20;
     if let Err(e) =
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
@@ -126,9 +134,12 @@ fn prepare_runc() {
             }
         }
     }
-    let runc = Path::new(crate::onboot::image_runc_path());
+    let runc = Path::new(crate::bundle::onboot::image_runc_path());
     if runc.exists() {
-        match crate::sealedrunc::install(runc, Path::new(crate::sealedrunc::BIN_DIR)) {
+        match crate::containerd::sealedrunc::install(
+            runc,
+            Path::new(crate::containerd::sealedrunc::BIN_DIR),
+        ) {
             Ok(link) => tracing::debug!("sealed runc at {}", link.display()),
             Err(e) => tracing::warn!("no sealed runc ({e}); every container start copies runc"),
         }
@@ -154,7 +165,7 @@ fn set_hostname(host: &str) {
 
 fn load_modules() {
     use modules::Kmod;
-    let dir = crate::modprobe::release_dir();
+    let dir = crate::kmod::modprobe::release_dir();
     let (index, errors) = modules::index_dir(&dir);
     for e in errors {
         tracing::warn!("skipping module: {e}");
@@ -166,7 +177,7 @@ fn load_modules() {
     // for crc32c).
     match std::env::current_exe() {
         Ok(exe) => {
-            if let Err(e) = crate::modprobe::install(&exe) {
+            if let Err(e) = crate::kmod::modprobe::install(&exe) {
                 tracing::warn!("no modprobe helper ({e}); modules load only at boot");
             }
         }
@@ -189,14 +200,14 @@ fn load_modules() {
     let mut tried = order.into_iter().collect();
     // Subscribed before the first walk, so no device added after it is
     // missed; later looks read only what the kernel announced since.
-    let events = crate::uevent::Listener::open()
+    let events = crate::kmod::uevent::Listener::open()
         .map_err(|e| tracing::debug!("no uevents ({e}); sysfs is walked after every load"))
         .ok();
-    let devices = crate::modalias::coldplug(
+    let devices = crate::kmod::modalias::coldplug(
         &kmod,
         &index,
-        crate::modalias::walk_once(
-            || crate::modalias::scan(Path::new("/sys/devices")),
+        crate::kmod::modalias::walk_once(
+            || crate::kmod::modalias::scan(Path::new("/sys/devices")),
             events.map(|l| move || l.drain_added()),
         ),
         &mut tried,
@@ -417,10 +428,10 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
         tracing::error!("loading modules: {e}");
     }
     // The power button's input device exists once evdev is loaded.
-    crate::power::watch(power_tx.clone());
+    crate::power::button::watch(power_tx.clone());
 
     // Onboot containers may bind volumes too.
-    crate::volumes::prepare_all(&RealSys);
+    crate::bundle::volumes::prepare_all(&RealSys);
     onboot::run_all(
         &Path::new("/").join(osk_layout::ONBOOT_DIR),
         "/var/log/onboot",
@@ -446,7 +457,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
         log_idle();
         // Steady state: the start-up bursts (gRPC, log pumps) are over.
         tokio::time::sleep(RSS_SETTLE).await;
-        if let Some(kib) = crate::selfstat::rss_kib() {
+        if let Some(kib) = crate::log::selfstat::rss_kib() {
             mark(Event::InitRss(kib));
         }
     });

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use osk_layout::Runtime;
 
-use crate::logfile::{self, RotatingLog, Sink};
-use crate::prepare::{self, Bundle};
+use crate::bundle::prepare::{self, Bundle};
+use crate::log::rotating::{self, RotatingLog, Sink};
 use crate::reaper;
 
 pub const RUNC: &str = "/usr/bin/runc";
@@ -27,7 +27,7 @@ fn runc_command(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<Co
         .arg(RUNC_ROOT)
         .args(args)
         .stdin(Stdio::null());
-    cmd.env("PATH", crate::daemon::PATH);
+    cmd.env("PATH", crate::containerd::daemon::PATH);
     if let Some(w) = stdout {
         let w2 = w.try_clone().map_err(|e| e.to_string())?;
         cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
@@ -48,8 +48,8 @@ async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32,
 
 /// runc's path: the sealed copy if init made one, else the image's.
 pub fn runc_path() -> &'static str {
-    if Path::new(crate::sealedrunc::LINK).exists() {
-        crate::sealedrunc::LINK
+    if Path::new(crate::containerd::sealedrunc::LINK).exists() {
+        crate::containerd::sealedrunc::LINK
     } else {
         image_runc_path()
     }
@@ -68,10 +68,10 @@ pub fn image_runc_path() -> &'static str {
 pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32, String> {
     prepare::before_create(b)?;
     let id = format!("osk-{}", b.name);
-    let log = RotatingLog::open(format!("{log_dir}/{}.log", b.name), logfile::DEFAULT_CAP).ok();
+    let log = RotatingLog::open(format!("{log_dir}/{}.log", b.name), rotating::DEFAULT_CAP).ok();
     let sink = Sink::shared(log, Some(format!("{}: ", b.name)));
-    let (r, w) = logfile::async_pipe().map_err(|e| e.to_string())?;
-    let pump = tokio::spawn(logfile::pump(r, sink));
+    let (r, w) = rotating::async_pipe().map_err(|e| e.to_string())?;
+    let pump = tokio::spawn(rotating::pump(r, sink));
     let _ = std::fs::create_dir_all(RUNC_ROOT);
     let bundle = b.dir.display().to_string();
     // A leftover from an earlier failure would make create fail; on a fresh

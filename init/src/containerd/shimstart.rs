@@ -6,7 +6,7 @@
 //! and, if no shim serves it yet, spawns the shim daemon with the socket as
 //! fd 3; then it prints the socket's address and exits. It is a whole Go
 //! program start-up per task, on the boot's critical path, and with every
-//! service sharing one shim (see [`crate::containerd::SHIM_GROUP`]) all but
+//! service sharing one shim (see [`crate::containerd::client::SHIM_GROUP`]) all but
 //! the first of them only find the socket already served.
 //!
 //! This front does the same steps as containerd 1.6/1.7's runc shim manager
