@@ -12,6 +12,7 @@ pub mod kmod;
 pub mod log;
 pub mod metadata;
 pub mod net;
+pub mod paths;
 pub mod power;
 pub mod reaper;
 pub mod service;

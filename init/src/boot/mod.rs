@@ -6,12 +6,10 @@ pub mod cmdline;
 pub mod early;
 pub mod switchroot;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::mount::MsFlags;
 use osk_layout::marker::Event;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,8 +24,8 @@ use crate::log::console::{self, mark};
 use crate::power::shutdown;
 use crate::service::backoff::Backoff;
 use crate::service::supervisor::Supervisor;
-use crate::sys::{PowerAction, RealSys, Sys};
-use crate::{net, reaper};
+use crate::sys::{self, PowerAction, RealSys, Signal, Sys};
+use crate::{net, paths, reaper};
 
 /// How long after all services started the `init-rss` marker is taken.
 const RSS_SETTLE: Duration = Duration::from_secs(3);
@@ -35,13 +33,7 @@ const RSS_SETTLE: Duration = Duration::from_secs(3);
 /// Entry point of the osk-init binary.
 pub fn main() -> ! {
     let sys = RealSys;
-    // /proc and /dev first: the command line says where the consoles are.
-    for (src, target, fstype) in [("proc", "/proc", "proc"), ("dev", "/dev", "devtmpfs")] {
-        if !sys.is_mountpoint(target) {
-            let _ = sys.mkdir_p(target);
-            let _ = sys.mount(src, target, Some(fstype), MsFlags::MS_NOSUID, None);
-        }
-    }
+    early::first_mounts(&sys);
     let cmd = Cmdline::read();
     if let Some(level) = cmd.console_loglevel() {
         let _ = sys.console_loglevel(level);
@@ -53,8 +45,9 @@ pub fn main() -> ! {
     }));
     mark(Event::InitStart);
     log_idle();
-    if switchroot::root_is_initramfs() {
-        match switchroot::switch_root() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if switchroot::root_is_initramfs(&sys, &mountinfo) {
+        match switchroot::switch_root(&sys) {
             Ok(()) => mark(Event::RootSwitched),
             Err(e) => tracing::error!(
                 "moving / off the initramfs mount failed: {e}; containers will not start (runc cannot pivot_root from the initramfs)"
@@ -97,23 +90,12 @@ fn fatal(msg: &str) -> ! {
 }
 
 fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-    if let Err(e) = sys.disable_cad() {
-        tracing::warn!("cannot route Ctrl-Alt-Del to init: {e}");
-    }
-    for (target, e) in early::mount_all(sys) {
-        tracing::warn!("mounting {target}: {e}");
-    }
+    let failed = early::setup(sys);
+    // The consoles again (devtmpfs may be new), and init.log now that /var is mounted.
     console::set_consoles(&cmd.console_paths());
     console::set_file(&format!("{}/init.log", osk_layout::LOG_DIR));
-    let nofile = 1 << 20;
-    if let Err(e) =
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
-    {
-        tracing::warn!("raising RLIMIT_NOFILE: {e}");
+    for e in failed {
+        tracing::warn!("{e}");
     }
 }
 
@@ -136,10 +118,7 @@ fn prepare_runc() {
     }
     let runc = Path::new(crate::bundle::onboot::image_runc_path());
     if runc.exists() {
-        match crate::containerd::sealedrunc::install(
-            runc,
-            Path::new(crate::containerd::sealedrunc::BIN_DIR),
-        ) {
+        match crate::containerd::sealedrunc::install(runc, Path::new(paths::BIN_DIR)) {
             Ok(link) => tracing::debug!("sealed runc at {}", link.display()),
             Err(e) => tracing::warn!("no sealed runc ({e}); every container start copies runc"),
         }
@@ -153,14 +132,14 @@ fn prepare_runc() {
 /// machine). Runs on a blocking thread while containerd starts.
 fn modules_and_hostname() {
     load_modules();
-    set_hostname(&net::pick_hostname());
+    set_hostname(&RealSys, &net::pick_hostname());
 }
 
-fn set_hostname(host: &str) {
-    if let Err(e) = nix::unistd::sethostname(host) {
+fn set_hostname(sys: &dyn Sys, host: &str) {
+    if let Err(e) = sys.sethostname(host) {
         tracing::warn!("setting hostname {host}: {e}");
     }
-    let _ = std::fs::write("/etc/hostname.osk", format!("{host}\n"));
+    let _ = std::fs::write(paths::HOSTNAME_FILE, format!("{host}\n"));
 }
 
 fn load_modules() {
@@ -170,7 +149,7 @@ fn load_modules() {
     for e in errors {
         tracing::warn!("skipping module: {e}");
     }
-    if let Err(e) = modules::save_index(&index, &dir, Path::new(modules::INDEX_CACHE)) {
+    if let Err(e) = modules::save_index(&index, &dir, Path::new(paths::MODULES_INDEX)) {
         tracing::warn!("saving the module index for modprobe: {e}");
     }
     // The helper first: modules loaded below may ask for others (libcrc32c
@@ -282,7 +261,7 @@ async fn containerd_loop(
                     }
                     let _ = cd_tx.send(Some(c));
                 }
-                None => tracing::error!("containerd did not answer on {} within 60s", daemon::SOCKET),
+                None => tracing::error!("containerd did not answer on {} within 60s", paths::CONTAINERD_SOCKET),
             },
             _ = &mut child.exit => {}
         }
@@ -299,9 +278,9 @@ async fn containerd_loop(
             }
             s = stop.recv() => {
                 let _ = cd_tx.send(None);
-                let _ = RealSys.kill(child.pid, libc::SIGTERM);
+                let _ = RealSys.kill(child.pid, Signal::SIGTERM);
                 if tokio::time::timeout(Duration::from_secs(10), &mut child.exit).await.is_err() {
-                    let _ = RealSys.kill(child.pid, libc::SIGKILL);
+                    let _ = RealSys.kill(child.pid, Signal::SIGKILL);
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut child.exit).await;
                 }
                 if let Some(s) = s { let _ = s.send(()); }
@@ -346,14 +325,7 @@ async fn debug_shell(console: String) {
             .stdin(Stdio::from(tty.try_clone().expect("dup tty")))
             .stdout(Stdio::from(tty.try_clone().expect("dup tty")))
             .stderr(Stdio::from(tty));
-        // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                libc::ioctl(0, libc::TIOCSCTTY, 1);
-                Ok(())
-            });
-        }
+        sys::set_controlling_tty(&mut cmd);
         match reaper::spawn(&mut cmd) {
             Ok(c) => {
                 drop(cmd);
@@ -434,16 +406,16 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     crate::bundle::volumes::prepare_all(&RealSys);
     onboot::run_all(
         &Path::new("/").join(osk_layout::ONBOOT_DIR),
-        "/var/log/onboot",
+        paths::ONBOOT_LOG_DIR,
         cmd.onboot_timeout,
     )
     .await;
     mark(Event::OnbootDone);
     // Metadata (the `metadata` onboot container) names the machine over
     // /etc/hostname and the MAC, before any service starts.
-    if let Some(h) = net::read_hostname(Path::new(net::METADATA_HOSTNAME)) {
-        tracing::info!("hostname {h} (from {})", net::METADATA_HOSTNAME);
-        set_hostname(&h);
+    if let Some(h) = net::read_hostname(Path::new(paths::METADATA_HOSTNAME)) {
+        tracing::info!("hostname {h} (from {})", paths::METADATA_HOSTNAME);
+        set_hostname(&RealSys, &h);
     }
 
     let _ = onboot_tx.send(true);
@@ -474,7 +446,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     }
     onboot::run_all(
         &Path::new("/").join(osk_layout::ONSHUTDOWN_DIR),
-        "/var/log/onshutdown",
+        paths::ONSHUTDOWN_LOG_DIR,
         None,
     )
     .await;

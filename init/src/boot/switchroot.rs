@@ -7,11 +7,9 @@
 //! chroots into it. The new root is the same files on a mount that has a
 //! parent, which is all `pivot_root` asks for. Nothing is copied.
 
-use std::fs;
 use std::io;
-use std::path::Path;
 
-use nix::mount::MsFlags;
+use crate::sys::{MsFlags, Sys};
 
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -21,17 +19,14 @@ pub const STAGING: &str = "/.osk-newroot";
 
 /// True when `/` is the initramfs itself: a ramfs/tmpfs whose mount is the
 /// root of the mount tree (after the switch `/` is a bind mount of it, with a
-/// parent).
-pub fn root_is_initramfs() -> bool {
-    let Ok(st) = nix::sys::statfs::statfs("/") else {
-        return false;
-    };
-    let magic = st.filesystem_type().0;
-    if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
-        return false;
+/// parent). `mountinfo` is `/proc/self/mountinfo`.
+pub fn root_is_initramfs(sys: &dyn Sys, mountinfo: &str) -> bool {
+    match sys.fs_magic("/") {
+        Ok(magic) if magic == RAMFS_MAGIC || magic == TMPFS_MAGIC => {
+            root_is_unattached_rootfs(mountinfo)
+        }
+        _ => false,
     }
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    root_is_unattached_rootfs(&info)
 }
 
 /// Whether the mount at `/` in a mountinfo text is `rootfs` and its own
@@ -52,53 +47,52 @@ pub fn root_is_unattached_rootfs(mountinfo: &str) -> bool {
     })
 }
 
-fn ctx(e: nix::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(
-        io::Error::from(e).kind(),
-        format!("{what} {}: {e}", path.display()),
-    )
+/// The step of [`switch_root`] that failed, and on which path.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {path}: {cause}")]
+pub struct SwitchRootError {
+    pub step: &'static str,
+    pub path: String,
+    #[source]
+    pub cause: io::Error,
 }
+
+/// Mounts already made under `/` that move along into the new root.
+const CARRIED: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 
 /// Makes a bind mount of the initramfs the root and chroots into it.
 /// Mounts already made under `/` (`/dev`, `/proc`...) are moved along.
-pub fn switch_root() -> io::Result<()> {
-    let staging = Path::new(STAGING);
-    fs::create_dir_all(staging)?;
-    nix::mount::mount(
-        Some("/"),
-        staging,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| ctx(e, "bind-mounting / on", staging))?;
-    for m in ["/dev", "/proc", "/sys", "/run"] {
-        if crate::sys::is_mountpoint(Path::new(m)) {
-            let target = staging.join(&m[1..]);
-            fs::create_dir_all(&target)?;
-            nix::mount::mount(
-                Some(m),
-                &target,
-                None::<&str>,
-                MsFlags::MS_MOVE,
-                None::<&str>,
-            )
-            .map_err(|e| ctx(e, "moving mount", Path::new(m)))?;
+/// Stops at the first failure: `/` is then left where it was.
+pub fn switch_root(sys: &dyn Sys) -> Result<(), SwitchRootError> {
+    let step = |step: &'static str, path: &str| {
+        let path = path.to_string();
+        move |cause| SwitchRootError { step, path, cause }
+    };
+    sys.mkdir_p(STAGING).map_err(step("creating", STAGING))?;
+    sys.mount("/", STAGING, None, MsFlags::MS_BIND, None)
+        .map_err(step("bind-mounting / on", STAGING))?;
+    for m in CARRIED {
+        if sys.is_mountpoint(m) {
+            let target = format!("{STAGING}{m}");
+            sys.mkdir_p(&target).map_err(step("creating", &target))?;
+            sys.mount(m, &target, None, MsFlags::MS_MOVE, None)
+                .map_err(step("moving mount", m))?;
         }
     }
-    std::env::set_current_dir(staging)?;
-    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| ctx(e, "moving the bind mount onto", Path::new("/")))?;
-    nix::unistd::chroot(".").map_err(|e| ctx(e, "chroot into", staging))?;
-    std::env::set_current_dir("/")?;
+    sys.chdir(STAGING).map_err(step("entering", STAGING))?;
+    sys.mount(".", "/", None, MsFlags::MS_MOVE, None)
+        .map_err(step("moving the bind mount onto", "/"))?;
+    sys.chroot(".").map_err(step("chroot into", STAGING))?;
+    sys.chdir("/").map_err(step("entering", "/"))?;
     // The staging directory shows up (empty) inside the new root too.
-    let _ = fs::remove_dir(STAGING);
+    let _ = sys.rmdir(STAGING);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::testing::Recorder;
 
     #[test]
     fn tells_the_initial_rootfs_from_a_bind_mount_of_it() {
@@ -108,5 +102,69 @@ mod tests {
         assert!(!root_is_unattached_rootfs(switched));
         let disk = "20 20 8:1 / / rw - ext4 /dev/sda1 rw\n";
         assert!(!root_is_unattached_rootfs(disk));
+    }
+
+    #[test]
+    fn only_a_ram_filesystem_at_the_top_of_the_tree_needs_the_switch() {
+        let initramfs = "1 1 0:2 / / rw - rootfs rootfs rw\n";
+        let sys = Recorder::default();
+        assert!(
+            !root_is_initramfs(&sys, initramfs),
+            "statfs failed: no switch"
+        );
+        sys.set_fs_magic(RAMFS_MAGIC);
+        assert!(root_is_initramfs(&sys, initramfs));
+        assert!(!root_is_initramfs(
+            &sys,
+            "25 1 0:2 / / rw - rootfs rootfs rw\n"
+        ));
+        sys.set_fs_magic(0xEF53);
+        assert!(!root_is_initramfs(&sys, initramfs), "ext4 root");
+    }
+
+    #[test]
+    fn switch_moves_the_mounted_ones_along_then_chroots() {
+        let sys = Recorder::default();
+        sys.set_mounted("/dev");
+        sys.set_mounted("/proc");
+        switch_root(&sys).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /.osk-newroot",
+                "mount / /.osk-newroot - MS_BIND -",
+                "mkdir /.osk-newroot/dev",
+                "mount /dev /.osk-newroot/dev - MS_MOVE -",
+                "mkdir /.osk-newroot/proc",
+                "mount /proc /.osk-newroot/proc - MS_MOVE -",
+                "chdir /.osk-newroot",
+                "mount . / - MS_MOVE -",
+                "chroot .",
+                "chdir /",
+                "rmdir /.osk-newroot",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_move_stops_before_the_root_is_touched_and_names_the_mount() {
+        let sys = Recorder::default();
+        sys.set_mounted("/proc");
+        sys.fail("mount /proc", libc::EINVAL);
+        let err = switch_root(&sys).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "moving mount /proc: {}",
+                std::io::Error::from_raw_os_error(libc::EINVAL)
+            )
+        );
+        let calls = sys.calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("chroot") || c.starts_with("mount . /")),
+            "{calls:?}"
+        );
     }
 }

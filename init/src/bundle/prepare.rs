@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
 use osk_layout::Runtime;
+
+use crate::net::{Links, Rtnetlink};
+use crate::sys::{MntFlags, MsFlags, RealSys, Sys};
 
 /// A bundle on the image.
 #[derive(Debug, Clone)]
@@ -111,62 +113,134 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
     (flags, prop, data.join(","))
 }
 
-fn io_ctx(what: String) -> impl FnOnce(nix::Error) -> String {
-    move |e| format!("{what}: {e}")
+/// A runtime.json host action that failed: names the bundle and the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum HostActionError {
+    #[error("{bundle}: mkdir {path}: {cause}")]
+    Mkdir {
+        bundle: String,
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: mount {source} on {target}: {cause}")]
+    Mount {
+        bundle: String,
+        source: String,
+        target: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: remount ro {target}: {cause}")]
+    RemountReadOnly {
+        bundle: String,
+        target: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: propagation of {target}: {cause}")]
+    Propagation {
+        bundle: String,
+        target: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: cgroup {path}: {cause}")]
+    Cgroup {
+        bundle: String,
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: interface {name}: interface type {kind:?} is not supported (use veth)")]
+    InterfaceKind {
+        bundle: String,
+        name: String,
+        kind: String,
+    },
+    #[error("{bundle}: interface {name}: {cause}")]
+    Interface {
+        bundle: String,
+        name: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: bindNS {kind} {path}: {cause}")]
+    BindTarget {
+        bundle: String,
+        kind: &'static str,
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{bundle}: bindNS {source} on {path}: {cause}")]
+    Bind {
+        bundle: String,
+        source: String,
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
 }
 
-/// Host-side preparation before the container is created. Errors name the
-/// bundle and the failing entry.
-pub fn before_create(b: &Bundle) -> Result<(), String> {
+/// Host-side preparation before the container is created, on the running
+/// system. See [`before_create_on`].
+pub fn before_create(b: &Bundle) -> Result<(), HostActionError> {
+    before_create_on(&RealSys, b)
+}
+
+/// `mkdir`, then `mounts` (each with a read-only remount for a read-only
+/// bind and a propagation change when asked), then `cgroups`. Stops at the
+/// first failure.
+pub fn before_create_on(sys: &dyn Sys, b: &Bundle) -> Result<(), HostActionError> {
+    let bundle = || b.name.clone();
     let rt = &b.runtime;
     for d in &rt.mkdir {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: mkdir {d}: {e}", b.name))?;
+        sys.mkdir_p(d).map_err(|cause| HostActionError::Mkdir {
+            bundle: bundle(),
+            path: d.clone(),
+            cause,
+        })?;
     }
     for m in &rt.mounts {
         let (flags, prop, data) = parse_options(&m.options);
-        let _ = std::fs::create_dir_all(&m.destination);
+        let target = m.destination.as_str();
+        let _ = sys.mkdir_p(target);
         let src = m.source.as_deref().unwrap_or("none");
         let data = (!data.is_empty()).then_some(data.as_str());
-        nix::mount::mount(
-            Some(src),
-            m.destination.as_str(),
-            m.kind.as_deref(),
-            flags,
-            data,
-        )
-        .map_err(io_ctx(format!(
-            "{}: mount {src} on {}",
-            b.name, m.destination
-        )))?;
+        sys.mount(src, target, m.kind.as_deref(), flags, data)
+            .map_err(|cause| HostActionError::Mount {
+                bundle: bundle(),
+                source: src.into(),
+                target: target.into(),
+                cause,
+            })?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
             // A bind mount ignores MS_RDONLY until remounted.
-            nix::mount::mount(
-                None::<&str>,
-                m.destination.as_str(),
-                None::<&str>,
-                flags | MsFlags::MS_REMOUNT,
-                None::<&str>,
-            )
-            .map_err(io_ctx(format!("{}: remount ro {}", b.name, m.destination)))?;
+            sys.mount("none", target, None, flags | MsFlags::MS_REMOUNT, None)
+                .map_err(|cause| HostActionError::RemountReadOnly {
+                    bundle: bundle(),
+                    target: target.into(),
+                    cause,
+                })?;
         }
         if !prop.is_empty() {
-            nix::mount::mount(
-                None::<&str>,
-                m.destination.as_str(),
-                None::<&str>,
-                prop,
-                None::<&str>,
-            )
-            .map_err(io_ctx(format!(
-                "{}: propagation of {}",
-                b.name, m.destination
-            )))?;
+            sys.mount("none", target, None, prop, None)
+                .map_err(|cause| HostActionError::Propagation {
+                    bundle: bundle(),
+                    target: target.into(),
+                    cause,
+                })?;
         }
     }
     for c in &rt.cgroups {
-        let p = Path::new("/sys/fs/cgroup").join(c.trim_start_matches('/'));
-        std::fs::create_dir_all(&p)
-            .map_err(|e| format!("{}: cgroup {}: {e}", b.name, p.display()))?;
+        let p = Path::new(crate::paths::CGROUP_ROOT).join(c.trim_start_matches('/'));
+        let p = p.display().to_string();
+        sys.mkdir_p(&p).map_err(|cause| HostActionError::Cgroup {
+            bundle: bundle(),
+            path: p.clone(),
+            cause,
+        })?;
     }
     Ok(())
 }
@@ -183,9 +257,21 @@ pub fn needs_pid(b: &Bundle) -> bool {
         .any(|p| p.is_some())
 }
 
-/// Preparation that needs the task's pid: interfaces into its network
-/// namespace, then namespace bind mounts.
-pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
+/// Preparation that needs the task's pid, on the running system. See
+/// [`after_create_on`].
+pub fn after_create(b: &Bundle, pid: u32) -> Result<(), HostActionError> {
+    after_create_on(&RealSys, &Rtnetlink, b, pid)
+}
+
+/// Interfaces into the task's network namespace, then namespace bind
+/// mounts. Stops at the first failure.
+pub fn after_create_on(
+    sys: &dyn Sys,
+    links: &dyn Links,
+    b: &Bundle,
+    pid: u32,
+) -> Result<(), HostActionError> {
+    let bundle = || b.name.clone();
     for i in &b.runtime.interfaces {
         let res = if i.add == "veth" {
             let peer = if i.peer.is_empty() {
@@ -195,17 +281,23 @@ pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
             };
             // A previous run's pair survives while its namespace is still
             // bound (bindNS): remove it first.
-            crate::net::delete_link(&peer)
-                .and_then(|()| crate::net::create_veth(&i.name, &peer, pid))
+            links
+                .delete_link(&peer)
+                .and_then(|()| links.create_veth(&i.name, &peer, pid))
         } else if i.add.is_empty() {
-            crate::net::move_link(&i.name, pid)
+            links.move_link(&i.name, pid)
         } else {
-            Err(std::io::Error::other(format!(
-                "interface type {:?} is not supported (use veth)",
-                i.add
-            )))
+            return Err(HostActionError::InterfaceKind {
+                bundle: bundle(),
+                name: i.name.clone(),
+                kind: i.add.clone(),
+            });
         };
-        res.map_err(|e| format!("{}: interface {}: {e}", b.name, i.name))?;
+        res.map_err(|cause| HostActionError::Interface {
+            bundle: bundle(),
+            name: i.name.clone(),
+            cause,
+        })?;
     }
     let ns = &b.runtime.bind_ns;
     for (kind, path) in [
@@ -218,26 +310,28 @@ pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
         ("uts", &ns.uts),
     ] {
         let Some(path) = path else { continue };
-        if let Some(parent) = Path::new(path).parent() {
-            let _ = std::fs::create_dir_all(parent);
+        if let Some(parent) = Path::new(path).parent().and_then(Path::to_str) {
+            let _ = sys.mkdir_p(parent);
         }
-        // The path may still be bound to the previous run's namespace
-        // (opening that for writing fails): only create it when missing.
-        if !Path::new(path).exists() {
-            std::fs::File::create(path)
-                .map_err(|e| format!("{}: bindNS {kind} {path}: {e}", b.name))?;
-        }
+        // The path may still be bound to the previous run's namespace:
+        // touch only creates it when missing.
+        sys.touch(path)
+            .map_err(|cause| HostActionError::BindTarget {
+                bundle: bundle(),
+                kind,
+                path: path.clone(),
+                cause,
+            })?;
         // Drop the previous run's namespace, if it is still bound here.
-        let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = sys.umount(path, MntFlags::MNT_DETACH);
         let src = format!("/proc/{pid}/ns/{kind}");
-        nix::mount::mount(
-            Some(src.as_str()),
-            path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(io_ctx(format!("{}: bindNS {src} on {path}", b.name)))?;
+        sys.mount(&src, path, None, MsFlags::MS_BIND, None)
+            .map_err(|cause| HostActionError::Bind {
+                bundle: bundle(),
+                source: src.clone(),
+                path: path.clone(),
+                cause,
+            })?;
     }
     Ok(())
 }
@@ -245,6 +339,7 @@ pub fn after_create(b: &Bundle, pid: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::testing::Recorder;
 
     #[test]
     fn options_split_into_flags_propagation_and_data() {
@@ -313,5 +408,96 @@ mod tests {
         };
         before_create(&b).unwrap();
         assert!(want.is_dir());
+    }
+
+    fn bundle(runtime_json: &str) -> Bundle {
+        Bundle {
+            name: "svc".into(),
+            dir: "/containers/services/svc".into(),
+            runtime: serde_json::from_str(runtime_json).unwrap(),
+        }
+    }
+
+    #[test]
+    fn host_actions_before_create_follow_runtime_json_in_order() {
+        let b = bundle(
+            r#"{"mkdir":["/run/a"],
+                "mounts":[{"type":"tmpfs","source":"tmpfs","destination":"/run/t","options":["nosuid","size=1m"]},
+                          {"source":"/var/data","destination":"/data","options":["rbind","ro","rshared"]}],
+                "cgroups":["/osk/svc"]}"#,
+        );
+        let sys = Recorder::default();
+        before_create_on(&sys, &b).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /run/a",
+                "mkdir /run/t",
+                "mount tmpfs /run/t tmpfs MS_NOSUID size=1m",
+                "mkdir /data",
+                "mount /var/data /data - MS_RDONLY|MS_BIND|MS_REC -",
+                "mount none /data - MS_RDONLY|MS_REMOUNT|MS_BIND|MS_REC -",
+                "mount none /data - MS_REC|MS_SHARED -",
+                "mkdir /sys/fs/cgroup/osk/svc",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_mount_names_bundle_and_target_and_stops_there() {
+        let b = bundle(
+            r#"{"mounts":[{"source":"/nope","destination":"/data","options":["bind"]}],
+                "cgroups":["/osk/svc"]}"#,
+        );
+        let sys = Recorder::default();
+        sys.fail("mount /nope /data", libc::ENOENT);
+        let err = before_create_on(&sys, &b).unwrap_err();
+        assert!(
+            err.to_string().starts_with("svc: mount /nope on /data: "),
+            "{err}"
+        );
+        assert!(sys.calls_starting("mkdir /sys/fs/cgroup").is_empty());
+    }
+
+    #[test]
+    fn after_create_makes_interfaces_then_binds_namespaces() {
+        let b = bundle(
+            r#"{"interfaces":[{"name":"eth1","add":"veth"},{"name":"eth2"}],
+                "bindNS":{"net":"/run/netns/svc"}}"#,
+        );
+        let sys = Recorder::default();
+        after_create_on(&sys, &sys, &b, 42).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "link delete eth1p",
+                "link veth eth1 eth1p 42",
+                "link move eth2 42",
+                "mkdir /run/netns",
+                "touch /run/netns/svc",
+                "umount /run/netns/svc detach",
+                "mount /proc/42/ns/net /run/netns/svc - MS_BIND -",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interface_failure_stops_before_any_namespace_is_bound() {
+        let b = bundle(r#"{"interfaces":[{"name":"eth1"}],"bindNS":{"net":"/run/netns/svc"}}"#);
+        let sys = Recorder::default();
+        sys.fail("link move eth1", libc::ENODEV);
+        let err = after_create_on(&sys, &sys, &b, 7).unwrap_err();
+        assert!(
+            err.to_string().starts_with("svc: interface eth1: "),
+            "{err}"
+        );
+        assert!(sys.calls_starting("mount").is_empty(), "{:?}", sys.calls());
+
+        let b = bundle(r#"{"interfaces":[{"name":"br0","add":"bridge"}]}"#);
+        let err = after_create_on(&sys, &sys, &b, 7).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "svc: interface br0: interface type \"bridge\" is not supported (use veth)"
+        );
     }
 }

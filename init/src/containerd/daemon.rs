@@ -6,13 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::containerd::client::Containerd;
 use crate::log::rotating::{self, RotatingLog, Sink};
-use crate::reaper;
+use crate::{paths, reaper};
 
 pub const BINARY: &str = "/usr/bin/containerd";
-pub const SOCKET: &str = "/run/containerd/containerd.sock";
-pub const CONFIG: &str = "/run/osk/containerd.toml";
 /// PATH for containerd and the shims it starts (they look up `runc`; the
-/// sealed one in [`crate::containerd::sealedrunc::BIN_DIR`] comes first). containerd
+/// sealed one in [`paths::BIN_DIR`] comes first). containerd
 /// finds the shim front of [`crate::containerd::shimstart::FRONT_DIR`] before the shim.
 pub const PATH: &str =
     "/run/osk/bin:/usr/libexec/osk:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -22,8 +20,8 @@ pub const PATH: &str =
 pub fn config() -> String {
     format!(
         r#"version = 2
-root = "/var/lib/containerd"
-state = "/run/containerd"
+root = "{root}"
+state = "{state}"
 disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.internal.v1.opt",
@@ -35,20 +33,24 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "{SOCKET}"
+  address = "{socket}"
 
 [ttrpc]
-  address = "/run/containerd/containerd.sock.ttrpc"
-"#
+  address = "{ttrpc}"
+"#,
+        root = paths::CONTAINERD_ROOT,
+        state = paths::CONTAINERD_STATE,
+        socket = paths::CONTAINERD_SOCKET,
+        ttrpc = paths::CONTAINERD_TTRPC_SOCKET,
     )
 }
 
 /// Starts containerd (output to /var/log/containerd.log, and the console
 /// with `debug`).
 pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
-    std::fs::create_dir_all("/run/osk")?;
-    std::fs::write(CONFIG, config())?;
-    let _ = std::fs::remove_file(SOCKET);
+    std::fs::create_dir_all(paths::RUN_OSK)?;
+    std::fs::write(paths::CONTAINERD_CONFIG, config())?;
+    let _ = std::fs::remove_file(paths::CONTAINERD_SOCKET);
     let (r, w) = rotating::async_pipe()?;
     let w2 = w.try_clone()?;
     let log = RotatingLog::open(
@@ -58,7 +60,7 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
     .ok();
     let sink = Sink::shared(log, debug.then(|| "containerd: ".to_string()));
     let mut cmd = Command::new(BINARY);
-    cmd.args(["--config", CONFIG])
+    cmd.args(["--config", paths::CONTAINERD_CONFIG])
         .env_clear()
         .env("PATH", PATH)
         .stdin(Stdio::null())
@@ -74,9 +76,12 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
 pub async fn wait_ready(timeout: Duration) -> Option<Containerd> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if Path::new(SOCKET).exists() {
-            if let Ok(c) =
-                Containerd::connect(Path::new(SOCKET), osk_layout::CONTAINERD_NAMESPACE).await
+        if Path::new(paths::CONTAINERD_SOCKET).exists() {
+            if let Ok(c) = Containerd::connect(
+                Path::new(paths::CONTAINERD_SOCKET),
+                osk_layout::CONTAINERD_NAMESPACE,
+            )
+            .await
             {
                 if let Ok(v) = c.version().await {
                     tracing::info!("containerd {v} ready");
@@ -108,10 +113,6 @@ mod tests {
             pos(crate::containerd::shimstart::FRONT_DIR)
                 < pos(real.parent().unwrap().to_str().unwrap())
         );
-        assert_eq!(
-            pos(crate::containerd::sealedrunc::BIN_DIR),
-            0,
-            "the sealed runc comes first"
-        );
+        assert_eq!(pos(crate::paths::BIN_DIR), 0, "the sealed runc comes first");
     }
 }

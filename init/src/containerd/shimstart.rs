@@ -34,7 +34,7 @@ pub const REAL_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 pub const FRONT_DIR: &str = "/usr/libexec/osk";
 /// The shims' sockets: the shim's `defaults.DefaultStateDir` + "s", fixed in
 /// the shim whatever containerd's own state directory is.
-const SOCKET_DIR: &str = "/run/containerd/s";
+const SOCKET_DIR: &str = crate::paths::SHIM_SOCKET_DIR;
 /// Annotations the runc shim groups containers by, in its order.
 const GROUP_ANNOTATIONS: [&str; 2] = [
     "io.containerd.runc.v2.group",

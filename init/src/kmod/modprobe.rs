@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 
 use crate::kmod::modalias::modules_for;
 use crate::kmod::modules::{self, Index, Kmod, RealKmod};
+use crate::paths;
 
 /// The helper's path: a link to the init binary named `modprobe`.
-pub const LINK: &str = "/run/osk/bin/modprobe";
 const KERNEL_KNOB: &str = "/proc/sys/kernel/modprobe";
 
-/// Links [`LINK`] to `init_exe` and tells the kernel to run it.
+/// Links [`paths::MODPROBE_LINK`] to `init_exe` and tells the kernel to run it.
 pub fn install(init_exe: &Path) -> io::Result<()> {
-    crate::sys::replace_symlink(init_exe, Path::new(LINK))?;
-    std::fs::write(KERNEL_KNOB, format!("{LINK}\n"))
+    crate::sys::replace_symlink(init_exe, Path::new(paths::MODPROBE_LINK))?;
+    std::fs::write(KERNEL_KNOB, format!("{}\n", paths::MODPROBE_LINK))
 }
 
 /// What the command line asked for.
@@ -177,7 +177,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let dir = release_dir();
-    let index = modules::load_index(&dir, Path::new(modules::INDEX_CACHE));
+    let index = modules::load_index(&dir, Path::new(paths::MODULES_INDEX));
     let builtin =
         builtin(&std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default());
     let (msgs, ok) = probe(&RealKmod, &index, &builtin, &args);

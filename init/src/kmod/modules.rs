@@ -157,7 +157,6 @@ pub fn index_dir(dir: &Path) -> (Index, Vec<ModinfoError>) {
 /// Where PID 1 leaves its index for the modprobe helper, which the kernel
 /// may start several times a boot (a DHCP client alone asks for two
 /// modules twice): reading one file beats reading every module again.
-pub const INDEX_CACHE: &str = "/run/osk/modules.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Cached {

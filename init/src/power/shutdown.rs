@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use nix::mount::{MntFlags, MsFlags};
-
-use crate::sys::{PowerAction, Sys};
+use crate::sys::{MntFlags, MsFlags, PowerAction, Signal, Sys};
 
 /// Mount points from a /proc/mounts text, innermost (last mounted) first,
 /// skipping the ones that cannot or need not be unmounted.
@@ -30,9 +28,9 @@ pub fn finish(
     grace: Duration,
     sleep: &dyn Fn(Duration),
 ) {
-    let _ = sys.kill(-1, libc::SIGTERM);
+    let _ = sys.kill(-1, Signal::SIGTERM);
     sleep(grace);
-    let _ = sys.kill(-1, libc::SIGKILL);
+    let _ = sys.kill(-1, Signal::SIGKILL);
     sys.sync();
     for m in unmount_order(mounts) {
         if sys.umount(&m, MntFlags::empty()).is_err() {
@@ -65,24 +63,73 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sequence_kills_syncs_unmounts_then_powers_off() {
-        let sys = Recorder::default();
+    fn finish_with(sys: &Recorder) -> Duration {
         let slept = std::cell::Cell::new(Duration::ZERO);
         finish(
-            &sys,
+            sys,
             PowerAction::PowerOff,
             MOUNTS,
             Duration::from_secs(2),
             &|d| slept.set(slept.get() + d),
         );
+        slept.get()
+    }
+
+    #[test]
+    fn sequence_kills_syncs_unmounts_then_powers_off() {
+        let sys = Recorder::default();
+        let slept = finish_with(&sys);
+        assert_eq!(
+            sys.calls(),
+            [
+                "kill -1 SIGTERM",
+                "kill -1 SIGKILL",
+                "sync",
+                "umount /var/lib/my data",
+                "umount /var",
+                "umount /sys/fs/cgroup",
+                "mount none / - MS_RDONLY|MS_REMOUNT -",
+                "sync",
+                "reboot PowerOff",
+            ]
+        );
+        assert_eq!(
+            slept,
+            Duration::from_secs(2),
+            "the grace period between the signals"
+        );
+    }
+
+    #[test]
+    fn a_busy_mount_is_detached_and_the_rest_still_unmount() {
+        let sys = Recorder::default();
+        sys.fail("umount /var", libc::EBUSY);
+        finish_with(&sys);
+        let umounts = sys.calls_starting("umount");
+        assert_eq!(
+            umounts,
+            [
+                "umount /var/lib/my data",
+                "umount /var",
+                "umount /var detach",
+                "umount /sys/fs/cgroup",
+            ]
+        );
+        assert_eq!(sys.calls().last().unwrap(), "reboot PowerOff");
+    }
+
+    #[test]
+    fn failing_kills_and_remount_do_not_stop_the_power_off() {
+        let sys = Recorder::default();
+        sys.fail("kill", libc::ESRCH);
+        sys.fail("mount none /", libc::EBUSY);
+        finish_with(&sys);
         let calls = sys.calls();
-        assert_eq!(calls[0], format!("kill -1 {}", libc::SIGTERM));
-        assert_eq!(calls[1], format!("kill -1 {}", libc::SIGKILL));
-        assert_eq!(calls[2], "sync");
-        assert_eq!(calls[3], "umount /var/lib/my data");
+        assert_eq!(
+            calls.iter().filter(|c| *c == "sync").count(),
+            2,
+            "{calls:?}"
+        );
         assert_eq!(calls.last().unwrap(), "reboot PowerOff");
-        assert_eq!(calls[calls.len() - 2], "sync");
-        assert_eq!(slept.get(), Duration::from_secs(2));
     }
 }

@@ -289,7 +289,7 @@ impl Service {
     async fn start_once(&mut self, fifos: &(String, String)) -> Result<u32, String> {
         let cd = self.containerd().await;
         let b = &self.b;
-        let prepare = |pid| prepare::after_create(b, pid);
+        let prepare = |pid| prepare::after_create(b, pid).map_err(|e| e.to_string());
         if std::mem::take(&mut self.precreated) {
             return cd
                 .start_task(&b.name, &fifos.0, &fifos.1, prepare)
