@@ -142,8 +142,8 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
         Request::Start { name } => done(sup.send(&name, Cmd::Start).await),
         Request::Stop { name } => done(sup.send(&name, Cmd::Stop(None)).await),
         Request::Restart { name } => done(sup.send(&name, Cmd::Restart).await),
-        Request::Poweroff => done(power.send(PowerAction::PowerOff).map_err(|e| e.to_string())),
-        Request::Reboot => done(power.send(PowerAction::Reboot).map_err(|e| e.to_string())),
+        Request::Poweroff => done(power.send(PowerAction::PowerOff)),
+        Request::Reboot => done(power.send(PowerAction::Reboot)),
         Request::Logs { name, follow } => {
             let Some(sink) = sup.sink(&name) else {
                 let _ = reply(&mut w, &Response::err(format!("no service named {name:?}"))).await;
@@ -185,10 +185,10 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
     let _ = reply(&mut w, &resp).await;
 }
 
-fn done(r: Result<(), String>) -> Response {
+fn done(r: Result<(), impl std::fmt::Display>) -> Response {
     match r {
         Ok(()) => Response::ok(),
-        Err(e) => Response::err(e),
+        Err(e) => Response::err(e.to_string()),
     }
 }
 

@@ -60,7 +60,7 @@ pub fn main() -> ! {
             // run() only returns after shutdown::finish failed to reboot.
             fatal(&format!("reboot(2) for {action:?} returned"))
         }
-        Ok(Err(e)) => fatal(&e),
+        Ok(Err(e)) => fatal(&e.to_string()),
         Err(_) => fatal("panic in the main loop (see above)"),
     }
 }
@@ -204,13 +204,20 @@ fn load_modules() {
     mark(Event::ModulesLoaded);
 }
 
-fn run(cmd: &Cmdline) -> Result<PowerAction, String> {
+/// What stops PID 1 from running at all (it then powers off).
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("creating the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn run(cmd: &Cmdline) -> Result<PowerAction, BootError> {
     let sys = RealSys;
     early_setup(&sys, cmd);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("creating the async runtime: {e}"))?;
+        .map_err(BootError::Runtime)?;
     let action = rt.block_on(async_main(cmd.clone()));
     tracing::info!("shutting down: {action:?}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -354,7 +361,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
         power_tx.clone(),
     );
     spawn_signal(
-        SignalKind::from_raw(libc::SIGPWR),
+        SignalKind::from_raw(Signal::SIGPWR as i32),
         PowerAction::PowerOff,
         power_tx.clone(),
     );

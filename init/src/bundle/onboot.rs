@@ -15,7 +15,8 @@ use std::time::Duration;
 use osk_layout::Runtime;
 
 use crate::bundle::prepare::{self, Bundle, HostActionError};
-use crate::log::rotating::{self, RotatingLog, Sink};
+use crate::log::rotating::{self, RotatingLog};
+use crate::log::sink::{async_pipe, pump, Sink};
 use crate::paths::RUNC_ROOT;
 use crate::reaper;
 
@@ -110,11 +111,11 @@ pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32
     let id = format!("osk-{}", b.name);
     let log = RotatingLog::open(format!("{log_dir}/{}.log", b.name), rotating::DEFAULT_CAP).ok();
     let sink = Sink::shared(log, Some(format!("{}: ", b.name)));
-    let (r, w) = rotating::async_pipe().map_err(|cause| OnbootError::Pipe {
+    let (r, w) = async_pipe().map_err(|cause| OnbootError::Pipe {
         id: id.clone(),
         cause,
     })?;
-    let pump = tokio::spawn(rotating::pump(r, sink));
+    let pump = tokio::spawn(pump(r, sink));
     let _ = std::fs::create_dir_all(RUNC_ROOT);
     let bundle = b.dir.display().to_string();
     // A leftover from an earlier failure would make create fail; on a fresh

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::containerd::client::Containerd;
-use crate::log::rotating::{self, RotatingLog, Sink};
+use crate::log::rotating::{self, RotatingLog};
+use crate::log::sink::{async_pipe, pump, Sink};
 use crate::{paths, reaper};
 
 pub const BINARY: &str = "/usr/bin/containerd";
@@ -51,7 +52,7 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
     std::fs::create_dir_all(paths::RUN_OSK)?;
     std::fs::write(paths::CONTAINERD_CONFIG, config())?;
     let _ = std::fs::remove_file(paths::CONTAINERD_SOCKET);
-    let (r, w) = rotating::async_pipe()?;
+    let (r, w) = async_pipe()?;
     let w2 = w.try_clone()?;
     let log = RotatingLog::open(
         format!("{}/containerd.log", osk_layout::LOG_DIR),
@@ -68,7 +69,7 @@ pub fn spawn(debug: bool) -> std::io::Result<reaper::Child> {
         .stderr(Stdio::from(w2));
     let child = reaper::spawn(&mut cmd)?;
     drop(cmd);
-    tokio::spawn(rotating::pump(r, sink));
+    tokio::spawn(pump(r, sink));
     Ok(child)
 }
 

@@ -3,3 +3,4 @@
 pub mod console;
 pub mod rotating;
 pub mod selfstat;
+pub mod sink;

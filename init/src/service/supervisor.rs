@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bundle::prepare::{self, Bundle};
 use crate::containerd::client::{self as containerd, Containerd, ServiceDef, TaskState};
-use crate::log::rotating::{self, RotatingLog, SharedSink, Sink};
+use crate::log::rotating::{self, RotatingLog};
+use crate::log::sink::{pump, SharedSink, Sink};
 use crate::service::backoff::{should_restart, Backoff, Exit};
 use crate::service::stop;
 
@@ -68,7 +69,7 @@ fn open_fifos(name: &str, sink: &SharedSink) -> std::io::Result<(String, String)
         let rx = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&p)?;
-        tokio::spawn(rotating::pump(rx, sink.clone()));
+        tokio::spawn(pump(rx, sink.clone()));
         paths.push(p.display().to_string());
     }
     Ok((paths.remove(0), paths.remove(0)))

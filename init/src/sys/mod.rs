@@ -2,9 +2,10 @@
 //! them (boot, switchroot, bundle host actions, volumes, shutdown) are
 //! unit-tested against a recording double.
 //!
-//! Leaves with a seam of their own: kernel modules ([`crate::kmod::modules::Kmod`]),
-//! rtnetlink ([`crate::net::Links`]), child reaping ([`crate::reaper`]), the
-//! shim front's sockets ([`crate::containerd::shimstart`]) and evdev
+//! Leaves that keep their own raw calls: kernel modules
+//! ([`crate::kmod::modules::Kmod`]), rtnetlink ([`crate::net::Links`]),
+//! uevents ([`crate::kmod::uevent`]), child reaping ([`crate::reaper`]), the
+//! shim front's descriptors (`containerd/shimstart/fds.rs`) and evdev
 //! ([`crate::power::button`]).
 
 mod real;
