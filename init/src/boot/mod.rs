@@ -445,22 +445,36 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     let action = power_rx.recv().await.unwrap_or(PowerAction::PowerOff);
     mark(Event::ShutdownStart);
     tracing::info!("{action:?} requested: stopping services");
-    if tokio::time::timeout(Duration::from_secs(120), sup.stop_all())
-        .await
-        .is_err()
-    {
-        tracing::error!("services did not stop within 120s; going on");
-    }
-    onboot::run_all(
-        &Path::new("/").join(osk_layout::ONSHUTDOWN_DIR),
-        paths::ONSHUTDOWN_LOG_DIR,
-        None,
-    )
-    .await;
-    mark(Event::OnshutdownDone);
-    let (done_tx, done_rx) = oneshot::channel();
-    if stop_tx.send(done_tx).await.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(15), done_rx).await;
-    }
+    let stages = BootStages { sup, stop_tx };
+    shutdown::stop_stages(&stages, shutdown::Limits::default()).await;
     action
+}
+
+/// What [`shutdown::stop_stages`] stops on a running machine.
+struct BootStages {
+    sup: Supervisor,
+    stop_tx: mpsc::Sender<StopContainerd>,
+}
+
+impl shutdown::Stages for BootStages {
+    async fn stop_services(&self) {
+        self.sup.stop_all().await
+    }
+
+    async fn run_onshutdown(&self) {
+        onboot::run_all(
+            &Path::new("/").join(osk_layout::ONSHUTDOWN_DIR),
+            paths::ONSHUTDOWN_LOG_DIR,
+            None,
+        )
+        .await;
+        mark(Event::OnshutdownDone);
+    }
+
+    async fn stop_containerd(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.stop_tx.send(done_tx).await.is_ok() {
+            let _ = done_rx.await;
+        }
+    }
 }

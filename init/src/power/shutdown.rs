@@ -1,9 +1,63 @@
-//! The last steps of shutdown, once services, onshutdown containers and
-//! containerd are gone: kill what is left, sync, unmount, reboot(2).
+//! Shutdown: services, onshutdown containers and containerd stop in that
+//! order, each within its limit; then the last steps: kill what is left,
+//! sync, unmount, reboot(2).
 
+use std::future::Future;
 use std::time::Duration;
 
 use crate::sys::{MntFlags, MsFlags, PowerAction, Signal, Sys};
+
+/// The stages that stop before [`finish`], as a seam for the sequence.
+pub trait Stages {
+    /// Every service, dependents first.
+    fn stop_services(&self) -> impl Future<Output = ()>;
+    /// The onshutdown containers, one after the other.
+    fn run_onshutdown(&self) -> impl Future<Output = ()>;
+    /// containerd itself.
+    fn stop_containerd(&self) -> impl Future<Output = ()>;
+}
+
+/// How long [`stop_stages`] waits for a stage before going on without it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub services: Duration,
+    pub containerd: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            services: Duration::from_secs(120),
+            containerd: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Stops services (within `limits.services`), runs onshutdown containers
+/// (each has its own timeout), then stops containerd (within
+/// `limits.containerd`). A stage that overruns is logged and left behind:
+/// [`finish`] kills whatever still runs.
+pub async fn stop_stages(stages: &impl Stages, limits: Limits) {
+    if tokio::time::timeout(limits.services, stages.stop_services())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "services did not stop within {}s; going on",
+            limits.services.as_secs()
+        );
+    }
+    stages.run_onshutdown().await;
+    if tokio::time::timeout(limits.containerd, stages.stop_containerd())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "containerd did not stop within {}s; going on",
+            limits.containerd.as_secs()
+        );
+    }
+}
 
 /// Mount points from a /proc/mounts text, innermost (last mounted) first,
 /// skipping the ones that cannot or need not be unmounted.
@@ -131,5 +185,76 @@ mod tests {
             "{calls:?}"
         );
         assert_eq!(calls.last().unwrap(), "reboot PowerOff");
+    }
+
+    /// Stages that log their start and end; `hang` never ends.
+    struct FakeStages {
+        log: std::sync::Mutex<Vec<String>>,
+        hang: &'static str,
+    }
+
+    impl FakeStages {
+        async fn stage(&self, name: &str) {
+            self.log.lock().unwrap().push(format!("{name} begins"));
+            if self.hang == name {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.log.lock().unwrap().push(format!("{name} ends"));
+        }
+    }
+
+    impl Stages for FakeStages {
+        async fn stop_services(&self) {
+            self.stage("services").await
+        }
+        async fn run_onshutdown(&self) {
+            self.stage("onshutdown").await
+        }
+        async fn stop_containerd(&self) {
+            self.stage("containerd").await
+        }
+    }
+
+    const SHORT: Limits = Limits {
+        services: Duration::from_millis(100),
+        containerd: Duration::from_millis(100),
+    };
+
+    #[tokio::test]
+    async fn stages_run_one_after_the_other_in_order() {
+        let f = FakeStages {
+            log: Default::default(),
+            hang: "",
+        };
+        stop_stages(&f, SHORT).await;
+        assert_eq!(
+            *f.log.lock().unwrap(),
+            [
+                "services begins",
+                "services ends",
+                "onshutdown begins",
+                "onshutdown ends",
+                "containerd begins",
+                "containerd ends",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn hung_services_or_containerd_do_not_hold_up_the_power_off() {
+        for hang in ["services", "containerd"] {
+            let f = FakeStages {
+                log: Default::default(),
+                hang,
+            };
+            tokio::time::timeout(Duration::from_secs(5), stop_stages(&f, SHORT))
+                .await
+                .expect("a hung stage held up shutdown");
+            let log = f.log.lock().unwrap();
+            assert!(!log.contains(&format!("{hang} ends")), "{log:?}");
+            assert!(log.contains(&"onshutdown ends".to_string()), "{log:?}");
+            assert!(log.last().unwrap().starts_with("containerd"), "{log:?}");
+        }
     }
 }
