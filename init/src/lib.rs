@@ -1,8 +1,14 @@
 //! osk-init: PID 1 for osk machines.
 //!
 //! The binary (`src/bin/osk-init.rs`) only calls [`boot::main`]. Privileged
-//! operations go through [`sys::Sys`] so the boot plan, module ordering,
+//! calls go through [`sys::Sys`] (or a leaf's own trait, listed there), so
+//! the boot plan, switchroot, bundle host actions, volumes, module ordering,
 //! restart back-off and shutdown sequence are unit-tested without root.
+//!
+//! One folder per concern: [`boot`] (the sequence), [`sys`] (the seam),
+//! [`kmod`], [`containerd`], [`service`] (supervision), [`bundle`] (onboot
+//! and runtime.json host actions), [`net`], [`power`], [`log`], [`metadata`];
+//! every guest path init owns is in [`paths`].
 
 pub mod boot;
 pub mod bundle;

@@ -4,27 +4,23 @@
 
 pub mod cmdline;
 pub mod early;
+mod shell;
 pub mod switchroot;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use osk_layout::marker::Event;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::boot::cmdline::Cmdline;
 use crate::bundle::onboot;
 use crate::bundle::prepare::Bundle;
-use crate::containerd::client::Containerd;
 use crate::containerd::daemon;
-use crate::kmod::modules;
 use crate::log::console::{self, mark};
 use crate::power::shutdown;
-use crate::service::backoff::Backoff;
 use crate::service::supervisor::Supervisor;
-use crate::sys::{self, PowerAction, RealSys, Signal, Sys};
+use crate::sys::{PowerAction, RealSys, Sys};
 use crate::{net, paths, reaper};
 
 /// How long after all services started the `init-rss` marker is taken.
@@ -131,7 +127,7 @@ fn prepare_runc() {
 /// Kernel modules, then the hostname (the MAC of a virtio NIC may name the
 /// machine). Runs on a blocking thread while containerd starts.
 fn modules_and_hostname() {
-    load_modules();
+    crate::kmod::load_at_boot();
     set_hostname(&RealSys, &net::pick_hostname());
 }
 
@@ -140,68 +136,6 @@ fn set_hostname(sys: &dyn Sys, host: &str) {
         tracing::warn!("setting hostname {host}: {e}");
     }
     let _ = std::fs::write(paths::HOSTNAME_FILE, format!("{host}\n"));
-}
-
-fn load_modules() {
-    use modules::Kmod;
-    let dir = crate::kmod::modprobe::release_dir();
-    let (index, errors) = modules::index_dir(&dir);
-    for e in errors {
-        tracing::warn!("skipping module: {e}");
-    }
-    if let Err(e) = modules::save_index(&index, &dir, Path::new(paths::MODULES_INDEX)) {
-        tracing::warn!("saving the module index for modprobe: {e}");
-    }
-    // The helper first: modules loaded below may ask for others (libcrc32c
-    // for crc32c).
-    match std::env::current_exe() {
-        Ok(exe) => {
-            if let Err(e) = crate::kmod::modprobe::install(&exe) {
-                tracing::warn!("no modprobe helper ({e}); modules load only at boot");
-            }
-        }
-        Err(e) => tracing::warn!("no modprobe helper (own path: {e})"),
-    }
-    // The image's list: loaded whatever the hardware.
-    let wanted = std::fs::read_to_string(Path::new("/").join(osk_layout::MODULES_LIST))
-        .map(|t| modules::parse_list(&t))
-        .unwrap_or_default();
-    let (order, missing) = modules::load_order(&index, Some(&wanted));
-    for m in missing {
-        tracing::warn!(
-            "module {m} not found under {} (listed in /{} or a dependency)",
-            dir.display(),
-            osk_layout::MODULES_LIST
-        );
-    }
-    let kmod = modules::RealKmod;
-    let listed = modules::load(&kmod, &index, &order);
-    let mut tried = order.into_iter().collect();
-    // Subscribed before the first walk, so no device added after it is
-    // missed; later looks read only what the kernel announced since.
-    let events = crate::kmod::uevent::Listener::open()
-        .map_err(|e| tracing::debug!("no uevents ({e}); sysfs is walked after every load"))
-        .ok();
-    let devices = crate::kmod::modalias::coldplug(
-        &kmod,
-        &index,
-        crate::kmod::modalias::walk_once(
-            || crate::kmod::modalias::scan(Path::new("/sys/devices")),
-            events.map(|l| move || l.drain_added()),
-        ),
-        &mut tried,
-    );
-    for (m, e) in listed.failed.iter().chain(&devices.failed) {
-        tracing::warn!("loading module {m} failed: {e}");
-    }
-    let waiting = index.keys().filter(|m| !kmod.is_loaded(m)).count();
-    tracing::info!(
-        "modules: {} listed, {} for devices, {} failed; {waiting} more load when the kernel asks",
-        listed.loaded.len(),
-        devices.loaded.len(),
-        listed.failed.len() + devices.failed.len(),
-    );
-    mark(Event::ModulesLoaded);
 }
 
 /// What stops PID 1 from running at all (it then powers off).
@@ -231,147 +165,12 @@ fn run(cmd: &Cmdline) -> Result<PowerAction, BootError> {
     Ok(action)
 }
 
-/// Stop request for the containerd loop: reply when it is gone.
-type StopContainerd = oneshot::Sender<()>;
-
-async fn containerd_loop(
-    cd_tx: watch::Sender<Option<Containerd>>,
-    debug: bool,
-    mut stop: mpsc::Receiver<StopContainerd>,
-) {
-    let mut backoff = Backoff::default();
-    let mut first = true;
-    loop {
-        let started = std::time::Instant::now();
-        let mut child = match daemon::spawn(debug) {
-            Ok(c) => {
-                if first {
-                    mark(Event::ContainerdStart);
-                }
-                c
-            }
-            Err(e) => {
-                tracing::error!("cannot start {}: {e}", daemon::BINARY);
-                let delay = backoff.delay_after(Duration::ZERO);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    s = stop.recv() => { if let Some(s) = s { let _ = s.send(()); } return; }
-                }
-            }
-        };
-        tokio::select! {
-            ready = daemon::wait_ready(Duration::from_secs(60)) => match ready {
-                Some(c) => {
-                    if first {
-                        mark(Event::ContainerdReady);
-                        first = false;
-                    }
-                    let _ = cd_tx.send(Some(c));
-                }
-                None => tracing::error!("containerd did not answer on {} within 60s", paths::CONTAINERD_SOCKET),
-            },
-            _ = &mut child.exit => {}
-        }
-        tokio::select! {
-            status = &mut child.exit => {
-                let _ = cd_tx.send(None);
-                let code = status.map(reaper::code).unwrap_or(-1);
-                let delay = backoff.delay_after(started.elapsed());
-                tracing::error!("containerd exited ({code}); restarting in {}s (log: /var/log/containerd.log)", delay.as_secs());
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    s = stop.recv() => { if let Some(s) = s { let _ = s.send(()); } return; }
-                }
-            }
-            s = stop.recv() => {
-                let _ = cd_tx.send(None);
-                let _ = RealSys.kill(child.pid, Signal::SIGTERM);
-                if tokio::time::timeout(Duration::from_secs(10), &mut child.exit).await.is_err() {
-                    let _ = RealSys.kill(child.pid, Signal::SIGKILL);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut child.exit).await;
-                }
-                if let Some(s) = s { let _ = s.send(()); }
-                return;
-            }
-        }
-    }
-}
-
-fn spawn_signal(kind: SignalKind, action: PowerAction, tx: mpsc::UnboundedSender<PowerAction>) {
-    match signal(kind) {
-        Ok(mut s) => {
-            tokio::spawn(async move {
-                while s.recv().await.is_some() {
-                    let _ = tx.send(action);
-                }
-            });
-        }
-        Err(e) => tracing::error!("cannot handle signal {kind:?}: {e}"),
-    }
-}
-
-/// `osk.shell`: /bin/sh on the first console, respawned when it exits.
-async fn debug_shell(console: String) {
-    if !Path::new("/bin/sh").exists() {
-        tracing::warn!("osk.shell: no /bin/sh in the init image; no debug shell");
-        return;
-    }
-    loop {
-        let Ok(tty) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&console)
-        else {
-            tracing::warn!("osk.shell: cannot open {console}");
-            return;
-        };
-        let mut cmd = Command::new("/bin/sh");
-        cmd.env("PATH", daemon::PATH)
-            .env("HOME", "/")
-            .env("TERM", "linux")
-            .stdin(Stdio::from(tty.try_clone().expect("dup tty")))
-            .stdout(Stdio::from(tty.try_clone().expect("dup tty")))
-            .stderr(Stdio::from(tty));
-        sys::set_controlling_tty(&mut cmd);
-        match reaper::spawn(&mut cmd) {
-            Ok(c) => {
-                drop(cmd);
-                let _ = c.exit.await;
-            }
-            Err(e) => {
-                tracing::warn!("osk.shell: {e}");
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 async fn async_main(cmd: Cmdline) -> PowerAction {
     tokio::spawn(reaper::run());
     let (power_tx, mut power_rx) = mpsc::unbounded_channel();
-    spawn_signal(
-        SignalKind::terminate(),
-        PowerAction::PowerOff,
-        power_tx.clone(),
-    );
-    spawn_signal(
-        SignalKind::user_defined2(),
-        PowerAction::PowerOff,
-        power_tx.clone(),
-    );
-    spawn_signal(
-        SignalKind::from_raw(Signal::SIGPWR as i32),
-        PowerAction::PowerOff,
-        power_tx.clone(),
-    );
-    spawn_signal(
-        SignalKind::interrupt(),
-        PowerAction::Reboot,
-        power_tx.clone(),
-    );
+    crate::power::signals::watch(&power_tx);
     if cmd.shell {
-        tokio::spawn(debug_shell(cmd.console_paths()[0].clone()));
+        tokio::spawn(shell::run(cmd.console_paths()[0].clone()));
     }
 
     // containerd starts while modules load and onboot runs (onboot uses
@@ -379,7 +178,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     // still comes first for them.
     let (cd_tx, cd_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = mpsc::channel(1);
-    tokio::spawn(containerd_loop(cd_tx, cmd.debug, stop_rx));
+    tokio::spawn(daemon::run_supervised(cd_tx, cmd.debug, stop_rx));
     // Let the loop exec containerd, the longest start of the boot, before
     // anything else competes for the CPU.
     tokio::task::yield_now().await;
@@ -453,7 +252,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
 /// What [`shutdown::stop_stages`] stops on a running machine.
 struct BootStages {
     sup: Supervisor,
-    stop_tx: mpsc::Sender<StopContainerd>,
+    stop_tx: mpsc::Sender<daemon::StopRequest>,
 }
 
 impl shutdown::Stages for BootStages {

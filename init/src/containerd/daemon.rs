@@ -1,12 +1,19 @@
-//! containerd as a supervised child of PID 1.
+//! containerd as a supervised child of PID 1: its config, its start and
+//! its restart loop.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use osk_layout::marker::Event;
+use tokio::sync::{mpsc, oneshot, watch};
+
 use crate::containerd::client::Containerd;
+use crate::log::console::mark;
 use crate::log::rotating::{self, RotatingLog};
 use crate::log::sink::{async_pipe, pump, Sink};
+use crate::service::backoff::Backoff;
+use crate::sys::{RealSys, Signal, Sys};
 use crate::{paths, reaper};
 
 pub const BINARY: &str = "/usr/bin/containerd";
@@ -93,6 +100,76 @@ pub async fn wait_ready(timeout: Duration) -> Option<Containerd> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// Stop request for the containerd loop: reply when it is gone.
+pub type StopRequest = oneshot::Sender<()>;
+
+/// Runs containerd for the life of the machine: restarts it with back-off
+/// when it exits, publishes a client on `cd_tx` while it answers (`None`
+/// while it is down), and on a stop request terminates it (SIGKILL after
+/// 10 s) and replies.
+pub async fn run_supervised(
+    cd_tx: watch::Sender<Option<Containerd>>,
+    debug: bool,
+    mut stop: mpsc::Receiver<StopRequest>,
+) {
+    let mut backoff = Backoff::default();
+    let mut first = true;
+    loop {
+        let started = std::time::Instant::now();
+        let mut child = match spawn(debug) {
+            Ok(c) => {
+                if first {
+                    mark(Event::ContainerdStart);
+                }
+                c
+            }
+            Err(e) => {
+                tracing::error!("cannot start {}: {e}", BINARY);
+                let delay = backoff.delay_after(Duration::ZERO);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    s = stop.recv() => { if let Some(s) = s { let _ = s.send(()); } return; }
+                }
+            }
+        };
+        tokio::select! {
+            ready = wait_ready(Duration::from_secs(60)) => match ready {
+                Some(c) => {
+                    if first {
+                        mark(Event::ContainerdReady);
+                        first = false;
+                    }
+                    let _ = cd_tx.send(Some(c));
+                }
+                None => tracing::error!("containerd did not answer on {} within 60s", paths::CONTAINERD_SOCKET),
+            },
+            _ = &mut child.exit => {}
+        }
+        tokio::select! {
+            status = &mut child.exit => {
+                let _ = cd_tx.send(None);
+                let code = status.map(reaper::code).unwrap_or(-1);
+                let delay = backoff.delay_after(started.elapsed());
+                tracing::error!("containerd exited ({code}); restarting in {}s (log: {}/containerd.log)", delay.as_secs(), osk_layout::LOG_DIR);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    s = stop.recv() => { if let Some(s) = s { let _ = s.send(()); } return; }
+                }
+            }
+            s = stop.recv() => {
+                let _ = cd_tx.send(None);
+                let _ = RealSys.kill(child.pid, Signal::SIGTERM);
+                if tokio::time::timeout(Duration::from_secs(10), &mut child.exit).await.is_err() {
+                    let _ = RealSys.kill(child.pid, Signal::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut child.exit).await;
+                }
+                if let Some(s) = s { let _ = s.send(()); }
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
