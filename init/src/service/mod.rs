@@ -13,4 +13,9 @@ pub mod state;
 pub mod stop;
 pub mod supervisor;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 pub use error::Error;
