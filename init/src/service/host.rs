@@ -12,6 +12,7 @@ use crate::bundle::prepare::{self, Bundle};
 use crate::containerd::client as containerd;
 use crate::log::rotating::{self, RotatingLog};
 use crate::log::sink::{pump, SharedSink, Sink};
+use crate::sys::{RealSys, Sys};
 
 /// Where the services' log FIFOs are made.
 pub const IO_DIR: &str = "/run/osk/io";
@@ -52,7 +53,7 @@ impl ServiceHost for RealHost {
 
     fn open_io(&self, service: &str, sink: &SharedSink) -> Result<TaskIo, Error> {
         let dir = Path::new(IO_DIR);
-        open_fifos(dir, service, sink).map_err(|cause| Error::Fifos {
+        open_fifos(&RealSys, dir, service, sink).map_err(|cause| Error::Fifos {
             service: service.to_string(),
             dir: dir.to_path_buf(),
             cause,
@@ -95,14 +96,18 @@ impl ServiceHost for RealHost {
 /// Creates the FIFO pair a service's task writes to and starts copying it
 /// into the service's log. The FIFOs are held open read-write, so a
 /// restarting task never sees a missing reader.
-fn open_fifos(dir: &Path, service: &str, sink: &SharedSink) -> std::io::Result<TaskIo> {
+fn open_fifos(
+    sys: &dyn Sys,
+    dir: &Path,
+    service: &str,
+    sink: &SharedSink,
+) -> std::io::Result<TaskIo> {
     std::fs::create_dir_all(dir)?;
     let mut paths: Vec<PathBuf> = Vec::new();
     for stream in ["stdout", "stderr"] {
         let p = dir.join(format!("{service}.{stream}"));
         let _ = std::fs::remove_file(&p);
-        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+        sys.mkfifo(&p.display().to_string(), 0o600)?;
         let rx = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&p)?;
@@ -125,7 +130,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = Sink::shared(None, None);
         let mut follow = sink.lock().unwrap().subscribe();
-        let io = open_fifos(dir.path(), "web", &sink).unwrap();
+        let io = open_fifos(&RealSys, dir.path(), "web", &sink).unwrap();
         assert_eq!(
             io.stdout,
             dir.path().join("web.stdout").display().to_string()
@@ -144,6 +149,6 @@ mod tests {
             .unwrap();
         assert_eq!(&got[..], b"hello\n");
         // A second open (the service's next boot of init) replaces them.
-        assert!(open_fifos(dir.path(), "web", &sink).is_ok());
+        assert!(open_fifos(&RealSys, dir.path(), "web", &sink).is_ok());
     }
 }
