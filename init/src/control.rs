@@ -11,7 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::service::supervisor::{Cmd, Status, Supervisor};
+use crate::service::state::Status;
+use crate::service::supervisor::{Cmd, Supervisor};
 use crate::sys::PowerAction;
 
 /// A request, and also oskctl's subcommand: the CLI is this enum, so the

@@ -1,13 +1,16 @@
-//! The order services stop in at shutdown: dependents first, independent
-//! ones together.
+//! How services stop: the order at shutdown (dependents first, independent
+//! ones together), and each task's SIGTERM, grace period and SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::timeout;
+
+use super::runtime::{TaskRuntime, TaskState};
 
 /// The order services stop in: a service stops only after every service
 /// whose `dependsOn` names it (its dependents) has stopped.
@@ -125,6 +128,33 @@ where
         });
     }
     while all.join_next().await.is_some() {}
+}
+
+/// How long a task may take to go after SIGKILL before it is removed anyway.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops the task `id` and removes it and its container. Returns the exit
+/// status if it was running and exited in time.
+pub async fn stop_task<R: TaskRuntime>(
+    rt: &R,
+    id: &str,
+    grace: Duration,
+) -> Result<Option<u32>, R::Error> {
+    let mut code = None;
+    if let Some((_, TaskState::Running | TaskState::Created)) = rt.state(id).await? {
+        let waiter = rt.wait(id);
+        tokio::pin!(waiter);
+        let _ = rt.kill(id, libc::SIGTERM).await;
+        code = match timeout(grace, &mut waiter).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                let _ = rt.kill(id, libc::SIGKILL).await;
+                timeout(KILL_WAIT, waiter).await.ok().and_then(|r| r.ok())
+            }
+        };
+    }
+    rt.delete(id).await?;
+    Ok(code)
 }
 
 #[cfg(test)]
