@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, Permissions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -192,12 +192,16 @@ pub fn write_tar(spool: &Spool, a: &Assembled, w: impl Write, mtime: u32) -> io:
         let mut h = header(tar::EntryType::Directory, 0o755, 0, 0, 0);
         tb.append_data(&mut h, "boot", io::empty())?;
         let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, kernel.size);
-        tb.append_data(&mut h, "boot/kernel", spool.open_content(&kernel.sha)?)?;
+        tb.append_data(
+            &mut h,
+            "boot/kernel",
+            spool.open_exact(&kernel.sha, kernel.size)?,
+        )?;
         let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, a.cmdline.len() as u64);
         tb.append_data(&mut h, "boot/cmdline", a.cmdline.as_bytes())?;
         if let Some(u) = &a.ucode {
             let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, u.size);
-            tb.append_data(&mut h, "boot/ucode.cpio", spool.open_content(&u.sha)?)?;
+            tb.append_data(&mut h, "boot/ucode.cpio", spool.open_exact(&u.sha, u.size)?)?;
         }
     }
     let tree: &Tree = &a.tree;
@@ -221,7 +225,8 @@ pub fn write_tar(spool: &Spool, a: &Assembled, w: impl Write, mtime: u32) -> io:
                     first.insert(*ino, path.clone());
                     let mut h =
                         header(tar::EntryType::Regular, im.mode, im.uid, im.gid, inode.size);
-                    let r = spool.open_content(&inode.sha)?.take(inode.size);
+                    // Exact: the tar writer stops at the size, the check must not.
+                    let r = spool.open_exact(&inode.sha, inode.size)?;
                     tb.append_data(&mut h, p, r)?;
                 }
             }

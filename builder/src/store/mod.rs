@@ -60,6 +60,14 @@ pub enum StoreError {
         actual: Digest,
         context: String,
     },
+    /// A blob whose size is not its descriptor's: truncated or appended to.
+    #[error("blob {digest} is damaged: it has {actual} bytes where its descriptor says {expected}{context}")]
+    BlobSize {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+        context: String,
+    },
     #[error("image {reference} has no manifest for platform {platform} (available: {available}); use one of those")]
     NoPlatform {
         reference: String,
@@ -405,6 +413,48 @@ impl Store {
         })
     }
 
+    /// Checks that every layer blob of `image` is there with its descriptor's
+    /// size: a stat per layer, cheap enough for every build, which may take
+    /// its files from the spool and never read the blob. (The manifest and
+    /// config were hashed when the image was loaded; a layer is hashed
+    /// whenever it is read.)
+    /// Returns the first bad layer's digest with the error.
+    pub fn check_layer_sizes(&self, image: &Image) -> Result<(), (Digest, StoreError)> {
+        for (digest, desc) in image
+            .layers()
+            .map_err(|e| (image.manifest_digest.clone(), e))?
+        {
+            self.check_size(&digest, desc.size())
+                .map_err(|e| (digest.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether blob `digest` is present with `expected` bytes.
+    pub(crate) fn check_size(&self, digest: &Digest, expected: u64) -> Result<()> {
+        let path = self.blob_path(digest);
+        let actual = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob {
+                    digest: digest.clone(),
+                    store: self.root.clone(),
+                    context: String::new(),
+                })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if actual != expected {
+            return Err(StoreError::BlobSize {
+                digest: digest.clone(),
+                expected,
+                actual,
+                context: String::new(),
+            });
+        }
+        Ok(())
+    }
+
     /// Writes `config` and a manifest over `layers` (already in the store),
     /// names it `reference`, and returns the manifest's descriptor.
     pub fn write_image(
@@ -589,6 +639,17 @@ fn with_context(e: StoreError, ctx: &str) -> StoreError {
         StoreError::MissingBlob { digest, store, .. } => StoreError::MissingBlob {
             digest,
             store,
+            context: ctx.to_string(),
+        },
+        StoreError::BlobSize {
+            digest,
+            expected,
+            actual,
+            ..
+        } => StoreError::BlobSize {
+            digest,
+            expected,
+            actual,
             context: ctx.to_string(),
         },
         other => other,
