@@ -23,7 +23,7 @@ use crate::reference::Digest;
 use crate::store::{Image, PlatformSpec, Store, StoreError};
 
 pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
-pub use output::{write_tar, Format};
+pub use output::{remove_temporaries, write_tar, Format};
 pub use plan::{image_defaults, plan, Resolve};
 
 pub use crate::initramfs::Compression;
