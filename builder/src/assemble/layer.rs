@@ -219,7 +219,7 @@ pub fn read_tar(r: impl Read, spool: &Spool) -> io::Result<Vec<LayerEntry>> {
             other => {
                 tracing::warn!(
                     "skipping tar entry {} of unsupported type {other:?}",
-                    String::from_utf8_lossy(&path)
+                    crate::untrusted::quote(&path)
                 );
                 continue;
             }
@@ -258,7 +258,7 @@ fn mismatch(e: &io::Error) -> Option<&DigestMismatchIo> {
 fn bad(path: &[u8], what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{}: {what}", String::from_utf8_lossy(path)),
+        format!("{}: {what}", crate::untrusted::quote(path)),
     )
 }
 

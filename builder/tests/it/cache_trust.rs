@@ -199,3 +199,45 @@ fn a_stopped_build_leaves_no_temporaries() {
         assert_eq!(temporaries(&out), Vec::<String>::new(), "signal {signal}");
     }
 }
+
+/// Random bytes are not an archive: the message says so, names the file,
+/// and carries no control character from it.
+#[test]
+fn importing_random_bytes_is_a_clean_error() {
+    let d = tempfile::tempdir().unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for seed in 0..8u64 {
+        x ^= seed.wrapping_mul(0x9e37_79b9);
+        let junk: Vec<u8> = (0..3000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let file = d.path().join(format!("junk-{seed}.tar"));
+        std::fs::write(&file, &junk).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_osk"))
+            .arg("--cache")
+            .arg(d.path().join("store"))
+            .args(["cache", "import"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(err.contains("not a tar archive"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(!err.chars().any(|c| c.is_control() && c != '\n'), "{err:?}");
+    }
+    // A directory without index.json is not an OCI layout.
+    let o = Command::new(env!("CARGO_BIN_EXE_osk"))
+        .arg("--cache")
+        .arg(d.path().join("store"))
+        .args(["cache", "import"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("not an OCI layout"), "{}", stderr(&o));
+}

@@ -80,7 +80,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Libraries may quote their input raw; no control byte reaches the terminal.
+            let message = osk_builder::untrusted::printable(&format!("{err:#}"));
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
