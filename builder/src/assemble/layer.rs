@@ -312,6 +312,19 @@ fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
+/// Cached layer indexes that do not parse or fail their checksum.
+pub(crate) fn damaged_indexes(spool: &Spool) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut bad = Vec::new();
+    for item in fs::read_dir(spool.index_path(""))? {
+        let path = item?.path();
+        if parse_index(&fs::read(&path)?).is_none() {
+            bad.push(path);
+        }
+    }
+    bad.sort();
+    Ok(bad)
+}
+
 /// A cached index that parses and whose checksum holds, whether or not its content is all spooled.
 fn load_index_unchecked(spool: &Spool, key: &str) -> Option<Vec<LayerEntry>> {
     parse_index(&fs::read(spool.index_path(key)).ok()?)

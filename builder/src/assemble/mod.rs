@@ -107,6 +107,23 @@ pub fn image_uses_content(spool: &Spool, image: &Image, sha: &Sha) -> bool {
     })
 }
 
+/// What `osk cache verify` finds wrong in a spool.
+#[derive(Debug, Default)]
+pub struct SpoolCheck {
+    /// Content entries that are not what their names say.
+    pub content: Vec<SpoolDamage>,
+    /// Cached layer indexes that fail their checksum.
+    pub indexes: Vec<PathBuf>,
+}
+
+/// Hashes every spool entry and checks every cached layer index.
+pub fn check_spool(spool: &Spool) -> io::Result<SpoolCheck> {
+    Ok(SpoolCheck {
+        content: spool.check_content()?,
+        indexes: layer::damaged_indexes(spool)?,
+    })
+}
+
 /// Applies every layer of `image`, in order, to a fresh tree.
 pub fn flatten(store: &Store, spool: &Spool, image: &Image) -> Result<Tree, AssembleError> {
     let name = image.reference.familiar();

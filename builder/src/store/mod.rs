@@ -8,6 +8,7 @@
 
 mod layout;
 mod transfer;
+mod verify;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -25,6 +26,7 @@ use crate::reference::{Digest, Reference};
 
 pub use layout::{oci_layout_file, Layout, PlatformSpec, CONTAINERD_IMAGE_NAME};
 pub use transfer::ArchiveFormat;
+pub use verify::{BadBlob, BlobFault, Verified};
 
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";

@@ -241,3 +241,117 @@ fn importing_random_bytes_is_a_clean_error() {
         .unwrap();
     assert!(stderr(&o).contains("not an OCI layout"), "{}", stderr(&o));
 }
+
+fn osk_cache(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_osk"))
+        .arg("--cache")
+        .arg(store)
+        .arg("cache")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Each kind of damage is found and named with its image, and --repair
+/// leaves a store and spool that verify clean.
+#[test]
+fn cache_verify_finds_each_kind_of_damage_and_repair_drops_it() {
+    let n = node(None);
+    let o = run(osk_build(
+        &n,
+        &n.dir.path().join("out"),
+        &["--format", "tar"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let clean = osk_cache(&n.store, &["verify"]);
+    assert!(clean.status.success(), "{}", stderr(&clean));
+
+    let store = Store::open(&n.store).unwrap();
+    let image = |name: &str| {
+        store
+            .image(
+                &osk_builder::reference::Reference::parse(name).unwrap(),
+                "linux",
+                "amd64",
+            )
+            .unwrap()
+    };
+    let layer_of = |name: &str| image(name).layers().unwrap()[0].0.clone();
+    // Truncated, flipped, missing, and a damaged blob no image uses.
+    let init = layer_of("test/init:1");
+    let p = store.blob_path(&init);
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..1000]).unwrap();
+    let getty = layer_of("test/getty:1");
+    let p = store.blob_path(&getty);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[600] ^= 0x20;
+    std::fs::write(&p, bytes).unwrap();
+    let kernel_config = image("test/kernel:1")
+        .manifest
+        .config()
+        .digest()
+        .to_string();
+    let kernel_config: osk_builder::reference::Digest = kernel_config.parse().unwrap();
+    std::fs::remove_file(store.blob_path(&kernel_config)).unwrap();
+    let orphan = n.store.join("blobs/sha256").join(sha256_hex(b"orphan"));
+    std::fs::write(&orphan, b"0rphan").unwrap();
+    // A spool entry and a cached layer index.
+    let h = sha256_hex(b"bzImage");
+    let entry = n.store.join("spool/content").join(&h[..2]).join(&h);
+    std::fs::write(&entry, b"BZIMAGE").unwrap();
+    let index = n.store.join("spool/layers").join(getty.hex());
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[18] ^= 0x08;
+    std::fs::write(&index, bytes).unwrap();
+
+    let o = osk_cache(&n.store, &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = |needle: &str| {
+        out.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle} in:\n{out}"))
+            .to_string()
+    };
+    let l = line(init.hex());
+    assert!(
+        l.contains("has 1000 bytes") && l.contains("image test/init:1"),
+        "{l}"
+    );
+    let l = line(getty.hex());
+    assert!(
+        l.contains("corrupt") && l.contains("image test/getty:1"),
+        "{l}"
+    );
+    let l = line(kernel_config.hex());
+    assert!(
+        l.contains("missing") && l.contains("image test/kernel:1"),
+        "{l}"
+    );
+    let l = line(&sha256_hex(b"orphan"));
+    assert!(
+        l.contains("corrupt") && l.contains("no image uses it"),
+        "{l}"
+    );
+    let l = line(&h);
+    assert!(l.contains("spool entry") && l.contains("damaged"), "{l}");
+    let l = line(&index.display().to_string());
+    assert!(l.contains("layer index"), "{l}");
+    assert!(stderr(&o).contains("6 damaged item(s)"), "{}", stderr(&o));
+
+    let o = osk_cache(&n.store, &["verify", "--repair"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    for name in ["test/init:1", "test/getty:1", "test/kernel:1"] {
+        assert!(err.contains(&format!("dropped image {name}")), "{err}");
+    }
+    let o = osk_cache(&n.store, &["verify"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    assert!(!entry.exists() && !index.exists() && !orphan.exists());
+}
