@@ -235,24 +235,9 @@ pub fn read_tar(r: impl Read, spool: &Spool) -> io::Result<Vec<LayerEntry>> {
     Ok(out)
 }
 
-/// A digest mismatch anywhere in an io error's chain (decoders and the tar
-/// reader wrap the error of the reader below them).
+/// A digest mismatch anywhere in an io error's chain.
 fn mismatch(e: &io::Error) -> Option<&DigestMismatchIo> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> =
-        e.get_ref().map(|i| i as &(dyn std::error::Error + 'static));
-    while let Some(err) = cur {
-        if let Some(m) = err.downcast_ref::<DigestMismatchIo>() {
-            return Some(m);
-        }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn std::error::Error + 'static));
-                continue;
-            }
-        }
-        cur = err.source();
-    }
-    None
+    crate::store::cause(e)
 }
 
 fn bad(path: &[u8], what: &str) -> io::Error {

@@ -253,23 +253,9 @@ impl From<SpoolDamage> for io::Error {
     }
 }
 
-/// The [`SpoolDamage`] anywhere in an error's chain (compressors, the tar
-/// and cpio writers and the build's own errors wrap the reader's error).
+/// The [`SpoolDamage`] anywhere in an error's chain.
 pub fn damage<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a SpoolDamage> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(d) = err.downcast_ref::<SpoolDamage>() {
-            return Some(d);
-        }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn std::error::Error + 'static));
-                continue;
-            }
-        }
-        cur = err.source();
-    }
-    None
+    crate::store::cause(e)
 }
 
 fn check_len(got: u64, want: u64) -> io::Result<()> {

@@ -608,6 +608,24 @@ impl std::fmt::Display for DigestMismatchIo {
 
 impl std::error::Error for DigestMismatchIo {}
 
+/// The first error of type `T` in `e`'s chain, looking inside `io::Error`s
+/// too (decoders, tar and cpio writers wrap the error of the reader below).
+pub fn cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = match err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
 /// Turns an io error from a [`VerifyingReader`] back into the precise store error.
 pub fn verify_error(e: io::Error, path: &Path) -> StoreError {
     if let Some(m) = e

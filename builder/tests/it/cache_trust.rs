@@ -82,6 +82,19 @@ fn temporaries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// `len` reproducible bytes that look random (xorshift; `seed` not 0).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
@@ -144,15 +157,7 @@ fn the_next_build_removes_a_killed_builds_temporaries_only() {
 #[test]
 fn a_stopped_build_leaves_no_temporaries() {
     // Incompressible data under xz: the initrd takes seconds to write.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..24 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = noise(0x9e37_79b9_7f4a_7c15, 24 << 20);
     let n = node(Some(&big));
     let warm = run(osk_build(
         &n,
@@ -205,17 +210,8 @@ fn a_stopped_build_leaves_no_temporaries() {
 #[test]
 fn importing_random_bytes_is_a_clean_error() {
     let d = tempfile::tempdir().unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for seed in 0..8u64 {
-        x ^= seed.wrapping_mul(0x9e37_79b9);
-        let junk: Vec<u8> = (0..3000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+    for seed in 1..9u64 {
+        let junk = noise(seed.wrapping_mul(0x2545_f491_4f6c_dd1d), 3000);
         let file = d.path().join(format!("junk-{seed}.tar"));
         std::fs::write(&file, &junk).unwrap();
         let o = Command::new(env!("CARGO_BIN_EXE_osk"))
