@@ -7,7 +7,7 @@ export OSK_TEST_NETWORK ?= 1
 # Parallel VMs under TCG: each wants a core; more only slows all of them down.
 E2E_THREADS ?= 2
 
-.PHONY: build test unit e2e e2e-full bench run clippy fmt
+.PHONY: build test lint unit e2e e2e-full bench run clippy fmt
 
 build:
 	$(CARGO) build --release --workspace
@@ -26,7 +26,12 @@ e2e:
 e2e-full:
 	$(CARGO) test -p osk-e2e --test scenarios -- --test-threads $(E2E_THREADS) --nocapture
 
-test: unit e2e
+# Formatting and clippy, warnings as errors; `make test` runs it first.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: lint unit e2e
 
 # Build and boot timings against their floors; writes bench/RESULTS.md.
 bench: bench-build

@@ -46,17 +46,24 @@ impl Digest {
     }
 }
 
-impl FromStr for Digest {
-    type Err = String;
+/// A digest that is not `sha256:<64 lowercase hex>`; carries the text.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DigestError {
+    #[error("digest {0:?} is not sha256:<hex> (only sha256 is supported)")]
+    Algorithm(String),
+    #[error("digest {0:?} does not have 64 lowercase hex digits")]
+    Hex(String),
+}
 
-    fn from_str(s: &str) -> Result<Digest, String> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
-            format!("digest {s:?} is not sha256:<hex> (only sha256 is supported)")
-        })?;
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<Digest, DigestError> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| DigestError::Algorithm(s.into()))?;
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!(
-                "digest {s:?} does not have 64 lowercase hex digits"
-            ));
+            return Err(DigestError::Hex(s.into()));
         }
         Ok(Digest(s.to_string()))
     }
@@ -87,7 +94,10 @@ impl Reference {
             return Err(ReferenceError::Empty(input.to_string()));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(invalid)?)),
+            Some((rest, d)) => (
+                rest,
+                Some(d.parse::<Digest>().map_err(|e| invalid(e.to_string()))?),
+            ),
             None => (input, None),
         };
         // A tag follows the last ':' unless that colon is part of a host:port.

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::supervisor::{Cmd, Status, Supervisor};
+use crate::service::supervisor::{Cmd, Status, Supervisor};
 use crate::sys::PowerAction;
 
 /// A request, and also oskctl's subcommand: the CLI is this enum, so the
@@ -134,7 +134,7 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
             ok: true,
             services: sup.ps(),
             init: Some(InitStatus {
-                rss_kib: crate::selfstat::rss_kib(),
+                rss_kib: crate::log::selfstat::rss_kib(),
                 uptime: Some(crate::sys::uptime() as u64),
             }),
             ..Default::default()
@@ -142,8 +142,8 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
         Request::Start { name } => done(sup.send(&name, Cmd::Start).await),
         Request::Stop { name } => done(sup.send(&name, Cmd::Stop(None)).await),
         Request::Restart { name } => done(sup.send(&name, Cmd::Restart).await),
-        Request::Poweroff => done(power.send(PowerAction::PowerOff).map_err(|e| e.to_string())),
-        Request::Reboot => done(power.send(PowerAction::Reboot).map_err(|e| e.to_string())),
+        Request::Poweroff => done(power.send(PowerAction::PowerOff)),
+        Request::Reboot => done(power.send(PowerAction::Reboot)),
         Request::Logs { name, follow } => {
             let Some(sink) = sup.sink(&name) else {
                 let _ = reply(&mut w, &Response::err(format!("no service named {name:?}"))).await;
@@ -158,7 +158,7 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
                 return;
             }
             if let Some(p) = path {
-                for f in [crate::logfile::RotatingLog::rotated_path(&p), p] {
+                for f in [crate::log::rotating::RotatingLog::rotated_path(&p), p] {
                     if let Ok(data) = std::fs::read(&f) {
                         if w.write_all(&data).await.is_err() {
                             return;
@@ -185,10 +185,10 @@ async fn handle(stream: UnixStream, sup: Supervisor, power: mpsc::UnboundedSende
     let _ = reply(&mut w, &resp).await;
 }
 
-fn done(r: Result<(), String>) -> Response {
+fn done(r: Result<(), impl std::fmt::Display>) -> Response {
     match r {
         Ok(()) => Response::ok(),
-        Err(e) => Response::err(e),
+        Err(e) => Response::err(e.to_string()),
     }
 }
 

@@ -1,33 +1,25 @@
 //! osk-init: PID 1 for osk machines.
 //!
 //! The binary (`src/bin/osk-init.rs`) only calls [`boot::main`]. Privileged
-//! operations go through [`sys::Sys`] so the boot plan, module ordering,
+//! calls go through [`sys::Sys`] (or a leaf's own trait, listed there), so
+//! the boot plan, switchroot, bundle host actions, volumes, module ordering,
 //! restart back-off and shutdown sequence are unit-tested without root.
+//!
+//! One folder per concern: [`boot`] (the sequence), [`sys`] (the seam),
+//! [`kmod`], [`containerd`], [`service`] (supervision), [`bundle`] (onboot
+//! and runtime.json host actions), [`net`], [`power`], [`log`], [`metadata`];
+//! every guest path init owns is in [`paths`].
 
-pub mod backoff;
 pub mod boot;
-pub mod cmdline;
+pub mod bundle;
 pub mod containerd;
 pub mod control;
-pub mod daemon;
-pub mod early;
-pub mod logfile;
-pub mod logger;
+pub mod kmod;
+pub mod log;
 pub mod metadata;
-pub mod modalias;
-pub mod modprobe;
-pub mod modules;
 pub mod net;
-pub mod onboot;
+pub mod paths;
 pub mod power;
-pub mod prepare;
 pub mod reaper;
-pub mod sealedrunc;
-pub mod selfstat;
-pub mod shimstart;
-pub mod shutdown;
-pub mod supervisor;
-pub mod switchroot;
+pub mod service;
 pub mod sys;
-pub mod uevent;
-pub mod volumes;

@@ -54,10 +54,11 @@ pub fn cache_dir() -> Result<PathBuf> {
 /// (a no-op when up to date) in the same target directory and profile as
 /// this test, so a test never runs a stale `osk`.
 pub fn osk_bin() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_osk().map_err(|e| format!("{e:#}")))
+    // anyhow::Error is not Clone: every caller gets the first failure's text.
+    static BIN: OnceLock<Result<PathBuf, std::sync::Arc<anyhow::Error>>> = OnceLock::new();
+    BIN.get_or_init(|| build_osk().map_err(std::sync::Arc::new))
         .clone()
-        .map_err(anyhow::Error::msg)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 fn build_osk() -> Result<PathBuf> {

@@ -72,14 +72,27 @@ impl Default for Tree {
     }
 }
 
+/// Why a path cannot be written in a tree; the caller names the path itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("has a `..` component that could leave the image root")]
+    DotDot,
+    #[error("is the root directory")]
+    Root,
+    #[error("goes through {path}, a symlink to {target}; refusing to write through a symlink")]
+    ThroughSymlink { path: String, target: String },
+    #[error("goes through {path}, which is not a directory")]
+    NotADirectory { path: String },
+}
+
 /// Splits a path into components: a leading `/` and `.` components are
 /// dropped (OCI normalisation), `..` anywhere is refused.
-pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
+pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, PathError> {
     let mut out = Vec::new();
     for c in path.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("has a `..` component that could leave the image root"),
+            b".." => return Err(PathError::DotDot),
             c => out.push(c),
         }
     }
@@ -156,7 +169,7 @@ impl Tree {
 
     /// Walks to the directory `dirs`, creating missing ones with `meta`.
     /// A symlink or a non-directory on the way is an error: we never write through them.
-    fn ensure_dirs(&mut self, dirs: &[&[u8]], meta: Meta) -> Result<NodeId, String> {
+    fn ensure_dirs(&mut self, dirs: &[&[u8]], meta: Meta) -> Result<NodeId, PathError> {
         let mut cur = ROOT;
         for (i, c) in dirs.iter().enumerate() {
             let next = self.children(cur).and_then(|m| m.get(*c)).copied();
@@ -164,17 +177,15 @@ impl Tree {
                 Some(id) => match &self.nodes[id].kind {
                     Kind::Dir(_) => id,
                     Kind::Symlink(t) => {
-                        return Err(format!(
-                            "goes through {}, a symlink to {}; refusing to write through a symlink",
-                            lossy(&dirs[..=i].join(&b'/')),
-                            lossy(t)
-                        ))
+                        return Err(PathError::ThroughSymlink {
+                            path: lossy(&dirs[..=i].join(&b'/')),
+                            target: lossy(t),
+                        })
                     }
                     _ => {
-                        return Err(format!(
-                            "goes through {}, which is not a directory",
-                            lossy(&dirs[..=i].join(&b'/'))
-                        ))
+                        return Err(PathError::NotADirectory {
+                            path: lossy(&dirs[..=i].join(&b'/')),
+                        })
                     }
                 },
                 None => {
@@ -217,7 +228,7 @@ impl Tree {
             if whiteouts && name.starts_with(WHITEOUT) {
                 let parent = self
                     .ensure_dirs(parents, Meta::root(0o755))
-                    .map_err(hostile)?;
+                    .map_err(|e| hostile(e.to_string()))?;
                 if *name == OPAQUE {
                     let children = self.children_mut(parent);
                     children.retain(|_, id| fresh.contains(id));
@@ -228,7 +239,7 @@ impl Tree {
             }
             let parent = self
                 .ensure_dirs(parents, Meta::root(0o755))
-                .map_err(hostile)?;
+                .map_err(|e| hostile(e.to_string()))?;
             let existing = self.children(parent).and_then(|m| m.get(*name)).copied();
             let node = match &e.kind {
                 EntryKind::Dir => {
@@ -319,8 +330,8 @@ impl Tree {
         path: &[u8],
         meta: Meta,
         parent_meta: Meta,
-    ) -> Result<NodeId, String> {
-        let comps = components(path).map_err(str::to_string)?;
+    ) -> Result<NodeId, PathError> {
+        let comps = components(path)?;
         let Some((name, parents)) = comps.split_last() else {
             self.nodes[ROOT].meta = meta;
             return Ok(ROOT);
@@ -341,9 +352,14 @@ impl Tree {
     }
 
     /// Puts a non-directory node at `path`, replacing whatever was there.
-    pub fn add_leaf(&mut self, path: &[u8], node: Node, parent_meta: Meta) -> Result<(), String> {
-        let comps = components(path).map_err(str::to_string)?;
-        let (name, parents) = comps.split_last().ok_or("is the root directory")?;
+    pub fn add_leaf(
+        &mut self,
+        path: &[u8],
+        node: Node,
+        parent_meta: Meta,
+    ) -> Result<(), PathError> {
+        let comps = components(path)?;
+        let (name, parents) = comps.split_last().ok_or(PathError::Root)?;
         let parent = self.ensure_dirs(parents, parent_meta)?;
         let id = self.push(node);
         self.children_mut(parent).insert(name.to_vec(), id);
@@ -358,14 +374,14 @@ impl Tree {
         size: u64,
         meta: Meta,
         parent_meta: Meta,
-    ) -> Result<(), String> {
+    ) -> Result<(), PathError> {
         self.inodes.push(FileInode { sha, size, meta });
         let kind = Kind::File(self.inodes.len() - 1);
         self.add_leaf(path, Node { meta, kind }, parent_meta)
     }
 
     /// Adds `node` at `path` only if nothing is there (LinuxKit's "touch" list).
-    pub fn add_if_missing(&mut self, path: &[u8], node: Node) -> Result<(), String> {
+    pub fn add_if_missing(&mut self, path: &[u8], node: Node) -> Result<(), PathError> {
         if self.lookup(path).is_some() {
             return Ok(());
         }
@@ -385,8 +401,8 @@ impl Tree {
         src: &Tree,
         at: &[u8],
         inodes: &mut HashMap<InodeId, InodeId>,
-    ) -> Result<Vec<String>, String> {
-        let comps = components(at).map_err(str::to_string)?;
+    ) -> Result<Vec<String>, PathError> {
+        let comps = components(at)?;
         let dst_root = self.ensure_dirs(&comps, Meta::root(0o755))?;
         if dst_root != ROOT {
             self.nodes[dst_root].meta = src.nodes[ROOT].meta;

@@ -32,12 +32,17 @@ pub struct FilePlan {
 }
 
 /// Parses LinuxKit's octal mode string (`"0644"`).
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("mode {s:?} is not an octal permission like \"0644\""))
+        .ok_or_else(|| ModeError(s.into()))
 }
+
+/// A mode that is not an octal permission; carries the text.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("mode {0:?} is not an octal permission like \"0644\"")]
+pub struct ModeError(pub String);
 
 /// Resolves a `source`: `~/x` is in the home directory, a relative path is
 /// relative to the manifest's directory.
@@ -96,7 +101,7 @@ pub(super) fn apply(root: &mut Tree, spool: &Spool, files: &[FilePlan]) -> Resul
             FileWhat::Directory => root
                 .add_dir(path.as_bytes(), meta, parent)
                 .map(|_| ())
-                .map_err(err)?,
+                .map_err(|e| err(e.to_string()))?,
             FileWhat::Symlink(target) => root
                 .add_leaf(
                     path.as_bytes(),
@@ -109,13 +114,13 @@ pub(super) fn apply(root: &mut Tree, spool: &Spool, files: &[FilePlan]) -> Resul
                     },
                     parent,
                 )
-                .map_err(err)?,
+                .map_err(|e| err(e.to_string()))?,
             FileWhat::Contents(bytes) => {
                 let sha = spool
                     .put_bytes(bytes)
                     .map_err(|e| err(format!("spool: {e}")))?;
                 root.add_file(path.as_bytes(), sha, bytes.len() as u64, meta, parent)
-                    .map_err(err)?
+                    .map_err(|e| err(e.to_string()))?
             }
             FileWhat::Source(src) => {
                 let file = match File::open(src) {
@@ -139,7 +144,7 @@ pub(super) fn apply(root: &mut Tree, spool: &Spool, files: &[FilePlan]) -> Resul
                     .put_reader(&mut BufReader::new(file), md.len())
                     .map_err(|e| err(format!("source {}: {e}", src.display())))?;
                 root.add_file(path.as_bytes(), sha, md.len(), meta, parent)
-                    .map_err(err)?
+                    .map_err(|e| err(e.to_string()))?
             }
         }
     }

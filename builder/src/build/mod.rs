@@ -9,6 +9,7 @@
 mod files;
 mod output;
 mod plan;
+pub mod resolve;
 mod volume;
 
 use std::collections::HashMap;
@@ -22,9 +23,10 @@ use crate::manifest::VolumeFormat;
 use crate::reference::Digest;
 use crate::store::{Image, PlatformSpec, Store, StoreError};
 
-pub use files::{expand_source, parse_mode, FilePlan, FileWhat};
+pub use files::{expand_source, parse_mode, FilePlan, FileWhat, ModeError};
 pub use output::{remove_temporaries, write_tar, Format};
-pub use plan::{image_defaults, plan, Resolve};
+pub use plan::{image_defaults, plan, FileEntryError, Resolve};
+pub use resolve::{ImageProvider, ResolveError, Resolver, StoreRegistry};
 
 pub use crate::initramfs::Compression;
 
@@ -46,6 +48,13 @@ pub enum BuildError {
         path: String,
         reason: String,
     },
+    /// A `files` entry of the manifest is malformed.
+    #[error("files[{index}] ({path}): {reason}")]
+    FileEntry {
+        index: usize,
+        path: String,
+        reason: FileEntryError,
+    },
     #[error("{path}")]
     Io {
         path: PathBuf,
@@ -60,16 +69,9 @@ pub enum BuildError {
         #[source]
         source: Box<StoreError>,
     },
-    /// Pulling or loading an image failed; the error names the image.
+    /// Pulling, loading or building an image failed; the error names the image.
     #[error(transparent)]
-    Resolve(Box<dyn std::error::Error + Send + Sync>),
-    /// Building a package image failed.
-    #[error("{image}")]
-    Package {
-        image: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Resolve(#[from] ResolveError),
     #[error("{0}")]
     Usage(String),
 }
@@ -364,7 +366,7 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
             ));
         }
         root.add_dir(bundle.as_bytes(), Meta::root(0o755), Meta::root(0o755))
-            .map_err(|r| place(r, bundle))?;
+            .map_err(|r| place(r.to_string(), bundle))?;
         for (file, bytes) in [
             (osk_layout::CONFIG_JSON, &c.config_json),
             (osk_layout::RUNTIME_JSON, &c.runtime_json),
@@ -378,7 +380,7 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
                 Meta::root(0o644),
                 Meta::root(0o755),
             )
-            .map_err(|r| place(r, &path))?;
+            .map_err(|r| place(r.to_string(), &path))?;
         }
         let rootfs = format!("{bundle}/{}", osk_layout::ROOTFS_DIR);
         graft(&mut root, tree, &rootfs, inodes, &what)?;
@@ -400,7 +402,7 @@ fn graft(
         .map_err(|reason| BuildError::Place {
             what: what.to_string(),
             path: at.to_string(),
-            reason,
+            reason: reason.to_string(),
         })?;
     for path in kept {
         tracing::warn!("{what}: {path} is a directory from an earlier image; keeping it and ignoring the non-directory");
@@ -450,10 +452,44 @@ fn spool_err(spool: &Spool) -> impl Fn(io::Error) -> BuildError + '_ {
     }
 }
 
-/// The default output name: the first manifest's file stem (as LinuxKit).
+/// The default output name: the first manifest's file stem (as LinuxKit),
+/// `osk` for standard input (`-`).
 pub fn default_name(first_manifest: &Path) -> String {
+    if first_manifest == Path::new("-") {
+        return "osk".into();
+    }
     first_manifest
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "osk".into())
+}
+
+/// `formats` without repeats, in the order first given.
+pub fn unique_formats(formats: impl IntoIterator<Item = Format>) -> Vec<Format> {
+    let mut out = Vec::new();
+    for f in formats {
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_name_is_the_stem_or_osk_for_stdin() {
+        assert_eq!(default_name(Path::new("/x/node.yml")), "node");
+        assert_eq!(default_name(Path::new("-")), "osk");
+    }
+
+    #[test]
+    fn unique_formats_keeps_first_order() {
+        assert_eq!(
+            unique_formats([Format::Tar, Format::KernelInitrd, Format::Tar]),
+            [Format::Tar, Format::KernelInitrd]
+        );
+    }
 }

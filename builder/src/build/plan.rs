@@ -12,6 +12,21 @@ use super::{
     BuildError, BuildPlan, ContainerPlan, FilePlan, FileWhat, KernelPlan, Section, VolumePlan,
 };
 
+/// A `files` entry that cannot become a [`FilePlan`]; variants carry the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum FileEntryError {
+    #[error("unsupported metadata {0:?} (yaml or json)")]
+    Metadata(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("has no contents, source, symlink, metadata or directory")]
+    Empty,
+    #[error("unknown user or group `{0}`: use a number, `root`, or a container's name")]
+    UnknownId(String),
+    #[error("{0}")]
+    Mode(#[from] crate::manifest::ValueError),
+}
+
 /// Turns an image reference of the manifest into an image in the store
 /// (from the store, a registry, or a package build).
 pub trait Resolve {
@@ -92,12 +107,13 @@ pub fn plan(m: &Manifest, resolver: &mut impl Resolve) -> Result<BuildPlan, Buil
     }
     let ids = m.id_map();
     for (index, f) in m.files.iter().enumerate() {
-        plan.files
-            .push(file_plan(m, f, &ids).map_err(|reason| BuildError::File {
+        plan.files.push(
+            file_plan(m, f, &ids).map_err(|reason| BuildError::FileEntry {
                 index,
                 path: format!("{} ({})", f.path, f.origin),
                 reason,
-            })?);
+            })?,
+        );
     }
     Ok(plan)
 }
@@ -144,7 +160,7 @@ fn file_plan(
     m: &Manifest,
     f: &FileEntry,
     ids: &std::collections::BTreeMap<String, u32>,
-) -> Result<FilePlan, String> {
+) -> Result<FilePlan, FileEntryError> {
     let what = if f.directory {
         FileWhat::Directory
     } else if let Some(t) = &f.symlink {
@@ -155,26 +171,27 @@ fn file_plan(
         FileWhat::Contents(match kind.as_str() {
             "yaml" => m.to_yaml().into_bytes(),
             "json" => {
-                let v = serde_json::to_value(m).map_err(|e| e.to_string())?;
-                let mut b = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+                let v = serde_json::to_value(m)?;
+                let mut b = serde_json::to_vec_pretty(&v)?;
                 b.push(b'\n');
                 b
             }
-            other => return Err(format!("unsupported metadata {other:?} (yaml or json)")),
+            other => return Err(FileEntryError::Metadata(other.into())),
         })
     } else if let Some(src) = f.source_path() {
         FileWhat::Source(src)
     } else {
-        return Err("has no contents, source, symlink, metadata or directory".into());
+        return Err(FileEntryError::Empty);
     };
     // LinuxKit's ids: a number, `root`, or another container's name.
     let id = |v: &Option<Id>| match v {
         None => Ok(0),
         Some(Id::Num(n)) => Ok(*n),
         Some(Id::Name(n)) if n.is_empty() || n == "root" => Ok(0),
-        Some(Id::Name(n)) => ids.get(n).copied().ok_or_else(|| {
-            format!("unknown user or group `{n}`: use a number, `root`, or a container's name")
-        }),
+        Some(Id::Name(n)) => ids
+            .get(n)
+            .copied()
+            .ok_or_else(|| FileEntryError::UnknownId(n.clone())),
     };
     Ok(FilePlan {
         path: f.path.clone(),

@@ -44,7 +44,7 @@ pub(super) fn place(
     for d in dirs {
         let path = format!("{base}/{d}");
         root.add_dir(path.as_bytes(), Meta::root(0o755), Meta::root(0o755))
-            .map_err(|r| place(r, &path))?;
+            .map_err(|r| place(r.to_string(), &path))?;
     }
     let lower = format!("{base}/{}", osk_layout::VOLUME_LOWER);
     match (&v.image, v.format) {
@@ -114,7 +114,7 @@ fn place_layout(
     let file = Meta::root(0o644);
     let add_file = |root: &mut Tree, path: String, sha, size| {
         root.add_file(path.as_bytes(), sha, size, file, dir)
-            .map_err(|r| place(r, &path))
+            .map_err(|r| place(r.to_string(), &path))
     };
     let add = |root: &mut Tree, path: String, bytes: &[u8]| {
         let sha = spool.put_bytes(bytes).map_err(spool_err(spool))?;
@@ -124,7 +124,7 @@ fn place_layout(
     add(root, format!("{at}/index.json"), &layout.index_json)?;
     let blobs = format!("{at}/blobs/sha256");
     root.add_dir(blobs.as_bytes(), dir, dir)
-        .map_err(|r| place(r, &blobs))?;
+        .map_err(|r| place(r.to_string(), &blobs))?;
     for (digest, bytes) in &layout.generated {
         add(root, format!("{blobs}/{}", digest.hex()), bytes)?;
     }

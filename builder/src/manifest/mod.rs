@@ -19,8 +19,8 @@ use std::sync::Arc;
 pub use model::{
     BlockIo, ContainerKind, Cpu, Device, DeviceCgroup, FileEntry, HugepageLimit, Id, IdMapping,
     ImageConfig, ImageEntry, ImageRef, ImageSource, InterfacePriority, Kernel, Manifest, Memory,
-    MountConfig, Network, Origin, Pids, Resources, RuntimeConfig, ThrottleDevice, Volume,
-    VolumeFormat, WeightDevice, PKG_PREFIX,
+    MountConfig, Network, Origin, Pids, Resources, RuntimeConfig, ThrottleDevice, ValueError,
+    Volume, VolumeFormat, WeightDevice, PKG_PREFIX,
 };
 pub use node::Pos;
 pub use suggest::nearest;

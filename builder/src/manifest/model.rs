@@ -87,20 +87,37 @@ pub struct ImageRef {
     pub source: ImageSource,
 }
 
+/// A manifest value that does not parse; each variant carries the text at fault.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("image reference is empty")]
+    EmptyImage,
+    #[error("image reference `{0}` contains whitespace")]
+    ImageWhitespace(String),
+    #[error("`{0}` names no package directory")]
+    NoPackageDir(String),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error("mode `{0}` is not an octal file mode like \"0644\"")]
+    Mode(String),
+    #[error("invalid name `{0}`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit")]
+    Name(String),
+}
+
 impl ImageRef {
     /// Parses a reference; `@pkg:` paths are kept as written until [`ImageRef::anchor`].
-    pub fn parse(text: &str) -> Result<ImageRef, String> {
+    pub fn parse(text: &str) -> Result<ImageRef, ValueError> {
         if text.is_empty() {
-            return Err("image reference is empty".into());
+            return Err(ValueError::EmptyImage);
         }
         if text.chars().any(char::is_whitespace) {
-            return Err(format!("image reference `{text}` contains whitespace"));
+            return Err(ValueError::ImageWhitespace(text.into()));
         }
         let source = match text.strip_prefix(PKG_PREFIX) {
-            Some("") => return Err(format!("`{text}` names no package directory")),
+            Some("") => return Err(ValueError::NoPackageDir(text.into())),
             Some(path) => ImageSource::Package(PathBuf::from(path)),
             None => {
-                crate::reference::Reference::parse(text).map_err(|e| e.to_string())?;
+                crate::reference::Reference::parse(text)?;
                 ImageSource::Reference(text.to_owned())
             }
         };
@@ -593,7 +610,7 @@ pub struct ImageEntry {
 
 impl ImageEntry {
     /// A bare entry, as tests and programmatic users build them.
-    pub fn new(kind: ContainerKind, name: &str, image: &str) -> Result<ImageEntry, String> {
+    pub fn new(kind: ContainerKind, name: &str, image: &str) -> Result<ImageEntry, ValueError> {
         Ok(ImageEntry {
             name: name.to_owned(),
             image: ImageRef::parse(image)?,
@@ -682,14 +699,14 @@ impl FileEntry {
     }
 
     /// The mode as a number (LinuxKit's defaults when unset).
-    pub fn mode_bits(&self) -> Result<u32, String> {
+    pub fn mode_bits(&self) -> Result<u32, ValueError> {
         match &self.mode {
             None if self.directory => Ok(0o700),
             None => Ok(0o600),
             Some(m) => u32::from_str_radix(m, 8)
                 .ok()
                 .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| format!("mode `{m}` is not an octal file mode like \"0644\"")),
+                .ok_or_else(|| ValueError::Mode(m.clone())),
         }
     }
 }

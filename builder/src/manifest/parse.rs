@@ -8,7 +8,8 @@ use std::sync::Arc;
 use osk_layout::RestartPolicy;
 
 use super::model::{
-    ContainerKind, FileEntry, ImageConfig, ImageEntry, ImageRef, Kernel, Manifest, Origin, Volume,
+    ContainerKind, FileEntry, ImageConfig, ImageEntry, ImageRef, Kernel, Manifest, Origin,
+    ValueError, Volume,
 };
 use super::node::{self, DeError, Kind, Node, Pos};
 use super::{suggest, ManifestError};
@@ -218,7 +219,7 @@ fn entry_keys(kind: ContainerKind) -> Vec<&'static str> {
 }
 
 /// Container names become directory names and containerd ids.
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), ValueError> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -227,9 +228,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid name `{name}`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"
-        ))
+        Err(ValueError::Name(name.into()))
     }
 }
 
@@ -280,7 +279,7 @@ fn image_entry(ctx: &Ctx, kind: ContainerKind, node: &Node) -> Result<ImageEntry
         match key {
             "name" => {
                 let n: String = v.to().map_err(de)?;
-                check_name(&n).map_err(|msg| ctx.err(v.pos, msg))?;
+                check_name(&n).map_err(|e| ctx.err(v.pos, e.to_string()))?;
                 name = Some(n);
             }
             "image" => {

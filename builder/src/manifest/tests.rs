@@ -1,3 +1,5 @@
+//! Manifest loading, merging and validation on inline YAML.
+
 use std::path::{Path, PathBuf};
 
 use osk_layout::RestartPolicy;

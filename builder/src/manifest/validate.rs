@@ -116,7 +116,8 @@ fn file(f: &FileEntry) -> Result<(), ManifestError> {
     if f.key().is_empty() {
         return Err(err(o, at("path"), "file entry needs a non-empty `path`"));
     }
-    f.mode_bits().map_err(|msg| err(o, at("mode"), msg))?;
+    f.mode_bits()
+        .map_err(|e| err(o, at("mode"), e.to_string()))?;
     if let Some(md) = &f.metadata {
         if md != "yaml" && md != "json" {
             return Err(err(

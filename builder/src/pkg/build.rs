@@ -7,16 +7,17 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::deb::{self, Filter};
-use super::fetch::{default_cache_dir, Fetcher};
+use super::debian::apt_source;
+use super::debian::deb::{self, Filter};
+use super::debian::fetch::{default_cache_dir, Fetcher};
+use super::debian::index::{parse_atom, parse_packages};
+use super::debian::release::{Keyring, Release, ALLOW_EXPIRED_ENV, DEFAULT_KEYRING};
+use super::debian::resolve::{resolve, Universe};
 use super::image::{self, Image, RunConfig};
-use super::index::{parse_atom, parse_packages};
 use super::lock::{inputs_hash, Lock, Locked, LOCK_FILE};
-use super::release::{Keyring, Release, ALLOW_EXPIRED_ENV, DEFAULT_KEYRING};
-use super::resolve::{resolve, Universe};
 use super::spec::{parse_mode, Base, Spec};
 use super::tree::{normalise, Kind, Node, Patterns, Tree, MERGED_USR_DIRS};
-use super::{apt_source, kernel, Error};
+use super::{kernel, Error};
 use crate::assemble::{self, Spool};
 use crate::reference::Reference;
 use crate::store::{self, host_arch, Store};
@@ -181,7 +182,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| Error::Spec {
             at: pkg.dir.join("build.yml").display().to_string(),
-            message: m,
+            message: m.to_string(),
         })?;
     let mut chosen = resolve(&universe, &requests, &debian.skip)?;
     if let Some(k) = &pkg.spec.kernel {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use osk_layout::{modinfo, KERNEL_BINARY, KERNEL_TAR, MODULES_LIST};
 
-use super::deb::with_data_tar;
+use super::debian::deb::with_data_tar;
 use super::tree::{normalise, Node, Tree};
 use super::Error;
 
@@ -41,6 +41,14 @@ fn for_each_entry(
         }
         Ok(())
     })
+}
+
+/// A module `kernel.modules` (or a dependency) wants that the package lacks.
+#[derive(Debug, thiserror::Error)]
+#[error("module `{module}` (needed by {via}) is not in the package (built in? then drop it from `modules`)")]
+pub struct MissingModule {
+    pub module: String,
+    pub via: String,
 }
 
 /// Builds the kernel image tree from a linux-image .deb.
@@ -89,13 +97,14 @@ pub fn kernel_tree(
         modules: &BTreeMap<String, (String, Vec<String>)>,
         seen: &mut BTreeSet<String>,
         order: &mut Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), MissingModule> {
         if !seen.insert(name.to_string()) {
             return Ok(());
         }
-        let (_, deps) = modules
-            .get(name)
-            .ok_or_else(|| format!("module `{name}` (needed by {via}) is not in the package (built in? then drop it from `modules`)"))?;
+        let (_, deps) = modules.get(name).ok_or_else(|| MissingModule {
+            module: name.into(),
+            via: via.into(),
+        })?;
         for d in deps {
             visit(d, name, modules, seen, order)?;
         }
@@ -110,7 +119,7 @@ pub fn kernel_tree(
             &mut seen,
             &mut order,
         )
-        .map_err(bad)?;
+        .map_err(|e| bad(e.to_string()))?;
     }
     let keep: BTreeSet<&str> = order.iter().map(|m| modules[m].0.as_str()).collect();
     let mut at_boot = BTreeSet::new();

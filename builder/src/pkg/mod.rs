@@ -1,23 +1,20 @@
 //! `osk pkg`: base OCI images built from Debian packages, locked and
 //! reproducible, without Docker or root.
 //!
+//! The Debian archive client (sources, signed Release, indexes, versions,
+//! resolver, downloads, `.deb` unpacking) is [`debian`]; the rest builds.
+//!
 //! A package is a folder `pkgs/NAME/` with `build.yml` (see [`spec`]) and
 //! `build.lock` (see [`lock`]). Locking resolves against the signed archive;
 //! building only downloads what the lock names, verifies every byte and
 //! writes one deterministic layer.
 
-pub mod apt_source;
-pub mod deb;
-pub mod fetch;
+pub mod debian;
 pub mod image;
-pub mod index;
 pub mod kernel;
 pub mod lock;
-pub mod release;
-pub mod resolve;
 pub mod spec;
 pub mod tree;
-pub mod version;
 
 mod build;
 
@@ -40,7 +37,7 @@ pub enum Error {
     Lock { path: String, message: String },
     #[error(
         "no Debian mirror: pass --mirror URL, set {}, or add a `deb` entry for Debian to /etc/apt/sources.list(.d)",
-        apt_source::MIRROR_ENV
+        debian::apt_source::MIRROR_ENV
     )]
     NoMirror,
     #[error("keyring {path}: {message}")]
@@ -53,7 +50,7 @@ pub enum Error {
         "suite {suite} on mirror {mirror}: the signed Release expired at {valid_until} (signed {date}, now {now}); \
          the mirror is stale or replays an old archive state, which could hide security updates. \
          Use an up-to-date mirror, or accept it with --allow-expired-release or {}=1",
-        release::ALLOW_EXPIRED_ENV
+        debian::release::ALLOW_EXPIRED_ENV
     )]
     ExpiredRelease {
         suite: String,

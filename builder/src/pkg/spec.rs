@@ -207,14 +207,25 @@ pub fn yaml_error(path: &Path, err: &serde_saphyr::Error) -> Error {
     }
 }
 
-fn parse_base(from: &str) -> Result<Base, String> {
+/// A `from:` that names neither a package nor an image.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`from: {from}`: neither `@pkg:PATH` (another osk package) nor an image reference: {reason}"
+)]
+pub struct BaseError {
+    pub from: String,
+    pub reason: crate::reference::ReferenceError,
+}
+
+fn parse_base(from: &str) -> Result<Base, BaseError> {
     if let Some(p) = from.strip_prefix("@pkg:") {
         return Ok(Base::Package(p.to_string()));
     }
     crate::reference::Reference::parse(from)
         .map(Base::Image)
-        .map_err(|e| {
-            format!("`from: {from}`: neither `@pkg:PATH` (another osk package) nor an image reference: {e}")
+        .map_err(|reason| BaseError {
+            from: from.into(),
+            reason,
         })
 }
 
@@ -256,7 +267,7 @@ impl Spec {
         }
         if let Some(f) = &self.from {
             if let Err(e) = parse_base(f) {
-                return bad(e);
+                return bad(e.to_string());
             }
         }
         for f in &self.files {

@@ -41,8 +41,26 @@ pub enum CredentialsError {
         path: PathBuf,
         registry: String,
         helper: String,
-        detail: String,
+        detail: HelperError,
     },
+}
+
+/// What went wrong running a credential helper (the caller names the helper).
+#[derive(Debug, Error)]
+pub enum HelperError {
+    #[error("{0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("writing to it failed: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+    #[error("it failed ({status}): {said}")]
+    Failed {
+        status: std::process::ExitStatus,
+        said: String,
+    },
+    #[error("its answer is not the helper protocol's JSON: {0}")]
+    Reply(#[source] serde_json::Error),
 }
 
 /// What to present to a registry.
@@ -184,11 +202,11 @@ fn same_registry(key: &str, registry: &str) -> bool {
 }
 
 /// Runs `docker-credential-NAME get`; `Ok(None)` when it holds nothing for `registry`.
-fn run_helper(name: &str, registry: &str) -> Result<Option<Credentials>, String> {
+fn run_helper(name: &str, registry: &str) -> Result<Option<Credentials>, HelperError> {
     run_helper_program(Path::new(&format!("docker-credential-{name}")), registry)
 }
 
-fn run_helper_program(program: &Path, registry: &str) -> Result<Option<Credentials>, String> {
+fn run_helper_program(program: &Path, registry: &str) -> Result<Option<Credentials>, HelperError> {
     let server = if registry == DEFAULT_REGISTRY {
         DOCKER_HUB_AUTH_KEY
     } else {
@@ -200,13 +218,13 @@ fn run_helper_program(program: &Path, registry: &str) -> Result<Option<Credentia
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| e.to_string())?;
+        .map_err(HelperError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(server.as_bytes())
-            .map_err(|e| format!("writing to it failed: {e}"))?;
+            .map_err(HelperError::Write)?;
     }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(HelperError::Wait)?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
@@ -214,10 +232,12 @@ fn run_helper_program(program: &Path, registry: &str) -> Result<Option<Credentia
         if said.contains("credentials not found") {
             return Ok(None);
         }
-        return Err(format!("it failed ({}): {}", out.status, said.trim()));
+        return Err(HelperError::Failed {
+            status: out.status,
+            said: said.trim().to_string(),
+        });
     }
-    let reply: HelperReply = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("its answer is not the helper protocol's JSON: {e}"))?;
+    let reply: HelperReply = serde_json::from_slice(&out.stdout).map_err(HelperError::Reply)?;
     if reply.username == "<token>" {
         tracing::warn!(
             "{}: the credential helper holds an OAuth identity token for {registry}, which osk cannot use; pulling anonymously",

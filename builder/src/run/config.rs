@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::spawn::{CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, UEFI_VARS};
+use super::names::{CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, UEFI_VARS};
 use super::{Error, Result};
 
 /// The CPU under TCG: every extension QEMU emulates (so x86-64-v2/v3
@@ -274,7 +274,7 @@ impl QemuConfig {
 
     pub fn new(artifacts: Artifacts, state_dir: impl Into<PathBuf>) -> QemuConfig {
         QemuConfig {
-            qemu: PathBuf::from(super::spawn::QEMU_BINARY),
+            qemu: PathBuf::from(super::names::QEMU_BINARY),
             artifacts,
             cmdline: String::new(),
             append: None,

@@ -8,6 +8,7 @@
 
 mod config;
 mod iso;
+mod names;
 mod spawn;
 
 pub use config::{
@@ -15,10 +16,12 @@ pub use config::{
     OVMF_CODE, OVMF_VARS,
 };
 pub use iso::{metadata_iso, write_metadata_iso};
+pub use names::{
+    ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY, UEFI_VARS,
+};
 pub use spawn::{
     detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, AttachedExit,
-    Detached, Prepared, ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE,
-    QEMU_BINARY, UEFI_VARS,
+    Detached, Prepared,
 };
 
 use std::path::PathBuf;

@@ -11,18 +11,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::config::{Accel, DiskFormat, Firmware, QemuConfig};
+use super::names::{METADATA_ISO, UEFI_VARS};
 use super::{iso, Error, Result};
-
-/// The QEMU binary looked up on PATH when `--qemu` is not given.
-pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-/// Environment variable that sets the accelerator when `--accel` is not given.
-pub const ACCEL_ENV: &str = "OSK_QEMU_ACCEL";
-/// Files in the state directory.
-pub const MONITOR_SOCKET: &str = "monitor.sock";
-pub const CONSOLE_LOG: &str = "console.log";
-pub const PID_FILE: &str = "qemu.pid";
-pub const METADATA_ISO: &str = "metadata.iso";
-pub const UEFI_VARS: &str = "OVMF_VARS.fd";
 
 /// Longest path a unix socket address can hold (sun_path is 108 bytes, NUL included).
 const MAX_SOCKET_PATH: usize = 107;
@@ -396,6 +386,7 @@ fn read_until(stream: &mut UnixStream, buf: &mut Vec<u8>, marker: &str) -> std::
 mod tests {
     use super::super::config::{Artifacts, DiskSpec};
     use super::*;
+    use crate::run::CONSOLE_LOG;
 
     fn artifacts(dir: &Path) -> Artifacts {
         let a = Artifacts::from_prefix(&dir.join("vm"));

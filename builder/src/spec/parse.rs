@@ -7,6 +7,49 @@ use serde_json::{json, Value};
 use super::ALL_CAPABILITIES;
 use crate::manifest::{nearest, Id, MountConfig};
 
+/// A compact setting that does not parse; each variant carries the text at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    #[error("bind `{0}` needs `source:destination[:options]`")]
+    BindShape(String),
+    #[error("bind `{0}` has too many `:`")]
+    BindColons(String),
+    #[error("bind `{0}` has an empty source or destination")]
+    BindEmpty(String),
+    #[error("tmpfs `{0}` has too many `:`")]
+    TmpfsColons(String),
+    #[error("tmpfs `{0}` has no destination")]
+    TmpfsDestination(String),
+    #[error("rlimit `{0}` must be `name,soft,hard`")]
+    RlimitShape(String),
+    #[error("unknown rlimit `{name}`{hint}")]
+    UnknownRlimit { name: String, hint: String },
+    #[error("rlimit `{rlimit}`: `{value}` is not a number or `unlimited`")]
+    RlimitValue { rlimit: String, value: String },
+    #[error("rlimit `{0}`: soft limit is above the hard limit")]
+    RlimitOrder(String),
+    #[error("capability `{0}` must be the only entry of its list")]
+    CapabilityAlone(String),
+    #[error("unknown capability `{name}`{hint}")]
+    UnknownCapability { name: String, hint: String },
+    #[error("unknown user or group `{0}`: use a number, `root`, or the name of a container in the manifest")]
+    UnknownId(String),
+    #[error("source `{0}` is neither an absolute path nor a volume of the manifest")]
+    UnknownVolume(String),
+    #[error("volume `{0}` is read-only; add the `ro` option")]
+    ReadonlyVolume(String),
+    #[error("mount at `{0}` has no `type`")]
+    MountType(String),
+    #[error("mount of type `{0}` has no `destination`")]
+    MountDestination(String),
+    #[error("`{key}: {value}` must be `host`, `new`{none} or an absolute path to a namespace")]
+    Namespace {
+        key: String,
+        value: String,
+        none: &'static str,
+    },
+}
+
 /// A parsed `src:dst[:opts]` bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
@@ -17,7 +60,7 @@ pub struct Bind {
 
 /// Parses `src:dst[:opt,opt]`. Without options a bind is `rw,rbind,rshared`
 /// (LinuxKit's default); with options `rbind` is added.
-pub fn parse_bind(s: &str) -> Result<Bind, String> {
+pub fn parse_bind(s: &str) -> Result<Bind, SettingError> {
     let parts: Vec<&str> = s.split(':').collect();
     let (source, destination, options) = match parts.as_slice() {
         [src, dst] => (
@@ -36,11 +79,11 @@ pub fn parse_bind(s: &str) -> Result<Bind, String> {
             }
             (*src, *dst, o)
         }
-        [_] => return Err(format!("bind `{s}` needs `source:destination[:options]`")),
-        _ => return Err(format!("bind `{s}` has too many `:`")),
+        [_] => return Err(SettingError::BindShape(s.into())),
+        _ => return Err(SettingError::BindColons(s.into())),
     };
     if source.is_empty() || destination.is_empty() {
-        return Err(format!("bind `{s}` has an empty source or destination"));
+        return Err(SettingError::BindEmpty(s.into()));
     }
     Ok(Bind {
         source: source.into(),
@@ -50,15 +93,15 @@ pub fn parse_bind(s: &str) -> Result<Bind, String> {
 }
 
 /// Parses `dst[:opt,opt]`.
-pub fn parse_tmpfs(s: &str) -> Result<(String, Vec<String>), String> {
+pub fn parse_tmpfs(s: &str) -> Result<(String, Vec<String>), SettingError> {
     let mut parts = s.splitn(3, ':');
     let dest = parts.next().unwrap_or_default();
     let opts = parts.next();
     if parts.next().is_some() {
-        return Err(format!("tmpfs `{s}` has too many `:`"));
+        return Err(SettingError::TmpfsColons(s.into()));
     }
     if dest.is_empty() {
-        return Err(format!("tmpfs `{s}` has no destination"));
+        return Err(SettingError::TmpfsDestination(s.into()));
     }
     let opts = opts
         .map(|o| {
@@ -99,10 +142,10 @@ const RLIMITS: &[&str] = &[
 ];
 
 /// Parses `name,soft,hard` (`nofile,1024,2048`; `unlimited` allowed).
-pub fn parse_rlimit(s: &str) -> Result<Rlimit, String> {
+pub fn parse_rlimit(s: &str) -> Result<Rlimit, SettingError> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let [name, soft, hard] = parts.as_slice() else {
-        return Err(format!("rlimit `{s}` must be `name,soft,hard`"));
+        return Err(SettingError::RlimitShape(s.into()));
     };
     let mut kind = name.to_ascii_uppercase();
     if !kind.starts_with("RLIMIT_") {
@@ -117,26 +160,31 @@ pub fn parse_rlimit(s: &str) -> Result<Rlimit, String> {
                 )
             })
             .unwrap_or_default();
-        return Err(format!("unknown rlimit `{name}`{hint}"));
+        return Err(SettingError::UnknownRlimit {
+            name: name.to_string(),
+            hint,
+        });
     }
-    let num = |v: &str| -> Result<u64, String> {
+    let num = |v: &str| -> Result<u64, SettingError> {
         if v.eq_ignore_ascii_case("unlimited") {
             Ok(u64::MAX)
         } else {
-            v.parse()
-                .map_err(|_| format!("rlimit `{s}`: `{v}` is not a number or `unlimited`"))
+            v.parse().map_err(|_| SettingError::RlimitValue {
+                rlimit: s.into(),
+                value: v.into(),
+            })
         }
     };
     let (soft, hard) = (num(soft)?, num(hard)?);
     if soft > hard {
-        return Err(format!("rlimit `{s}`: soft limit is above the hard limit"));
+        return Err(SettingError::RlimitOrder(s.into()));
     }
     Ok(Rlimit { kind, soft, hard })
 }
 
 /// Normalises capability names (`sys_admin` → `CAP_SYS_ADMIN`), expands a
 /// lone `all`/`none`, and returns them sorted and unique.
-pub(crate) fn capabilities(list: &[String]) -> Result<Vec<String>, String> {
+pub(crate) fn capabilities(list: &[String]) -> Result<Vec<String>, SettingError> {
     if let [one] = list {
         match one.to_ascii_lowercase().as_str() {
             "all" => return Ok(ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
@@ -148,9 +196,7 @@ pub(crate) fn capabilities(list: &[String]) -> Result<Vec<String>, String> {
     for c in list {
         let lower = c.to_ascii_lowercase();
         if lower == "all" || lower == "none" {
-            return Err(format!(
-                "capability `{c}` must be the only entry of its list"
-            ));
+            return Err(SettingError::CapabilityAlone(c.clone()));
         }
         let mut name = c.to_ascii_uppercase();
         if !name.starts_with("CAP_") {
@@ -160,7 +206,10 @@ pub(crate) fn capabilities(list: &[String]) -> Result<Vec<String>, String> {
             let hint = nearest(&name, ALL_CAPABILITIES.iter().copied())
                 .map(|n| format!(" (did you mean `{n}`?)"))
                 .unwrap_or_default();
-            return Err(format!("unknown capability `{c}`{hint}"));
+            return Err(SettingError::UnknownCapability {
+                name: c.clone(),
+                hint,
+            });
         }
         out.push(name);
     }
@@ -170,13 +219,14 @@ pub(crate) fn capabilities(list: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// LinuxKit's ids: a number, `root`, or another container's name.
-pub(crate) fn numeric_id(v: &Id, id_map: &BTreeMap<String, u32>) -> Result<u32, String> {
+pub(crate) fn numeric_id(v: &Id, id_map: &BTreeMap<String, u32>) -> Result<u32, SettingError> {
     match v {
         Id::Num(n) => Ok(*n),
         Id::Name(n) if n.is_empty() || n == "root" => Ok(0),
-        Id::Name(n) => id_map.get(n).copied().ok_or_else(|| {
-            format!("unknown user or group `{n}`: use a number, `root`, or the name of a container in the manifest")
-        }),
+        Id::Name(n) => id_map
+            .get(n)
+            .copied()
+            .ok_or_else(|| SettingError::UnknownId(n.clone())),
     }
 }
 
@@ -204,19 +254,15 @@ pub(crate) fn volume_source(
     source: &str,
     options: &[String],
     volumes: &BTreeMap<String, bool>,
-) -> Result<String, String> {
+) -> Result<String, SettingError> {
     if source.starts_with('/') {
         return Ok(source.to_owned());
     }
     let Some(readonly) = volumes.get(source) else {
-        return Err(format!(
-            "source `{source}` is neither an absolute path nor a volume of the manifest"
-        ));
+        return Err(SettingError::UnknownVolume(source.into()));
     };
     if *readonly && !options.iter().any(|o| o == "ro") {
-        return Err(format!(
-            "volume `{source}` is read-only; add the `ro` option"
-        ));
+        return Err(SettingError::ReadonlyVolume(source.into()));
     }
     Ok(format!("/containers/volumes/{source}/merged"))
 }
@@ -232,7 +278,7 @@ pub(crate) struct Mount {
 /// Fills a mount's gaps as LinuxKit does: the type from a well-known source
 /// (or `tmpfs` for `/dev`), the source from the type, the destination from
 /// the type.
-pub(crate) fn mount(m: &MountConfig) -> Result<Mount, String> {
+pub(crate) fn mount(m: &MountConfig) -> Result<Mount, SettingError> {
     let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     let source = nonempty(&m.source);
     let dest = nonempty(&m.destination);
@@ -244,12 +290,7 @@ pub(crate) fn mount(m: &MountConfig) -> Result<Mount, String> {
                 .map(str::to_owned)
         })
         .or_else(|| (dest.as_deref() == Some("/dev")).then(|| "tmpfs".to_owned()))
-        .ok_or_else(|| {
-            format!(
-                "mount at `{}` has no `type`",
-                dest.as_deref().unwrap_or("?")
-            )
-        })?;
+        .ok_or_else(|| SettingError::MountType(dest.clone().unwrap_or_else(|| "?".into())))?;
     let destination = dest
         .or_else(|| {
             match kind.as_str() {
@@ -262,7 +303,7 @@ pub(crate) fn mount(m: &MountConfig) -> Result<Mount, String> {
             }
             .map(str::to_owned)
         })
-        .ok_or_else(|| format!("mount of type `{kind}` has no `destination`"))?;
+        .ok_or_else(|| SettingError::MountDestination(kind.clone()))?;
     Ok(Mount {
         destination,
         source: source.unwrap_or_else(|| kind.clone()),
@@ -273,16 +314,17 @@ pub(crate) fn mount(m: &MountConfig) -> Result<Mount, String> {
 
 /// One namespace entry: `host`/`root` shares the host's (None), `new` makes
 /// one (`none` too, for the network), anything else is a path to join.
-pub(crate) fn namespace(typ: &str, key: &str, value: &str) -> Result<Option<Value>, String> {
+pub(crate) fn namespace(typ: &str, key: &str, value: &str) -> Result<Option<Value>, SettingError> {
     match value {
         "host" | "root" => Ok(None),
         "new" => Ok(Some(json!({ "type": typ }))),
         "none" if typ == "network" => Ok(Some(json!({ "type": typ }))),
         path if path.starts_with('/') => Ok(Some(json!({ "type": typ, "path": path }))),
-        other => Err(format!(
-            "`{key}: {other}` must be `host`, `new`{} or an absolute path to a namespace",
-            if typ == "network" { ", `none`" } else { "" }
-        )),
+        other => Err(SettingError::Namespace {
+            key: key.into(),
+            value: other.into(),
+            none: if typ == "network" { ", `none`" } else { "" },
+        }),
     }
 }
 
@@ -304,8 +346,14 @@ mod tests {
             parse_bind("/a:/b:ro,rshared").unwrap().options,
             ["ro", "rshared", "rbind"]
         );
-        assert!(parse_bind("/a").unwrap_err().contains("source:destination"));
-        assert!(parse_bind("/a:/b:c:d").unwrap_err().contains("too many"));
+        assert!(parse_bind("/a")
+            .unwrap_err()
+            .to_string()
+            .contains("source:destination"));
+        assert!(parse_bind("/a:/b:c:d")
+            .unwrap_err()
+            .to_string()
+            .contains("too many"));
     }
 
     #[test]
@@ -335,7 +383,7 @@ mod tests {
             u64::MAX
         );
         assert_eq!(
-            parse_rlimit("nofil,1,2").unwrap_err(),
+            parse_rlimit("nofil,1,2").unwrap_err().to_string(),
             "unknown rlimit `nofil` (did you mean `nofile`?)"
         );
         assert!(parse_rlimit("nofile,3,2").is_err());
@@ -356,7 +404,9 @@ mod tests {
         assert_eq!(capabilities(&["ALL".into()]).unwrap().len(), 41);
         assert!(capabilities(&["none".into()]).unwrap().is_empty());
         assert_eq!(
-            capabilities(&["CAP_SYS_ADMN".into()]).unwrap_err(),
+            capabilities(&["CAP_SYS_ADMN".into()])
+                .unwrap_err()
+                .to_string(),
             "unknown capability `CAP_SYS_ADMN` (did you mean `CAP_SYS_ADMIN`?)"
         );
     }
@@ -406,6 +456,7 @@ mod tests {
         );
         assert!(volume_source("data", &["rw".into()], &vols)
             .unwrap_err()
+            .to_string()
             .contains("read-only"));
         assert!(volume_source("nope", &[], &vols).is_err());
         assert_eq!(volume_source("/x", &[], &vols).unwrap(), "/x");

@@ -1,9 +1,11 @@
+//! Spec generation end to end: precedence, adds, mounts, errors, JSON form.
+
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::*;
-use crate::manifest;
+use crate::manifest::{self, ImageConfig, ImageEntry};
 
 fn entry(yaml: &str) -> ImageEntry {
     let m = manifest::from_str(yaml, "t.yml", Path::new("/")).unwrap();

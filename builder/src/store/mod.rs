@@ -734,7 +734,10 @@ fn ref_name(d: &Descriptor) -> Option<String> {
 
 /// Parses a descriptor's digest, insisting on sha256.
 pub fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
-    d.digest().to_string().parse().map_err(StoreError::Import)
+    d.digest()
+        .to_string()
+        .parse()
+        .map_err(|e: crate::reference::DigestError| StoreError::Import(e.to_string()))
 }
 
 /// A descriptor for content already hashed.

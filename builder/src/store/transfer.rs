@@ -107,16 +107,15 @@ impl Store {
                 entry.read_to_end(&mut bytes).map_err(io_err(source))?;
                 index = Some(parse_index(&bytes, &source.join("index.json"))?);
             } else if let Ok(hex) = path.strip_prefix("blobs/sha256") {
-                let digest: Digest =
-                    format!("sha256:{}", hex.display())
-                        .parse()
-                        .map_err(|_: String| {
-                            StoreError::Import(format!(
-                                "{}: entry {} is not named by a sha256 digest",
-                                source.display(),
-                                quote(path.as_os_str().as_encoded_bytes())
-                            ))
-                        })?;
+                let digest: Digest = format!("sha256:{}", hex.display()).parse().map_err(
+                    |_: crate::reference::DigestError| {
+                        StoreError::Import(format!(
+                            "{}: entry {} is not named by a sha256 digest",
+                            source.display(),
+                            quote(path.as_os_str().as_encoded_bytes())
+                        ))
+                    },
+                )?;
                 if !self.has_blob(&digest) {
                     self.put_blob(&mut entry, Some(&digest))
                         .map_err(|e| in_source(e, source))?;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use osk_builder::pkg::release::{parse_rfc2822, Keyring, Release, DEFAULT_KEYRING};
+use osk_builder::pkg::debian::release::{parse_rfc2822, Keyring, Release, DEFAULT_KEYRING};
 use osk_builder::pkg::{self, Error, Options};
 use pgp::composed::{
     CleartextSignedMessage, EncryptionCaps, KeyType, SecretKeyParamsBuilder, SignedPublicKey,

@@ -1,8 +1,8 @@
 //! Resolver and Debian version tests on recorded index fixtures.
 
-use osk_builder::pkg::index::{parse_atom, parse_packages};
-use osk_builder::pkg::resolve::{resolve, Universe};
-use osk_builder::pkg::version::Version;
+use osk_builder::pkg::debian::index::{parse_atom, parse_packages};
+use osk_builder::pkg::debian::resolve::{resolve, Universe};
+use osk_builder::pkg::debian::version::Version;
 
 fn universe() -> Universe {
     let text = include_str!("../fixtures/debian/Packages");

@@ -1,6 +1,6 @@
 //! InRelease signature checks with throwaway keys made by rpgp.
 
-use osk_builder::pkg::release::{Keyring, Release};
+use osk_builder::pkg::debian::release::{Keyring, Release};
 use pgp::composed::{
     CleartextSignedMessage, EncryptionCaps, KeyType, SecretKeyParamsBuilder, SignedPublicKey,
     SignedSecretKey, SubkeyParamsBuilder,
@@ -109,7 +109,7 @@ fn keyring_round_trips_through_binary_file() {
 
 #[test]
 fn debian_keyring_loads_when_present() {
-    let path = std::path::Path::new(osk_builder::pkg::release::DEFAULT_KEYRING);
+    let path = std::path::Path::new(osk_builder::pkg::debian::release::DEFAULT_KEYRING);
     if path.exists() {
         Keyring::load(path).unwrap();
     }

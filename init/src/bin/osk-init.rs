@@ -9,7 +9,7 @@ fn main() {
         .unwrap_or_default()
         .to_string();
     if called == "modprobe" && std::process::id() != 1 {
-        std::process::exit(osk_init::modprobe::main(&args[1..]));
+        std::process::exit(osk_init::kmod::modprobe::main(&args[1..]));
     }
     osk_init::boot::main()
 }

@@ -13,7 +13,7 @@ use osk_init::metadata::{self, devices};
 #[command(about = "Write metadata from a CIDATA or config-2 volume under /run/config")]
 struct Cli {
     /// Where the files go.
-    #[arg(long, default_value = "/run/config")]
+    #[arg(long, default_value = osk_init::paths::METADATA_DIR)]
     config_dir: PathBuf,
     /// How long to wait for a labelled volume to show up (disk and CD-ROM
     /// drivers may still be probing), in seconds.

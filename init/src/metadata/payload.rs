@@ -32,6 +32,8 @@ struct Node {
 pub enum PayloadError {
     #[error("user data entry {path:?}: {reason}")]
     Entry { path: String, reason: String },
+    #[error("user data entry {path:?}: perm {perm:?} is not an octal mode such as \"0644\"")]
+    Perm { path: String, perm: String },
     #[error(transparent)]
     Write(#[from] WriteError),
 }
@@ -104,12 +106,12 @@ fn flatten<'a>(
         let path = Path::new(prefix).join(name);
         match (&node.entries, &node.content) {
             (Some(entries), None) => {
-                let mode = perm(node.perm.as_deref(), 0o755).map_err(|r| bad(&r))?;
+                let mode = perm(&shown, node.perm.as_deref(), 0o755)?;
                 out.push(Item::Dir { path, mode });
                 flatten(entries, &format!("{shown}/"), out)?;
             }
             (None, Some(content)) => {
-                let mode = perm(node.perm.as_deref(), 0o644).map_err(|r| bad(&r))?;
+                let mode = perm(&shown, node.perm.as_deref(), 0o644)?;
                 out.push(Item::File {
                     path,
                     mode,
@@ -123,13 +125,16 @@ fn flatten<'a>(
     Ok(())
 }
 
-/// An octal permission string such as `"0600"`.
-fn perm(s: Option<&str>, default: u32) -> Result<u32, String> {
+/// An octal permission string such as `"0600"` (of the entry at `path`).
+fn perm(path: &str, s: Option<&str>, default: u32) -> Result<u32, PayloadError> {
     let Some(s) = s else { return Ok(default) };
     u32::from_str_radix(s, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("perm {s:?} is not an octal mode such as \"0644\""))
+        .ok_or_else(|| PayloadError::Perm {
+            path: path.to_string(),
+            perm: s.to_string(),
+        })
 }
 
 #[cfg(test)]

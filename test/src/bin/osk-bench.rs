@@ -308,14 +308,14 @@ fn init_rss_kib(vm: &mut Machine) -> Result<Option<u64>> {
 }
 
 /// Whether `osk build` exists and the manifest is there; the reason if not.
-fn osk_build_available(manifest: &Path) -> Result<(), String> {
+fn osk_build_available(manifest: &Path) -> Result<()> {
     if !manifest.is_file() {
-        return Err(format!("{} does not exist yet", manifest.display()));
+        bail!("{} does not exist yet", manifest.display());
     }
     match osk_e2e::osk(&["build", "--help"]) {
         Ok(out) if out.status.success() => Ok(()),
-        Ok(_) => Err("`osk build` does not exist yet".into()),
-        Err(e) => Err(format!("cannot run osk: {e:#}")),
+        Ok(_) => bail!("`osk build` does not exist yet"),
+        Err(e) => bail!("cannot run osk: {e:#}"),
     }
 }
 

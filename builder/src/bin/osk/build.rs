@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use osk_builder::assemble::Spool;
-use osk_builder::build::{self, BuildError, BuildOptions, Compression, Format};
-use osk_builder::manifest::{self, ImageRef, ImageSource};
-use osk_builder::reference::Reference;
+use osk_builder::build::{self, BuildOptions, Compression, Format, Resolver, StoreRegistry};
+use osk_builder::manifest;
 use osk_builder::store::{host_arch, Store};
-use osk_builder::{pkg, pull};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -57,54 +55,19 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     let spool_dir = args.spool.unwrap_or_else(|| store_path.join("spool"));
     let spool = Spool::open(&spool_dir)
         .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
-    let arch = args.arch.clone();
-    let mut resolve = |image: &ImageRef| -> Result<_, BuildError> {
-        match &image.source {
-            // The store first, else the registry.
-            ImageSource::Reference(text) => {
-                let r = Reference::parse(text)
-                    .map_err(|e| BuildError::Usage(format!("image {text}: {e}")))?;
-                let opts = pull::PullOptions {
-                    arch: arch.clone(),
-                    force: args.pull,
-                    insecure_registries: args.insecure_registries.clone(),
-                    ..Default::default()
-                };
-                pull::ensure(&store, &r, &opts).map_err(|e| BuildError::Resolve(e.into()))
-            }
-            // Built (or found already built) from the package directory.
-            ImageSource::Package(dir) => {
-                let opts = pkg::Options {
-                    cache_dir: store_path.join("debs"),
-                    ..Default::default()
-                };
-                let r = pkg::ensure_built(dir, &store, &opts).map_err(|e| BuildError::Package {
-                    image: image.to_string(),
-                    source: e.into(),
-                })?;
-                store
-                    .image(&r, "linux", &arch)
-                    .map_err(|e| BuildError::Resolve(e.into()))
-            }
-        }
+    let provider = StoreRegistry {
+        store: &store,
+        deb_cache: store_path.join("debs"),
+        insecure_registries: args.insecure_registries,
     };
+    let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
     let plan = build::plan(&m, &mut resolve)?;
-    let name = args
-        .name
-        .unwrap_or_else(|| match args.manifests[0].to_str() {
-            Some("-") => "osk".to_string(),
-            _ => build::default_name(&args.manifests[0]),
-        });
-    let mut formats = Vec::new();
-    for f in args.formats {
-        if !formats.contains(&f) {
-            formats.push(f);
-        }
-    }
     let opts = BuildOptions {
-        formats,
+        formats: build::unique_formats(args.formats),
         dir: args.dir,
-        name,
+        name: args
+            .name
+            .unwrap_or_else(|| build::default_name(&args.manifests[0])),
         compress: args.compress,
         mtime: build::source_date_epoch()?,
     };

@@ -39,7 +39,7 @@ pub struct PkgOpts {
     #[arg(long)]
     mirror: Option<String>,
     /// OpenPGP keyring the archive's InRelease must be signed with.
-    #[arg(long, default_value = pkg::release::DEFAULT_KEYRING)]
+    #[arg(long, default_value = pkg::debian::release::DEFAULT_KEYRING)]
     keyring: PathBuf,
     /// Download cache for indexes and .debs, by SHA-256 (default: STORE/debs).
     #[arg(long)]

@@ -68,15 +68,17 @@ pub struct QemuArgs {
     print_command: bool,
 }
 
-fn parse_from<T: std::str::FromStr<Err = run::Error>>(s: &str) -> Result<T, String> {
-    s.parse().map_err(|e: run::Error| e.to_string())
+fn parse_from<T: std::str::FromStr<Err = run::Error>>(s: &str) -> Result<T, run::Error> {
+    s.parse()
 }
 
-fn parse_mem(s: &str) -> Result<u64, String> {
+fn parse_mem(s: &str) -> anyhow::Result<u64> {
     run::parse_size(s)
         .map(|b| b >> 20)
         .filter(|&mib| mib > 0)
-        .ok_or_else(|| format!("{s:?} is not a memory size (MiB, or a number with K/M/G suffix)"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("{s:?} is not a memory size (MiB, or a number with K/M/G suffix)")
+        })
 }
 
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {

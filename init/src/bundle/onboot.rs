@@ -14,42 +14,83 @@ use std::time::Duration;
 
 use osk_layout::Runtime;
 
-use crate::logfile::{self, RotatingLog, Sink};
-use crate::prepare::{self, Bundle};
+use crate::bundle::prepare::{self, Bundle, HostActionError};
+use crate::log::rotating::{self, RotatingLog};
+use crate::log::sink::{async_pipe, pump, Sink};
+use crate::paths::RUNC_ROOT;
 use crate::reaper;
 
 pub const RUNC: &str = "/usr/bin/runc";
-const RUNC_ROOT: &str = "/run/osk/runc";
 
-fn runc_command(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<Command, String> {
+/// Why an onboot or onshutdown container did not run to completion.
+#[derive(Debug, thiserror::Error)]
+pub enum OnbootError {
+    #[error(transparent)]
+    HostAction(#[from] HostActionError),
+    #[error("runc {command}: {cause}")]
+    Spawn {
+        command: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("runc {command}: lost runc's exit status")]
+    LostStatus { command: String },
+    #[error("runc {command} exited {code}")]
+    Runc { command: String, code: i32 },
+    #[error("runc create {id}: no pid in {pid_file}")]
+    NoPid { id: String, pid_file: String },
+    #[error("{id}: lost its exit status")]
+    LostTask { id: String },
+    #[error("{id}: killed after its {}s timeout", .timeout.as_secs())]
+    Timeout { id: String, timeout: Duration },
+    #[error("{id}: output pipe: {cause}")]
+    Pipe {
+        id: String,
+        #[source]
+        cause: std::io::Error,
+    },
+}
+
+fn runc_command(
+    args: &[&str],
+    stdout: Option<std::io::PipeWriter>,
+) -> Result<Command, OnbootError> {
     let mut cmd = Command::new(runc_path());
     cmd.arg("--root")
         .arg(RUNC_ROOT)
         .args(args)
         .stdin(Stdio::null());
-    cmd.env("PATH", crate::daemon::PATH);
+    cmd.env("PATH", crate::containerd::daemon::PATH);
     if let Some(w) = stdout {
-        let w2 = w.try_clone().map_err(|e| e.to_string())?;
+        let w2 = w.try_clone().map_err(|cause| OnbootError::Pipe {
+            id: args.last().unwrap_or(&"").to_string(),
+            cause,
+        })?;
         cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
     }
     Ok(cmd)
 }
 
-async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32, String> {
+async fn runc(args: &[&str], stdout: Option<std::io::PipeWriter>) -> Result<i32, OnbootError> {
     let mut cmd = runc_command(args, stdout)?;
-    let child = reaper::spawn(&mut cmd).map_err(|e| format!("runc {}: {e}", args[0]))?;
+    let child = reaper::spawn(&mut cmd).map_err(|cause| OnbootError::Spawn {
+        command: args.join(" "),
+        cause,
+    })?;
     drop(cmd);
     child
         .exit
         .await
         .map(reaper::code)
-        .map_err(|_| "lost runc's exit status".to_string())
+        .map_err(|_| OnbootError::LostStatus {
+            command: args.join(" "),
+        })
 }
 
 /// runc's path: the sealed copy if init made one, else the image's.
 pub fn runc_path() -> &'static str {
-    if Path::new(crate::sealedrunc::LINK).exists() {
-        crate::sealedrunc::LINK
+    if Path::new(crate::paths::SEALED_RUNC).exists() {
+        crate::paths::SEALED_RUNC
     } else {
         image_runc_path()
     }
@@ -65,13 +106,16 @@ pub fn image_runc_path() -> &'static str {
 }
 
 /// Runs one bundle to completion; returns its exit code.
-pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32, String> {
+pub async fn run_one(b: &Bundle, log_dir: &str, timeout: Duration) -> Result<i32, OnbootError> {
     prepare::before_create(b)?;
     let id = format!("osk-{}", b.name);
-    let log = RotatingLog::open(format!("{log_dir}/{}.log", b.name), logfile::DEFAULT_CAP).ok();
+    let log = RotatingLog::open(format!("{log_dir}/{}.log", b.name), rotating::DEFAULT_CAP).ok();
     let sink = Sink::shared(log, Some(format!("{}: ", b.name)));
-    let (r, w) = logfile::async_pipe().map_err(|e| e.to_string())?;
-    let pump = tokio::spawn(logfile::pump(r, sink));
+    let (r, w) = async_pipe().map_err(|cause| OnbootError::Pipe {
+        id: id.clone(),
+        cause,
+    })?;
+    let pump = tokio::spawn(pump(r, sink));
     let _ = std::fs::create_dir_all(RUNC_ROOT);
     let bundle = b.dir.display().to_string();
     // A leftover from an earlier failure would make create fail; on a fresh
@@ -96,22 +140,27 @@ async fn run(
     bundle: &str,
     out: std::io::PipeWriter,
     timeout: Duration,
-) -> Result<i32, String> {
+) -> Result<i32, OnbootError> {
     let mut cmd = runc_command(&["run", "--bundle", bundle, id], Some(out))?;
-    let child = reaper::spawn(&mut cmd).map_err(|e| format!("runc run {id}: {e}"))?;
+    let child = reaper::spawn(&mut cmd).map_err(|cause| OnbootError::Spawn {
+        command: format!("run {id}"),
+        cause,
+    })?;
     drop(cmd);
     let mut exit = child.exit;
     match tokio::time::timeout(timeout, &mut exit).await {
         Ok(Ok(status)) => Ok(reaper::code(status)),
-        Ok(Err(_)) => Err(format!("{id}: lost runc's exit status")),
+        Ok(Err(_)) => Err(OnbootError::LostStatus {
+            command: format!("run {id}"),
+        }),
         Err(_) => {
             let _ = runc(&["kill", "--all", id, "KILL"], None).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), exit).await;
             let _ = runc(&["delete", "-f", id], None).await;
-            Err(format!(
-                "{id}: killed after its {}s timeout",
-                timeout.as_secs()
-            ))
+            Err(OnbootError::Timeout {
+                id: id.into(),
+                timeout,
+            })
         }
     }
 }
@@ -123,7 +172,7 @@ async fn create_start(
     bundle: &str,
     out: std::io::PipeWriter,
     timeout: Duration,
-) -> Result<i32, String> {
+) -> Result<i32, OnbootError> {
     let pid_file = format!("{RUNC_ROOT}/{id}.pid");
     let rc = runc(
         &["create", "--bundle", bundle, "--pid-file", &pid_file, id],
@@ -131,28 +180,37 @@ async fn create_start(
     )
     .await?;
     if rc != 0 {
-        return Err(format!("runc create {id} (bundle {bundle}) exited {rc}"));
+        return Err(OnbootError::Runc {
+            command: format!("create {id} (bundle {bundle})"),
+            code: rc,
+        });
     }
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("runc create {id}: no pid in {pid_file}"))?;
+        .ok_or_else(|| OnbootError::NoPid {
+            id: id.into(),
+            pid_file: pid_file.clone(),
+        })?;
     let exit = reaper::watch(pid);
     let result = async {
         prepare::after_create(b, pid as u32)?;
         let rc = runc(&["start", id], None).await?;
         if rc != 0 {
-            return Err(format!("runc start {id} exited {rc}"));
+            return Err(OnbootError::Runc {
+                command: format!("start {id}"),
+                code: rc,
+            });
         }
         match tokio::time::timeout(timeout, exit).await {
             Ok(Ok(status)) => Ok(reaper::code(status)),
-            Ok(Err(_)) => Err(format!("{id}: lost its exit status")),
+            Ok(Err(_)) => Err(OnbootError::LostTask { id: id.into() }),
             Err(_) => {
                 let _ = runc(&["kill", "--all", id, "KILL"], None).await;
-                Err(format!(
-                    "{id}: killed after its {}s timeout",
-                    timeout.as_secs()
-                ))
+                Err(OnbootError::Timeout {
+                    id: id.into(),
+                    timeout,
+                })
             }
         }
     }

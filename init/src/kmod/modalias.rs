@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::modules::{load, load_order, Index, Kmod, LoadReport};
+use crate::kmod::modules::{load, load_order, Index, Kmod, LoadReport};
 
 /// fnmatch(3) without flags, as modprobe matches aliases: `*`, `?` and
 /// bracket classes (`[0-9]`, `[!a]`).
@@ -213,8 +213,8 @@ pub fn coldplug(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::tests::FakeKmod;
-    use crate::modules::Module;
+    use crate::kmod::modules::tests::FakeKmod;
+    use crate::kmod::modules::Module;
     use std::path::PathBuf;
 
     #[test]

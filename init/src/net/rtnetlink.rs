@@ -1,37 +1,23 @@
-//! Host networking basics without `ip`: hostname, loopback, and the veth /
-//! move-link operations runtime.json's `interfaces` needs (raw rtnetlink).
+//! Raw rtnetlink and interface ioctls: the leaf behind [`super::Links`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// `osk-` plus the last three bytes of a MAC address.
-pub fn hostname_from_mac(mac: &str) -> Option<String> {
-    let hex: String = mac.split(':').collect();
-    (hex.len() == 12 && hex != "000000000000").then(|| format!("osk-{}", &hex[6..]))
-}
+use super::Links;
 
-/// Where the metadata onboot container leaves the hostname (LinuxKit's path).
-pub const METADATA_HOSTNAME: &str = "/run/config/hostname";
+/// [`Links`] on the running kernel.
+pub struct Rtnetlink;
 
-/// The first line of a hostname file, trimmed; `None` if missing or blank.
-pub fn read_hostname(path: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let h = text.lines().next().unwrap_or_default().trim();
-    (!h.is_empty()).then(|| h.to_string())
-}
-
-/// The hostname to set: /etc/hostname, else from the first non-loopback MAC.
-pub fn pick_hostname() -> String {
-    if let Some(h) = read_hostname(std::path::Path::new("/etc/hostname")) {
-        return h;
+impl Links for Rtnetlink {
+    fn delete_link(&self, name: &str) -> io::Result<()> {
+        delete_link(name)
     }
-    interfaces()
-        .iter()
-        .find_map(|n| {
-            let mac = std::fs::read_to_string(format!("/sys/class/net/{n}/address")).ok()?;
-            hostname_from_mac(mac.trim())
-        })
-        .unwrap_or_else(|| "osk".into())
+    fn create_veth(&self, name: &str, peer: &str, pid: u32) -> io::Result<()> {
+        create_veth(name, peer, pid)
+    }
+    fn move_link(&self, name: &str, pid: u32) -> io::Result<()> {
+        move_link(name, pid)
+    }
 }
 
 fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
@@ -68,20 +54,6 @@ fn ifreq(name: &str) -> libc::ifreq {
         ifr.ifr_name[i] = b as libc::c_char;
     }
     ifr
-}
-
-/// Every network interface but loopback.
-pub fn interfaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lo")
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 // rtnetlink constants not all exported by libc.
@@ -139,7 +111,7 @@ fn newlink(body: Msg, flags: u16) -> io::Result<()> {
 }
 
 /// Deletes a root-namespace link (and so its veth peer), if it exists.
-pub fn delete_link(name: &str) -> io::Result<()> {
+fn delete_link(name: &str) -> io::Result<()> {
     let Ok(index) = nix::net::if_::if_nametoindex(name) else {
         return Ok(());
     };
@@ -192,7 +164,7 @@ fn request(msg_type: u16, body: Msg, flags: u16) -> io::Result<()> {
 
 /// Creates a veth pair: `name` inside the network namespace of `pid`,
 /// `peer` in the root namespace.
-pub fn create_veth(name: &str, peer: &str, pid: u32) -> io::Result<()> {
+fn create_veth(name: &str, peer: &str, pid: u32) -> io::Result<()> {
     let mut m = Msg::default();
     m.ifinfo(0);
     m.str(IFLA_IFNAME, peer);
@@ -210,7 +182,7 @@ pub fn create_veth(name: &str, peer: &str, pid: u32) -> io::Result<()> {
 }
 
 /// Moves an existing root-namespace interface into the namespace of `pid`.
-pub fn move_link(name: &str, pid: u32) -> io::Result<()> {
+fn move_link(name: &str, pid: u32) -> io::Result<()> {
     let index =
         nix::net::if_::if_nametoindex(name).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     let mut m = Msg::default();
@@ -222,27 +194,6 @@ pub fn move_link(name: &str, pid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostname_files_give_their_first_trimmed_line() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("hostname");
-        assert_eq!(read_hostname(&p), None);
-        std::fs::write(&p, " web1 \nsecond\n").unwrap();
-        assert_eq!(read_hostname(&p).as_deref(), Some("web1"));
-        std::fs::write(&p, "\n").unwrap();
-        assert_eq!(read_hostname(&p), None);
-    }
-
-    #[test]
-    fn hostname_from_last_three_mac_bytes() {
-        assert_eq!(
-            hostname_from_mac("52:54:00:12:34:56").as_deref(),
-            Some("osk-123456")
-        );
-        assert_eq!(hostname_from_mac("00:00:00:00:00:00"), None);
-        assert_eq!(hostname_from_mac("bogus"), None);
-    }
 
     #[test]
     fn nested_attributes_carry_their_length() {

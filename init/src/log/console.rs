@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use osk_layout::marker::{self, Event};
 
-use crate::logfile::{RotatingLog, DEFAULT_CAP};
+use crate::log::rotating::{RotatingLog, DEFAULT_CAP};
 
 struct Outputs {
     /// Each console with the path it was opened from (`None`: stderr).

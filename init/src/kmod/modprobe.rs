@@ -10,17 +10,26 @@ use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::modalias::modules_for;
-use crate::modules::{self, Index, Kmod, RealKmod};
+use crate::kmod::modalias::modules_for;
+use crate::kmod::modules::{self, Index, Kmod, RealKmod};
+use crate::paths;
 
 /// The helper's path: a link to the init binary named `modprobe`.
-pub const LINK: &str = "/run/osk/bin/modprobe";
 const KERNEL_KNOB: &str = "/proc/sys/kernel/modprobe";
 
-/// Links [`LINK`] to `init_exe` and tells the kernel to run it.
+/// Links [`paths::MODPROBE_LINK`] to `init_exe` and tells the kernel to run it.
 pub fn install(init_exe: &Path) -> io::Result<()> {
-    crate::sys::replace_symlink(init_exe, Path::new(LINK))?;
-    std::fs::write(KERNEL_KNOB, format!("{LINK}\n"))
+    crate::sys::replace_symlink(init_exe, Path::new(paths::MODPROBE_LINK))?;
+    std::fs::write(KERNEL_KNOB, format!("{}\n", paths::MODPROBE_LINK))
+}
+
+/// A command line the helper does not understand.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    #[error("unknown option {0} (osk's modprobe knows -q -v -a -b)")]
+    UnknownOption(String),
+    #[error("usage: modprobe [-q] [-v] [-a] [--] NAME [PARAM=VALUE...]")]
+    NoName,
 }
 
 /// What the command line asked for.
@@ -36,7 +45,7 @@ pub struct Args {
 
 /// `modprobe [-q] [-v] [-a] [--] NAME [PARAM=VALUE...]`; with `-a` every
 /// argument is a name. The kernel calls `modprobe -q -- NAME`.
-pub fn parse_args(args: &[String]) -> Result<Args, String> {
+pub fn parse_args(args: &[String]) -> Result<Args, ArgsError> {
     let (mut quiet, mut verbose, mut all) = (false, false, false);
     let mut rest = Vec::new();
     let mut options_done = false;
@@ -58,23 +67,15 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                         'v' => verbose = true,
                         'a' => all = true,
                         'b' => {}
-                        _ => {
-                            return Err(format!(
-                                "unknown option -{c} (osk's modprobe knows -q -v -a -b)"
-                            ))
-                        }
+                        _ => return Err(ArgsError::UnknownOption(format!("-{c}"))),
                     }
                 }
             }
-            _ => {
-                return Err(format!(
-                    "unknown option {a} (osk's modprobe knows -q -v -a -b)"
-                ))
-            }
+            _ => return Err(ArgsError::UnknownOption(a.clone())),
         }
     }
     if rest.is_empty() {
-        return Err("usage: modprobe [-q] [-v] [-a] [--] NAME [PARAM=VALUE...]".into());
+        return Err(ArgsError::NoName);
     }
     let (names, params) = if all {
         (rest, Vec::new())
@@ -167,7 +168,7 @@ pub fn release_dir() -> PathBuf {
     Path::new("/lib/modules").join(release)
 }
 
-/// The helper's entry point (argv[0] is `modprobe`); returns the exit code.
+/// The helper's entry point (`argv[0]` is `modprobe`); returns the exit code.
 pub fn main(args: &[String]) -> i32 {
     let args = match parse_args(args) {
         Ok(a) => a,
@@ -177,7 +178,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let dir = release_dir();
-    let index = modules::load_index(&dir, Path::new(modules::INDEX_CACHE));
+    let index = modules::load_index(&dir, Path::new(paths::MODULES_INDEX));
     let builtin =
         builtin(&std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default());
     let (msgs, ok) = probe(&RealKmod, &index, &builtin, &args);
@@ -202,8 +203,8 @@ pub fn main(args: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::tests::FakeKmod;
-    use crate::modules::Module;
+    use crate::kmod::modules::tests::FakeKmod;
+    use crate::kmod::modules::Module;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -220,8 +221,14 @@ mod tests {
         assert_eq!(a.names, ["veth", "bridge"]);
         let a = parse_args(&s(&["--", "-odd"])).unwrap();
         assert_eq!(a.names, ["-odd"]);
-        assert!(parse_args(&s(&["-r", "x"])).unwrap_err().contains("-r"));
-        assert!(parse_args(&s(&["-q"])).unwrap_err().contains("usage"));
+        assert!(parse_args(&s(&["-r", "x"]))
+            .unwrap_err()
+            .to_string()
+            .contains("-r"));
+        assert!(parse_args(&s(&["-q"]))
+            .unwrap_err()
+            .to_string()
+            .contains("usage"));
     }
 
     fn index() -> Index {

@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::tree::{normalise, Kind, Node, Patterns, Tree};
 use super::Error;
+use crate::pkg::tree::{normalise, Kind, Node, Patterns, Tree};
 
 /// What to keep while unpacking.
 pub struct Filter<'a> {

@@ -3,8 +3,8 @@
 //! them with `finit_module(2)`. No kmod, no modules.dep needed.
 //!
 //! Which modules load when: the image's list at boot ([`parse_list`]), the
-//! drivers of the devices present ([`crate::modalias`]), and anything the
-//! kernel asks for later through its modprobe helper ([`crate::modprobe`]).
+//! drivers of the devices present ([`crate::kmod::modalias`]), and anything the
+//! kernel asks for later through its modprobe helper ([`crate::kmod::modprobe`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -157,7 +157,6 @@ pub fn index_dir(dir: &Path) -> (Index, Vec<ModinfoError>) {
 /// Where PID 1 leaves its index for the modprobe helper, which the kernel
 /// may start several times a boot (a DHCP client alone asks for two
 /// modules twice): reading one file beats reading every module again.
-pub const INDEX_CACHE: &str = "/run/osk/modules.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Cached {

@@ -71,27 +71,44 @@ impl std::fmt::Display for Atom {
 /// A dependency: alternatives separated by `|`.
 pub type Dependency = Vec<Atom>;
 
+/// A dependency field that does not parse; each variant carries the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AtomError {
+    #[error("unsupported dependency syntax `{0}`")]
+    Unsupported(String),
+    #[error("unclosed `(` in `{0}`")]
+    Unclosed(String),
+    #[error("missing version in `{0}`")]
+    NoVersion(String),
+    #[error("bad relation in `{0}`")]
+    Relation(String),
+    #[error("bad version in `{0}`")]
+    Version(String),
+    #[error("empty package name in `{0}`")]
+    NoName(String),
+}
+
 /// Parses one atom such as `libc6 (>= 2.34)` or `python3:any`.
-pub fn parse_atom(s: &str) -> Result<Atom, String> {
+pub fn parse_atom(s: &str) -> Result<Atom, AtomError> {
     let s = s.trim();
     // Architecture restrictions `[amd64]` and build profiles `<!nocheck>` do
     // not occur in binary Packages; refuse them rather than misread them.
     if s.contains('[') || s.contains('<') && !s.contains('(') {
-        return Err(format!("unsupported dependency syntax `{s}`"));
+        return Err(AtomError::Unsupported(s.into()));
     }
     let (name, constraint) = match s.split_once('(') {
         Some((name, rest)) => {
             let inner = rest
                 .strip_suffix(')')
-                .ok_or_else(|| format!("unclosed `(` in `{s}`"))?
+                .ok_or_else(|| AtomError::Unclosed(s.into()))?
                 .trim();
             let split = inner
                 .find(|c: char| !matches!(c, '<' | '>' | '='))
-                .ok_or_else(|| format!("missing version in `{s}`"))?;
+                .ok_or_else(|| AtomError::NoVersion(s.into()))?;
             let relation =
-                Relation::parse(&inner[..split]).ok_or_else(|| format!("bad relation in `{s}`"))?;
+                Relation::parse(&inner[..split]).ok_or_else(|| AtomError::Relation(s.into()))?;
             let version = Version::parse(inner[split..].trim())
-                .ok_or_else(|| format!("bad version in `{s}`"))?;
+                .ok_or_else(|| AtomError::Version(s.into()))?;
             (name.trim(), Some(Constraint { relation, version }))
         }
         None => (s, None),
@@ -99,7 +116,7 @@ pub fn parse_atom(s: &str) -> Result<Atom, String> {
     // `:any` / `:native` qualifiers: one architecture here, so drop them.
     let name = name.split(':').next().unwrap_or(name).trim();
     if name.is_empty() {
-        return Err(format!("empty package name in `{s}`"));
+        return Err(AtomError::NoName(s.into()));
     }
     Ok(Atom {
         name: name.to_string(),
@@ -108,7 +125,7 @@ pub fn parse_atom(s: &str) -> Result<Atom, String> {
 }
 
 /// Parses a Depends-style field.
-pub fn parse_depends(field: &str) -> Result<Vec<Dependency>, String> {
+pub fn parse_depends(field: &str) -> Result<Vec<Dependency>, AtomError> {
     field
         .split(',')
         .map(str::trim)

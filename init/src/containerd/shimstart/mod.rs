@@ -6,7 +6,7 @@
 //! and, if no shim serves it yet, spawns the shim daemon with the socket as
 //! fd 3; then it prints the socket's address and exits. It is a whole Go
 //! program start-up per task, on the boot's critical path, and with every
-//! service sharing one shim (see [`crate::containerd::SHIM_GROUP`]) all but
+//! service sharing one shim (see [`crate::containerd::client::SHIM_GROUP`]) all but
 //! the first of them only find the socket already served.
 //!
 //! This front does the same steps as containerd 1.6/1.7's runc shim manager
@@ -28,13 +28,17 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::sys::{RealSys, Signal, Sys};
+
+mod fds;
+
 /// The real shim, from Debian's containerd package.
 pub const REAL_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 /// Where the front is installed, under the shim's own name.
 pub const FRONT_DIR: &str = "/usr/libexec/osk";
 /// The shims' sockets: the shim's `defaults.DefaultStateDir` + "s", fixed in
 /// the shim whatever containerd's own state directory is.
-const SOCKET_DIR: &str = "/run/containerd/s";
+const SOCKET_DIR: &str = crate::paths::SHIM_SOCKET_DIR;
 /// Annotations the runc shim groups containers by, in its order.
 const GROUP_ANNOTATIONS: [&str; 2] = [
     "io.containerd.runc.v2.group",
@@ -130,7 +134,7 @@ pub fn grouping(config_json: &[u8], id: &str) -> Option<String> {
 }
 
 /// The socket of a group's shim: `sha256(address/namespace/group)` (in
-/// [`SOCKET_DIR`]), as the shim's `SocketAddress` computes it.
+/// [`crate::paths::SHIM_SOCKET_DIR`]), as the shim's `SocketAddress` computes it.
 pub fn socket_name(containerd_address: &str, namespace: &str, group: &str) -> String {
     let key = format!(
         "{}/{namespace}/{group}",
@@ -197,12 +201,11 @@ pub fn start(s: &Start, group: &str, at: Paths) -> io::Result<Started> {
     // and listen its socket refuses connections and would look stale here:
     // one start at a time per group (held until the daemon is spawned).
     let lock = fs::File::create(path.with_extension("lock"))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io::Error::from(e))?;
+    let _lock = fds::lock_exclusive(lock)?;
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            if served(&path) {
+            if fds::served(&path) {
                 write_address(at.bundle, &address)?;
                 return Ok(Started::Joined(address));
             }
@@ -224,34 +227,10 @@ pub fn start(s: &Start, group: &str, at: Paths) -> io::Result<Started> {
     if let Err(e) = adjust_oom_score(pid) {
         // As the Go shim does: a shim that containerd cannot account for
         // must not stay behind.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = RealSys.kill(pid as i32, Signal::SIGKILL);
         return Err(cleanup(e));
     }
     Ok(Started::Spawned(address, pid))
-}
-
-/// Whether a process listens on the socket at `path`. The connect does not
-/// block: a full backlog still means a live shim.
-fn served(path: &Path) -> bool {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let Ok(fd) = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return false;
-    };
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    matches!(
-        connect(fd.as_raw_fd(), &addr),
-        Ok(()) | Err(nix::errno::Errno::EAGAIN)
-    )
 }
 
 /// The daemon: the real shim with the listening socket as fd 3, in its own
@@ -275,22 +254,7 @@ fn daemon_command(s: &Start, at: Paths, listener: &UnixListener) -> Command {
         .stderr(Stdio::null())
         .current_dir(at.bundle)
         .process_group(0);
-    let fd = listener.as_raw_fd();
-    // SAFETY: between fork and exec only dup2/fcntl, which are
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    fds::pass_as_fd3(&mut cmd, listener.as_raw_fd());
     cmd
 }
 
@@ -313,27 +277,11 @@ fn adjust_oom_score(pid: u32) -> io::Result<()> {
 /// failure.
 pub fn exec_real(real: &Path, args: &[OsString], stdin: Option<&[u8]>) -> io::Error {
     if let Some(data) = stdin {
-        if let Err(e) = restore_stdin(data) {
+        if let Err(e) = fds::restore_stdin(data) {
             return e;
         }
     }
     Command::new(real).args(args).exec()
-}
-
-/// Puts `data` back as fd 0, through a memfd (the pipe containerd gave is
-/// drained, and a memfd needs no writer).
-fn restore_stdin(data: &[u8]) -> io::Result<()> {
-    let fd = nix::sys::memfd::memfd_create(c"shim-stdin", nix::sys::memfd::MFdFlags::empty())
-        .map_err(io::Error::from)?;
-    let mut f = fs::File::from(fd);
-    f.write_all(data)?;
-    // SAFETY: plain syscalls on a descriptor this process owns.
-    unsafe {
-        if libc::lseek(f.as_raw_fd(), 0, libc::SEEK_SET) < 0 || libc::dup2(f.as_raw_fd(), 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// The binary's whole job: answer `start` or hand over to the real shim.

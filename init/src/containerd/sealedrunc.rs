@@ -21,11 +21,6 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-/// Where the link to the sealed runc lives; first in [`crate::daemon::PATH`].
-pub const BIN_DIR: &str = "/run/osk/bin";
-/// `BIN_DIR/runc`.
-pub const LINK: &str = "/run/osk/bin/runc";
-
 /// The seals runc checks for (all four, or it copies again).
 fn seals() -> SealFlag {
     SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE

@@ -11,11 +11,12 @@ use osk_layout::Runtime;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backoff::{should_restart, Backoff, Exit};
-use crate::containerd::{self, Containerd, ServiceDef, TaskState};
-use crate::logfile::{self, RotatingLog, SharedSink, Sink};
-use crate::prepare::{self, Bundle};
-use crate::shutdown;
+use crate::bundle::prepare::{self, Bundle};
+use crate::containerd::client::{self as containerd, Containerd, ServiceDef, TaskState};
+use crate::log::rotating::{self, RotatingLog};
+use crate::log::sink::{pump, SharedSink, Sink};
+use crate::service::backoff::{should_restart, Backoff, Exit};
+use crate::service::stop;
 
 /// One row of `oskctl ps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +69,7 @@ fn open_fifos(name: &str, sink: &SharedSink) -> std::io::Result<(String, String)
         let rx = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&p)?;
-        tokio::spawn(logfile::pump(rx, sink.clone()));
+        tokio::spawn(pump(rx, sink.clone()));
         paths.push(p.display().to_string());
     }
     Ok((paths.remove(0), paths.remove(0)))
@@ -109,7 +110,7 @@ impl Supervisor {
             );
             let log = RotatingLog::open(
                 format!("{}/{name}.log", osk_layout::LOG_DIR),
-                logfile::DEFAULT_CAP,
+                rotating::DEFAULT_CAP,
             )
             .ok();
             let sink = Sink::shared(log, debug.then(|| format!("{name}: ")));
@@ -163,9 +164,9 @@ impl Supervisor {
 
     /// Stops every service, each with its grace period: dependents before
     /// what they depend on, independent ones in parallel (see
-    /// [`shutdown::stop_plan`]).
+    /// [`stop::stop_plan`]).
     pub async fn stop_all(&self) {
-        let plan = shutdown::stop_plan(&self.depends_on);
+        let plan = stop::stop_plan(&self.depends_on);
         if !plan.cyclic.is_empty() {
             let names: Vec<&str> = plan.cyclic.iter().map(String::as_str).collect();
             tracing::warn!(
@@ -174,7 +175,7 @@ impl Supervisor {
             );
         }
         let sup = self.clone();
-        shutdown::stop_in_order(&plan, move |name| {
+        stop::stop_in_order(&plan, move |name| {
             let sup = sup.clone();
             async move {
                 let (done, wait) = oneshot::channel();
@@ -289,7 +290,7 @@ impl Service {
     async fn start_once(&mut self, fifos: &(String, String)) -> Result<u32, String> {
         let cd = self.containerd().await;
         let b = &self.b;
-        let prepare = |pid| prepare::after_create(b, pid);
+        let prepare = |pid| prepare::after_create(b, pid).map_err(|e| e.to_string());
         if std::mem::take(&mut self.precreated) {
             return cd
                 .start_task(&b.name, &fifos.0, &fifos.1, prepare)
@@ -448,7 +449,7 @@ impl Service {
                     self.set("running", Some(pid), Some(started));
                     self.set_running(true);
                     if self.first.is_some() {
-                        crate::logger::mark(Event::ServiceStarted(name.clone()));
+                        crate::log::console::mark(Event::ServiceStarted(name.clone()));
                     }
                     tracing::info!("{name} running, pid {pid}");
                     self.report_first();

@@ -1,10 +1,70 @@
-//! The early mounts every osk machine gets, as data, applied through [`Sys`].
+//! The early setup every osk machine gets: PID 1's process settings and
+//! the early mounts, as data, applied through [`Sys`].
 
 use std::io;
 
-use nix::mount::MsFlags;
+use crate::paths;
+use crate::sys::{MsFlags, Sys};
 
-use crate::sys::Sys;
+/// Open files PID 1 and what it starts may hold (containerd and its shims
+/// hold many).
+pub const NOFILE: u64 = 1 << 20;
+
+/// One early step that failed; the boot goes on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum EarlyError {
+    #[error("becoming the child subreaper: {0}")]
+    Subreaper(#[source] io::Error),
+    #[error("routing Ctrl-Alt-Del to init: {0}")]
+    CtrlAltDel(#[source] io::Error),
+    #[error("mounting {target}: {cause}")]
+    Mount {
+        target: String,
+        #[source]
+        cause: io::Error,
+    },
+    #[error("raising RLIMIT_NOFILE to {limit}: {cause}")]
+    NoFile {
+        limit: u64,
+        #[source]
+        cause: io::Error,
+    },
+}
+
+/// `/proc` and `/dev` before anything else: the command line (in /proc)
+/// says where the consoles (in /dev) are. Failures are silent: there is no
+/// console to report them on yet, and the full plan retries both.
+pub fn first_mounts(sys: &dyn Sys) {
+    for (src, target, fstype) in [("proc", "/proc", "proc"), ("dev", "/dev", "devtmpfs")] {
+        if !sys.is_mountpoint(target) {
+            let _ = sys.mkdir_p(target);
+            let _ = sys.mount(src, target, Some(fstype), MsFlags::MS_NOSUID, None);
+        }
+    }
+}
+
+/// PID 1's settings and the early mounts, in order: subreaper (orphans of
+/// services are reaped here), Ctrl-Alt-Del to SIGINT, [`mount_all`], the
+/// open-file limit. Every step is tried; the failed ones are returned.
+pub fn setup(sys: &dyn Sys) -> Vec<EarlyError> {
+    let mut failed = Vec::new();
+    if let Err(e) = sys.set_child_subreaper() {
+        failed.push(EarlyError::Subreaper(e));
+    }
+    if let Err(e) = sys.disable_cad() {
+        failed.push(EarlyError::CtrlAltDel(e));
+    }
+    for (target, cause) in mount_all(sys) {
+        failed.push(EarlyError::Mount { target, cause });
+    }
+    if let Err(cause) = sys.set_nofile_limit(NOFILE) {
+        failed.push(EarlyError::NoFile {
+            limit: NOFILE,
+            cause,
+        });
+    }
+    failed
+}
 
 /// One filesystem to mount at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +120,7 @@ pub fn plan() -> Vec<MountSpec> {
         m("mqueue", "/dev/mqueue", "mqueue", nosuid_nodev_noexec, None),
         m(
             "cgroup2",
-            "/sys/fs/cgroup",
+            paths::CGROUP_ROOT,
             "cgroup2",
             nosuid_nodev_noexec,
             Some("nsdelegate"),
@@ -87,11 +147,11 @@ pub fn plan() -> Vec<MountSpec> {
 
 /// Directories created on the fresh tmpfs mounts.
 pub const DIRS: &[&str] = &[
-    "/run/osk",
-    "/run/containerd",
-    "/var/lib/containerd",
-    "/var/log/onboot",
-    "/var/log/onshutdown",
+    paths::RUN_OSK,
+    paths::CONTAINERD_STATE,
+    paths::CONTAINERD_ROOT,
+    paths::ONBOOT_LOG_DIR,
+    paths::ONSHUTDOWN_LOG_DIR,
     "/var/run",
     "/tmp",
 ];
@@ -160,22 +220,15 @@ mod tests {
     #[test]
     fn skips_mounted_targets_and_ends_with_rshared_root() {
         let sys = Recorder::default();
-        sys.mounted.borrow_mut().insert("/dev".into());
+        sys.set_mounted("/dev");
         assert!(mount_all(&sys).is_empty());
         let calls = sys.calls();
-        let mounts: Vec<&String> = calls.iter().filter(|c| c.starts_with("mount")).collect();
+        let mounts = sys.calls_starting("mount ");
         assert!(mounts.iter().all(|c| !c.contains(" /dev devtmpfs")));
-        assert!(mounts
-            .iter()
-            .any(|c| c.starts_with("mount cgroup2 /sys/fs/cgroup cgroup2")));
-        let last = mounts.last().unwrap();
-        assert_eq!(
-            **last,
-            format!(
-                "mount none / - {:#x}",
-                (MsFlags::MS_REC | MsFlags::MS_SHARED).bits()
-            )
-        );
+        assert!(mounts.contains(
+            &"mount cgroup2 /sys/fs/cgroup cgroup2 MS_NOSUID|MS_NODEV|MS_NOEXEC nsdelegate".into()
+        ));
+        assert_eq!(mounts.last().unwrap(), "mount none / - MS_REC|MS_SHARED -");
         // /var/log/onboot is created after /var is mounted.
         let var = calls
             .iter()
@@ -186,5 +239,45 @@ mod tests {
             .position(|c| c == "mkdir /var/log/onboot")
             .unwrap();
         assert!(var < log);
+    }
+
+    #[test]
+    fn setup_runs_process_settings_around_the_mounts_in_order() {
+        let sys = Recorder::default();
+        assert!(setup(&sys).is_empty());
+        let calls = sys.calls();
+        assert_eq!(calls[..2], ["subreaper", "cad-off"]);
+        assert_eq!(calls[2], "mkdir /proc");
+        assert_eq!(calls.last().unwrap(), &format!("setrlimit NOFILE {NOFILE}"));
+    }
+
+    #[test]
+    fn a_failed_mount_is_reported_by_target_and_the_rest_still_happen() {
+        let sys = Recorder::default();
+        sys.fail("mount securityfs", libc::ENODEV);
+        sys.fail("cad-off", libc::EPERM);
+        let failed = setup(&sys);
+        let msgs: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].starts_with("routing Ctrl-Alt-Del"), "{msgs:?}");
+        assert!(
+            msgs[1].starts_with("mounting /sys/kernel/security:"),
+            "{msgs:?}"
+        );
+        assert!(!sys.is_mountpoint("/sys/kernel/security"));
+        // Later mounts and the limit still happened.
+        assert!(sys.is_mountpoint("/sys/fs/bpf") && sys.is_mountpoint("/var"));
+        assert!(sys.calls().last().unwrap().starts_with("setrlimit"));
+    }
+
+    #[test]
+    fn first_mounts_are_proc_and_dev_unless_already_there() {
+        let sys = Recorder::default();
+        sys.set_mounted("/proc");
+        first_mounts(&sys);
+        assert_eq!(
+            sys.calls(),
+            ["mkdir /dev", "mount dev /dev devtmpfs MS_NOSUID -"]
+        );
     }
 }

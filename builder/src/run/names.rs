@@ -1,0 +1,12 @@
+//! Names `config` and `spawn` share: the QEMU binary, its environment, the state directory's files.
+
+/// The QEMU binary looked up on PATH when `--qemu` is not given.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// Environment variable that sets the accelerator when `--accel` is not given.
+pub const ACCEL_ENV: &str = "OSK_QEMU_ACCEL";
+/// Files in the state directory.
+pub const MONITOR_SOCKET: &str = "monitor.sock";
+pub const CONSOLE_LOG: &str = "console.log";
+pub const PID_FILE: &str = "qemu.pid";
+pub const METADATA_ISO: &str = "metadata.iso";
+pub const UEFI_VARS: &str = "OVMF_VARS.fd";

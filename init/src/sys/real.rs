@@ -1,0 +1,136 @@
+//! [`Sys`] on the running kernel: the one place its calls are made.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+
+use super::{PowerAction, Sys};
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// The real thing.
+pub struct RealSys;
+
+impl Sys for RealSys {
+    fn mount(
+        &self,
+        source: &str,
+        target: &str,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(Some(source), target, fstype, flags, data).map_err(errno)
+    }
+
+    fn umount(&self, target: &str, flags: MntFlags) -> io::Result<()> {
+        nix::mount::umount2(target, flags).map_err(errno)
+    }
+
+    fn is_mountpoint(&self, path: &str) -> bool {
+        super::is_mountpoint(Path::new(path))
+    }
+
+    fn fs_magic(&self, path: &str) -> io::Result<i64> {
+        let st = nix::sys::statfs::statfs(path).map_err(errno)?;
+        Ok(st.filesystem_type().0 as i64)
+    }
+
+    fn mkdir_p(&self, path: &str) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn rmdir(&self, path: &str) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    fn touch(&self, path: &str) -> io::Result<()> {
+        // Opening for writing fails on a path still bound to a namespace
+        // file: create only what is missing.
+        if Path::new(path).exists() {
+            return Ok(());
+        }
+        std::fs::File::create(path).map(drop)
+    }
+
+    fn mkfifo(&self, path: &str, mode: u32) -> io::Result<()> {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(errno)
+    }
+
+    fn chdir(&self, path: &str) -> io::Result<()> {
+        std::env::set_current_dir(path)
+    }
+
+    fn chroot(&self, path: &str) -> io::Result<()> {
+        nix::unistd::chroot(path).map_err(errno)
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(errno)
+    }
+
+    fn set_nofile_limit(&self, n: u64) -> io::Result<()> {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+            .map_err(errno)
+    }
+
+    fn set_child_subreaper(&self) -> io::Result<()> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(errno)
+    }
+
+    fn kill(&self, pid: i32, signal: Signal) -> io::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(errno)
+    }
+
+    fn sync(&self) {
+        nix::unistd::sync();
+    }
+
+    fn disable_cad(&self) -> io::Result<()> {
+        nix::sys::reboot::set_cad_enabled(false).map_err(errno)
+    }
+
+    fn console_loglevel(&self, level: i32) -> io::Result<()> {
+        const SYSLOG_ACTION_CONSOLE_LEVEL: libc::c_int = 8;
+        // SAFETY: this action reads no buffer; a null pointer and the level
+        // as length are what syslog(2) documents.
+        let rc = unsafe { libc::klogctl(SYSLOG_ACTION_CONSOLE_LEVEL, std::ptr::null_mut(), level) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn reboot(&self, action: PowerAction) -> io::Result<()> {
+        let mode = match action {
+            PowerAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+            PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        };
+        match nix::sys::reboot::reboot(mode) {
+            Ok(never) => match never {},
+            Err(e) => Err(errno(e)),
+        }
+    }
+}
+
+/// Makes the child `cmd` starts a session leader whose controlling
+/// terminal is its stdin (the debug shell on a console).
+pub fn set_controlling_tty(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and calls only setsid
+    // and ioctl(TIOCSCTTY), both async-signal-safe, touching no memory of
+    // the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 1);
+            Ok(())
+        });
+    }
+}
