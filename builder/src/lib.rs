@@ -11,3 +11,4 @@ pub mod reference;
 pub mod run;
 pub mod spec;
 pub mod store;
+pub mod untrusted;

@@ -8,6 +8,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use oci_spec::image::MediaType;
 use tar::EntryType;
 
+use sha2::{Digest as _, Sha256};
+
 use super::spool::{Sha, Spool};
 use super::AssembleError;
 use crate::reference::Digest;
@@ -153,6 +155,27 @@ pub fn spooled_tar_entries(
     Ok(entries)
 }
 
+/// Whether the cached index of layer `digest` (or of a tar inside it, as the
+/// kernel's modules tar) lists content `sha`; for naming who uses a spool entry.
+pub(crate) fn lists_content(spool: &Spool, digest: &Digest, sha: &Sha) -> bool {
+    let Some(entries) = load_index_unchecked(spool, digest.hex()) else {
+        return false;
+    };
+    entries.iter().any(|e| match &e.kind {
+        EntryKind::File { sha: s, .. } => {
+            s == sha
+                || load_index_unchecked(spool, &format!("tar-{}", hex::encode(s))).is_some_and(
+                    |inner| {
+                        inner
+                            .iter()
+                            .any(|i| matches!(&i.kind, EntryKind::File { sha: x, .. } if x == sha))
+                    },
+                )
+        }
+        _ => false,
+    })
+}
+
 /// Parses a tar stream, spooling file data.
 pub fn read_tar(r: impl Read, spool: &Spool) -> io::Result<Vec<LayerEntry>> {
     let mut archive = tar::Archive::new(r);
@@ -196,7 +219,7 @@ pub fn read_tar(r: impl Read, spool: &Spool) -> io::Result<Vec<LayerEntry>> {
             other => {
                 tracing::warn!(
                     "skipping tar entry {} of unsupported type {other:?}",
-                    String::from_utf8_lossy(&path)
+                    crate::untrusted::quote(&path)
                 );
                 continue;
             }
@@ -212,35 +235,21 @@ pub fn read_tar(r: impl Read, spool: &Spool) -> io::Result<Vec<LayerEntry>> {
     Ok(out)
 }
 
-/// A digest mismatch anywhere in an io error's chain (decoders and the tar
-/// reader wrap the error of the reader below them).
+/// A digest mismatch anywhere in an io error's chain.
 fn mismatch(e: &io::Error) -> Option<&DigestMismatchIo> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> =
-        e.get_ref().map(|i| i as &(dyn std::error::Error + 'static));
-    while let Some(err) = cur {
-        if let Some(m) = err.downcast_ref::<DigestMismatchIo>() {
-            return Some(m);
-        }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn std::error::Error + 'static));
-                continue;
-            }
-        }
-        cur = err.source();
-    }
-    None
+    crate::store::cause(e)
 }
 
 fn bad(path: &[u8], what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{}: {what}", String::from_utf8_lossy(path)),
+        format!("{}: {what}", crate::untrusted::quote(path)),
     )
 }
 
-// The cached index: a small binary format, rebuilt from the blob if anything is off.
-const MAGIC: &[u8; 8] = b"OSKLIDX1";
+// The cached index: a small binary format ending in the sha256 of what comes
+// before it, rebuilt from the blob if anything is off.
+const MAGIC: &[u8; 8] = b"OSKLIDX2";
 
 fn save_index(spool: &Spool, key: &str, entries: &[LayerEntry]) {
     let mut b = Vec::with_capacity(entries.len() * 96 + 16);
@@ -270,6 +279,8 @@ fn save_index(spool: &Spool, key: &str, entries: &[LayerEntry]) {
             _ => {}
         }
     }
+    let sum: [u8; 32] = Sha256::digest(&b).into();
+    b.extend_from_slice(&sum);
     let write = || -> io::Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(spool.tmp_dir())?;
         tmp.write_all(&b)?;
@@ -286,11 +297,37 @@ fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
+/// Cached layer indexes that do not parse or fail their checksum.
+pub(crate) fn damaged_indexes(spool: &Spool) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut bad = Vec::new();
+    for item in fs::read_dir(spool.index_path(""))? {
+        let path = item?.path();
+        if parse_index(&fs::read(&path)?).is_none() {
+            bad.push(path);
+        }
+    }
+    bad.sort();
+    Ok(bad)
+}
+
+/// A cached index that parses and whose checksum holds, whether or not its content is all spooled.
+fn load_index_unchecked(spool: &Spool, key: &str) -> Option<Vec<LayerEntry>> {
+    parse_index(&fs::read(spool.index_path(key)).ok()?)
+}
+
 fn load_index(spool: &Spool, key: &str) -> Option<Vec<LayerEntry>> {
-    let bytes = fs::read(spool.index_path(key)).ok()?;
+    let path = spool.index_path(key);
+    let bytes = fs::read(&path).ok()?;
     let entries = parse_index(&bytes);
+    if entries.is_none() && bytes.starts_with(b"OSKLIDX1") {
+        tracing::debug!("cached layer index {key} has an older format; reading the layer again");
+        return None;
+    }
     if entries.is_none() {
-        tracing::debug!("cached layer index {key} is unreadable; reading the layer again");
+        tracing::warn!(
+            "cached layer index {} is damaged; reading the layer from its verified blob again",
+            path.display()
+        );
         return None;
     }
     let entries = entries?;
@@ -303,6 +340,10 @@ fn load_index(spool: &Spool, key: &str) -> Option<Vec<LayerEntry>> {
 }
 
 fn parse_index(b: &[u8]) -> Option<Vec<LayerEntry>> {
+    let (b, sum) = b.split_at_checked(b.len().checked_sub(32)?)?;
+    if Sha256::digest(b).as_slice() != sum {
+        return None;
+    }
     struct Cur<'a>(&'a [u8]);
     impl<'a> Cur<'a> {
         fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -402,7 +443,15 @@ mod tests {
         fs::remove_file(spool.content_path(&sha)).unwrap();
         assert!(load_index(&spool, "k").is_none());
         // Garbage is not an index.
-        fs::write(spool.index_path("g"), b"OSKLIDX1\x05").unwrap();
+        fs::write(spool.index_path("g"), b"OSKLIDX2\x05").unwrap();
         assert!(load_index(&spool, "g").is_none());
+        // One flipped bit (a setuid bit, a path) fails the checksum.
+        let sha2 = spool.put_bytes(b"hello").unwrap();
+        assert_eq!(sha2, sha);
+        let mut bytes = fs::read(spool.index_path("k")).unwrap();
+        assert!(load_index(&spool, "k").is_some());
+        bytes[20] ^= 0x08;
+        fs::write(spool.index_path("k"), &bytes).unwrap();
+        assert!(load_index(&spool, "k").is_none());
     }
 }

@@ -19,7 +19,7 @@ use crate::reference::Digest;
 use crate::store::{self, Image, Store, StoreError};
 
 pub use layer::{layer_entries, read_tar, spooled_tar_entries, EntryKind, LayerEntry};
-pub use spool::{CheckedReader, Sha, Spool};
+pub use spool::{damage as spool_damage, CheckedReader, Sha, Spool, SpoolDamage};
 pub use tree::{components, FileInode, InodeId, Kind, Meta, Node, NodeId, Tree};
 
 #[derive(Debug, Error)]
@@ -94,6 +94,34 @@ pub fn spool_blob(
         .map_err(|e| blob_err(store::verify_error(e, &path)))?;
     debug_assert_eq!(got, sha, "a verified blob hashes to its digest");
     Ok((sha, size))
+}
+
+/// Whether spool entry `sha` came from `image`: one of its blobs spooled as
+/// it is, or a file its cached layer indexes list. Only for reports.
+pub fn image_uses_content(spool: &Spool, image: &Image, sha: &Sha) -> bool {
+    let hex = hex::encode(sha);
+    image.layers().is_ok_and(|layers| {
+        layers
+            .iter()
+            .any(|(d, _)| d.hex() == hex || layer::lists_content(spool, d, sha))
+    })
+}
+
+/// What `osk cache verify` finds wrong in a spool.
+#[derive(Debug, Default)]
+pub struct SpoolCheck {
+    /// Content entries that are not what their names say.
+    pub content: Vec<SpoolDamage>,
+    /// Cached layer indexes that fail their checksum.
+    pub indexes: Vec<PathBuf>,
+}
+
+/// Hashes every spool entry and checks every cached layer index.
+pub fn check_spool(spool: &Spool) -> io::Result<SpoolCheck> {
+    Ok(SpoolCheck {
+        content: spool.check_content()?,
+        indexes: layer::damaged_indexes(spool)?,
+    })
 }
 
 /// Applies every layer of `image`, in order, to a fresh tree.

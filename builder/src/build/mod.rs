@@ -24,7 +24,7 @@ use crate::reference::Digest;
 use crate::store::{Image, PlatformSpec, Store, StoreError};
 
 pub use files::{expand_source, parse_mode, FilePlan, FileWhat, ModeError};
-pub use output::{write_tar, Format};
+pub use output::{remove_temporaries, write_tar, Format};
 pub use plan::{image_defaults, plan, FileEntryError, Resolve};
 pub use resolve::{ImageProvider, ResolveError, Resolver, StoreRegistry};
 
@@ -210,8 +210,80 @@ pub fn build(
             "format kernel+initrd needs a kernel section in the manifest".into(),
         ));
     }
-    let assembled = assemble(store, spool, plan)?;
-    output::write_outputs(spool, &assembled, opts)
+    for image in plan_images(plan) {
+        store
+            .check_layer_sizes(image)
+            .map_err(|(digest, source)| AssembleError::Blob {
+                image: image.reference.familiar(),
+                digest,
+                source: Box::new(source),
+            })?;
+    }
+    let attempt =
+        || assemble(store, spool, plan).and_then(|a| output::write_outputs(spool, &a, opts));
+    match attempt() {
+        Err(e) if assemble::spool_damage(&e).is_some() => {
+            let first = assemble::spool_damage(&e).expect("checked").clone();
+            heal_spool(spool, plan, first)?;
+            // Healed entries come from verified blobs; damage now is a failing disk.
+            attempt()
+        }
+        other => other,
+    }
+}
+
+/// Every image a plan names (volumes' other platforms are loaded later).
+fn plan_images(plan: &BuildPlan) -> impl Iterator<Item = &Image> {
+    let kernel = plan.kernel.iter().map(|k| &k.image);
+    let volumes = plan.volumes.iter().filter_map(|v| v.image.as_ref());
+    let containers = plan.containers.iter().map(|c| &c.image);
+    kernel.chain(&plan.init).chain(volumes).chain(containers)
+}
+
+/// Reports and drops `first` and every other damaged spool entry, naming the
+/// images that use each, so the next attempt spools them again from their
+/// verified blobs (a bad blob then fails the build, naming its image).
+fn heal_spool(
+    spool: &Spool,
+    plan: &BuildPlan,
+    first: assemble::SpoolDamage,
+) -> Result<(), BuildError> {
+    let mut damaged = spool.check_content().map_err(spool_err(spool))?;
+    if !damaged.iter().any(|d| d.path == first.path) {
+        damaged.push(first);
+    }
+    for d in damaged {
+        let mut users: Vec<String> = match d.expected {
+            Some(sha) => plan_images(plan)
+                .filter(|i| assemble::image_uses_content(spool, i, &sha))
+                .map(|i| i.reference.familiar())
+                .collect(),
+            None => Vec::new(),
+        };
+        users.sort();
+        users.dedup();
+        let by = if users.is_empty() {
+            "no image of this build (or the manifest's files and generated specs)".to_string()
+        } else {
+            format!("image {}", users.join(", image "))
+        };
+        tracing::warn!(
+            "{d}; used by {by}; dropping it and spooling it again from the verified blob"
+        );
+        std::fs::remove_file(&d.path)
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|source| BuildError::Io {
+                path: d.path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Builds the root tree from the plan.

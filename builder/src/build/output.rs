@@ -3,16 +3,57 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, Permissions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
 
 use tempfile::NamedTempFile;
 
 use super::{Assembled, BuildError, BuildOptions};
 use crate::assemble::{FileInode, Kind, Spool, Tree};
 use crate::initramfs::{write_newc, Encoder};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_this_output_only_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            ".node.tar.Ab12cD.tmp",
+            ".node.tar.Zz99zz.tmp",
+            ".node.tar.x.tmp",
+            ".node-kernel.Ab12cD.tmp",
+            "node.tar",
+            ".node.tar.Ab12cD.tmp.keep",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        // A live build's temporary is locked.
+        let held = File::open(d.join(".node.tar.Zz99zz.tmp")).unwrap();
+        held.lock().unwrap();
+        remove_stale(d, "node.tar");
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".node-kernel.Ab12cD.tmp",
+                ".node.tar.Ab12cD.tmp.keep",
+                ".node.tar.Zz99zz.tmp",
+                ".node.tar.x.tmp",
+                "node.tar"
+            ]
+        );
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -56,17 +97,76 @@ struct Pending {
     files: Vec<(NamedTempFile, PathBuf)>,
 }
 
+/// Output temporaries being written, for [`remove_temporaries`]. Held while
+/// one is created, so none appears after a signal has removed them.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<PathBuf>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every output temporary this process is writing and keeps them
+/// from being created until the guard is dropped; for a signal handler
+/// that exits while holding it.
+pub fn remove_temporaries() -> impl Sized {
+    let guard = live();
+    for path in guard.iter() {
+        let _ = std::fs::remove_file(path);
+    }
+    guard
+}
+
+/// The part of a temporary's name between `.NAME.` and `.tmp` (tempfile's six random characters).
+fn is_temporary_of(file: &[u8], name: &str) -> bool {
+    let inner = file
+        .strip_prefix(format!(".{name}.").as_bytes())
+        .and_then(|r| r.strip_suffix(b".tmp"));
+    inner.is_some_and(|r| r.len() == 6 && r.iter().all(u8::is_ascii_alphanumeric))
+}
+
+/// Removes temporaries of output `name` in `dir` left by a build that was
+/// killed. A live build holds a lock on each of its temporaries, so only
+/// the dead ones are taken.
+fn remove_stale(dir: &Path, name: &str) {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for item in items.flatten() {
+        if !is_temporary_of(item.file_name().as_encoded_bytes(), name) {
+            continue;
+        }
+        let path = item.path();
+        let Ok(f) = File::open(&path) else { continue };
+        if f.try_lock().is_ok() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by a build that was stopped",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!("cannot remove the stale {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
 impl Pending {
     fn create(&mut self, name: &str) -> Result<File, BuildError> {
         let io = |source| BuildError::Io {
             path: self.dir.join(name),
             source,
         };
+        remove_stale(&self.dir, name);
+        let mut live = live();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
             .tempfile_in(&self.dir)
             .map_err(io)?;
+        live.push(tmp.path().to_path_buf());
+        drop(live);
+        // The lock says "being written" to another build's remove_stale; it
+        // goes with the process however that ends.
+        tmp.as_file().lock().map_err(io)?;
         tmp.as_file()
             .set_permissions(Permissions::from_mode(0o644))
             .map_err(io)?;
@@ -75,20 +175,31 @@ impl Pending {
         Ok(file)
     }
 
-    fn commit(self) -> Result<Vec<PathBuf>, BuildError> {
+    fn commit(mut self) -> Result<Vec<PathBuf>, BuildError> {
         let mut done = Vec::new();
-        for (tmp, dest) in self.files {
+        for (tmp, dest) in std::mem::take(&mut self.files) {
             tmp.as_file().sync_all().map_err(|source| BuildError::Io {
                 path: dest.clone(),
                 source,
             })?;
+            let path = tmp.path().to_path_buf();
             tmp.persist(&dest).map_err(|e| BuildError::Io {
                 path: dest.clone(),
                 source: e.error,
             })?;
+            live().retain(|p| *p != path);
             done.push(dest);
         }
         Ok(done)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut live = live();
+        for (tmp, _) in self.files.drain(..) {
+            live.retain(|p| p != tmp.path());
+        }
     }
 }
 
@@ -192,12 +303,16 @@ pub fn write_tar(spool: &Spool, a: &Assembled, w: impl Write, mtime: u32) -> io:
         let mut h = header(tar::EntryType::Directory, 0o755, 0, 0, 0);
         tb.append_data(&mut h, "boot", io::empty())?;
         let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, kernel.size);
-        tb.append_data(&mut h, "boot/kernel", spool.open_content(&kernel.sha)?)?;
+        tb.append_data(
+            &mut h,
+            "boot/kernel",
+            spool.open_exact(&kernel.sha, kernel.size)?,
+        )?;
         let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, a.cmdline.len() as u64);
         tb.append_data(&mut h, "boot/cmdline", a.cmdline.as_bytes())?;
         if let Some(u) = &a.ucode {
             let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, u.size);
-            tb.append_data(&mut h, "boot/ucode.cpio", spool.open_content(&u.sha)?)?;
+            tb.append_data(&mut h, "boot/ucode.cpio", spool.open_exact(&u.sha, u.size)?)?;
         }
     }
     let tree: &Tree = &a.tree;
@@ -221,7 +336,8 @@ pub fn write_tar(spool: &Spool, a: &Assembled, w: impl Write, mtime: u32) -> io:
                     first.insert(*ino, path.clone());
                     let mut h =
                         header(tar::EntryType::Regular, im.mode, im.uid, im.gid, inode.size);
-                    let r = spool.open_content(&inode.sha)?.take(inode.size);
+                    // Exact: the tar writer stops at the size, the check must not.
+                    let r = spool.open_exact(&inode.sha, inode.size)?;
                     tb.append_data(&mut h, p, r)?;
                 }
             }

@@ -214,7 +214,7 @@ fn copy_exact<W: Write>(
     path: &[u8],
 ) -> io::Result<()> {
     use std::io::Read;
-    let mut r = spool.open_content(sha)?;
+    let mut r = spool.open_exact(sha, size)?;
     let mut total = 0u64;
     loop {
         let n = r.read(buf)?;

@@ -4,7 +4,32 @@
 //! section replaces it in place, so an overlay file can retune one service
 //! without repeating the whole manifest.
 
-use super::model::{ContainerKind, Manifest};
+use std::collections::BTreeSet;
+
+use super::model::{ContainerKind, ImageEntry, Manifest};
+
+/// A later file's entries named N replace every earlier entry named N, at
+/// the first one's position and in the later file's order; entries with a
+/// new name are appended in order. (onboot/onshutdown may repeat a name
+/// within one file; services cannot.)
+fn replace_by_name(old: Vec<ImageEntry>, new: Vec<ImageEntry>) -> Vec<ImageEntry> {
+    let old_names: BTreeSet<String> = old.iter().map(|e| e.name.clone()).collect();
+    let new_names: BTreeSet<String> = new.iter().map(|e| e.name.clone()).collect();
+    let (mut replacing, appended): (Vec<_>, Vec<_>) =
+        new.into_iter().partition(|e| old_names.contains(&e.name));
+    let mut out = Vec::with_capacity(old.len() + appended.len());
+    for e in old {
+        if !new_names.contains(&e.name) {
+            out.push(e);
+        } else if !out.iter().any(|x: &ImageEntry| x.name == e.name) {
+            let (group, rest) = replacing.into_iter().partition(|x| x.name == e.name);
+            replacing = rest;
+            out.extend::<Vec<_>>(group);
+        }
+    }
+    out.extend(appended);
+    out
+}
 
 pub(crate) fn merge(into: &mut Manifest, next: Manifest) {
     let Manifest {
@@ -46,12 +71,7 @@ pub(crate) fn merge(into: &mut Manifest, next: Manifest) {
         (ContainerKind::Service, services),
     ] {
         let section = into.section_mut(kind);
-        for e in entries {
-            match section.iter_mut().find(|x| x.name == e.name) {
-                Some(slot) => *slot = e,
-                None => section.push(e),
-            }
-        }
+        *section = replace_by_name(std::mem::take(section), entries);
     }
 
     for f in files {

@@ -148,11 +148,14 @@ pub(crate) fn document(text: &str, ctx: &Ctx) -> Result<Manifest, ManifestError>
                 for item in list(ctx, key, v)? {
                     let entry = image_entry(ctx, kind, item)?;
                     let section = m.section_mut(kind);
-                    if let Some(first) = section.iter().find(|e| e.name == entry.name) {
+                    // onboot/onshutdown run in order and are numbered (a
+                    // second `format` for a second disk); services are not.
+                    let first = section.iter().find(|e| e.name == entry.name);
+                    if let Some(first) = first.filter(|_| kind == ContainerKind::Service) {
                         return Err(ctx.err(
                             entry.origin.at("name"),
                             format!(
-                                "duplicate name `{}` in `{key}` (first at line {}); names must be unique within a section",
+                                "duplicate name `{}` in `{key}` (first at line {}); service names must be unique",
                                 entry.name,
                                 first.origin.at("name").line
                             ),

@@ -306,10 +306,56 @@ fn missing_required_fields() {
 fn duplicate_names_in_one_file() {
     assert_eq!(
         error("services:\n  - name: a\n    image: x\n  - name: a\n    image: y\n"),
-        "node.yml:4:5: duplicate name `a` in `services` (first at line 2); names must be unique within a section"
+        "node.yml:4:5: duplicate name `a` in `services` (first at line 2); service names must be unique"
     );
     // The same name in different sections is fine.
     parse("onboot:\n  - name: a\n    image: x\nservices:\n  - name: a\n    image: y\n").unwrap();
+    // onboot and onshutdown run in order and are numbered: a name may repeat
+    // (format and mount for two disks, as in LinuxKit's examples).
+    let m = parse(
+        "onboot:\n  - name: format\n    image: f:1\n    command: [sda]\n  - name: mount\n    image: m:1\n  - name: format\n    image: f:1\n    command: [sdb]\n\
+         onshutdown:\n  - name: x\n    image: x:1\n  - name: x\n    image: x:2\n",
+    )
+    .unwrap();
+    let names: Vec<&str> = m.onboot.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["format", "mount", "format"]);
+    assert_eq!(
+        m.onboot[2].config.command.as_deref(),
+        Some(&["sdb".to_string()][..])
+    );
+    assert_eq!(m.onshutdown[1].image.text, "x:2");
+}
+
+#[test]
+fn a_later_file_replaces_every_entry_of_a_name_and_appends_new_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(
+        dir.path(),
+        "a.yml",
+        "onboot:\n  - name: format\n    image: f:1\n  - name: mount\n    image: m:1\n  - name: format\n    image: f:2\n  - name: last\n    image: l:1\n",
+    );
+    let b = write(
+        dir.path(),
+        "b.yml",
+        "onboot:\n  - name: new\n    image: n:1\n  - name: format\n    image: g:1\n  - name: format\n    image: g:2\n  - name: format\n    image: g:3\n",
+    );
+    let m = load(&[a, b]).unwrap();
+    let got: Vec<String> = m
+        .onboot
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.image.text))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "format=g:1",
+            "format=g:2",
+            "format=g:3",
+            "mount=m:1",
+            "last=l:1",
+            "new=n:1"
+        ]
+    );
 }
 
 #[test]

@@ -16,6 +16,18 @@ use crate::reference::{Digest, Reference};
 /// Docker put the full name here and only the tag in `ref.name`.
 pub const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 
+/// `desc` named `name` for every importer: OCI's `ref.name` (which skopeo
+/// and umoci read) and containerd's image name (which `ctr import` and
+/// `linuxkit cache import` read), both the full reference.
+pub(super) fn named(desc: &Descriptor, name: &str) -> Descriptor {
+    let mut d = desc.clone();
+    let mut ann = d.annotations().clone().unwrap_or_default();
+    ann.insert(ANNOTATION_REF_NAME.to_string(), name.to_string());
+    ann.insert(CONTAINERD_IMAGE_NAME.to_string(), name.to_string());
+    d.set_annotations(Some(ann));
+    d
+}
+
 /// `os/arch[/variant]`, as manifests and `--platform` write a platform.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PlatformSpec {
@@ -144,7 +156,7 @@ impl Store {
             manifests.push(d);
         }
         let mut generated = Vec::new();
-        let mut top = match &manifests[..] {
+        let top = match &manifests[..] {
             [one] => one.clone(),
             _ => {
                 let index = index_of(manifests);
@@ -155,11 +167,7 @@ impl Store {
                 d
             }
         };
-        let mut ann = std::collections::HashMap::new();
-        ann.insert(ANNOTATION_REF_NAME.to_string(), name.clone());
-        ann.insert(CONTAINERD_IMAGE_NAME.to_string(), name);
-        top.set_annotations(Some(ann));
-        let index = index_of(vec![top]);
+        let index = index_of(vec![named(&top, &name)]);
         Ok(Layout {
             index_json: to_json(&index),
             generated,

@@ -8,6 +8,7 @@
 
 mod layout;
 mod transfer;
+mod verify;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -25,6 +26,7 @@ use crate::reference::{Digest, Reference};
 
 pub use layout::{oci_layout_file, Layout, PlatformSpec, CONTAINERD_IMAGE_NAME};
 pub use transfer::ArchiveFormat;
+pub use verify::{BadBlob, BlobFault, Verified};
 
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -58,6 +60,14 @@ pub enum StoreError {
     DigestMismatch {
         expected: Digest,
         actual: Digest,
+        context: String,
+    },
+    /// A blob whose size is not its descriptor's: truncated or appended to.
+    #[error("blob {digest} is damaged: it has {actual} bytes where its descriptor says {expected}{context}")]
+    BlobSize {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
         context: String,
     },
     #[error("image {reference} has no manifest for platform {platform} (available: {available}); use one of those")]
@@ -405,6 +415,48 @@ impl Store {
         })
     }
 
+    /// Checks that every layer blob of `image` is there with its descriptor's
+    /// size: a stat per layer, cheap enough for every build, which may take
+    /// its files from the spool and never read the blob. (The manifest and
+    /// config were hashed when the image was loaded; a layer is hashed
+    /// whenever it is read.)
+    /// Returns the first bad layer's digest with the error.
+    pub fn check_layer_sizes(&self, image: &Image) -> Result<(), (Digest, StoreError)> {
+        for (digest, desc) in image
+            .layers()
+            .map_err(|e| (image.manifest_digest.clone(), e))?
+        {
+            self.check_size(&digest, desc.size())
+                .map_err(|e| (digest.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether blob `digest` is present with `expected` bytes.
+    pub(crate) fn check_size(&self, digest: &Digest, expected: u64) -> Result<()> {
+        let path = self.blob_path(digest);
+        let actual = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob {
+                    digest: digest.clone(),
+                    store: self.root.clone(),
+                    context: String::new(),
+                })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if actual != expected {
+            return Err(StoreError::BlobSize {
+                digest: digest.clone(),
+                expected,
+                actual,
+                context: String::new(),
+            });
+        }
+        Ok(())
+    }
+
     /// Writes `config` and a manifest over `layers` (already in the store),
     /// names it `reference`, and returns the manifest's descriptor.
     pub fn write_image(
@@ -556,6 +608,24 @@ impl std::fmt::Display for DigestMismatchIo {
 
 impl std::error::Error for DigestMismatchIo {}
 
+/// The first error of type `T` in `e`'s chain, looking inside `io::Error`s
+/// too (decoders, tar and cpio writers wrap the error of the reader below).
+pub fn cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = match err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
 /// Turns an io error from a [`VerifyingReader`] back into the precise store error.
 pub fn verify_error(e: io::Error, path: &Path) -> StoreError {
     if let Some(m) = e
@@ -589,6 +659,17 @@ fn with_context(e: StoreError, ctx: &str) -> StoreError {
         StoreError::MissingBlob { digest, store, .. } => StoreError::MissingBlob {
             digest,
             store,
+            context: ctx.to_string(),
+        },
+        StoreError::BlobSize {
+            digest,
+            expected,
+            actual,
+            ..
+        } => StoreError::BlobSize {
+            digest,
+            expected,
+            actual,
             context: ctx.to_string(),
         },
         other => other,

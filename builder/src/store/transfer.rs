@@ -11,6 +11,7 @@ use super::{
     CONTAINERD_IMAGE_NAME,
 };
 use crate::reference::{Digest, Reference};
+use crate::untrusted::quote;
 
 /// How an exported image is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +90,17 @@ impl Store {
         let file = File::open(source).map_err(io_err(source))?;
         let mut archive = tar::Archive::new(BufReader::new(file));
         let mut index = None;
-        for entry in archive.entries().map_err(io_err(source))? {
-            let mut entry = entry.map_err(io_err(source))?;
-            let path = entry.path().map_err(io_err(source))?.into_owned();
+        // The tar crate's messages quote header bytes raw.
+        let not_tar = |e: io::Error| {
+            StoreError::Import(format!(
+                "{} is not a tar archive (an OCI archive is one): {}",
+                source.display(),
+                quote(e.to_string().as_bytes())
+            ))
+        };
+        for entry in archive.entries().map_err(not_tar)? {
+            let mut entry = entry.map_err(not_tar)?;
+            let path = entry.path().map_err(not_tar)?.into_owned();
             let path = path.strip_prefix("./").unwrap_or(&path).to_path_buf();
             if path == Path::new("index.json") {
                 let mut bytes = Vec::new();
@@ -99,8 +108,12 @@ impl Store {
                 index = Some(parse_index(&bytes, &source.join("index.json"))?);
             } else if let Ok(hex) = path.strip_prefix("blobs/sha256") {
                 let digest: Digest = format!("sha256:{}", hex.display()).parse().map_err(
-                    |e: crate::reference::DigestError| {
-                        StoreError::Import(format!("{}: {e}", source.display()))
+                    |_: crate::reference::DigestError| {
+                        StoreError::Import(format!(
+                            "{}: entry {} is not named by a sha256 digest",
+                            source.display(),
+                            quote(path.as_os_str().as_encoded_bytes())
+                        ))
                     },
                 )?;
                 if !self.has_blob(&digest) {
@@ -111,7 +124,7 @@ impl Store {
         }
         index.ok_or_else(|| {
             StoreError::Import(format!(
-                "{} is not an OCI archive: it has no index.json",
+                "{} is not an OCI archive: it is a tar without index.json",
                 source.display()
             ))
         })
@@ -125,13 +138,7 @@ impl Store {
                 reference: reference.familiar(),
                 store: self.root.clone(),
             })?;
-        let mut named = desc.clone();
-        let mut ann = named.annotations().clone().unwrap_or_default();
-        ann.insert(
-            ANNOTATION_REF_NAME.to_string(),
-            reference.without_digest().to_string(),
-        );
-        named.set_annotations(Some(ann));
+        let named = super::layout::named(&desc, &reference.without_digest().to_string());
         let index = super::index_of(vec![named]);
         let blobs = self.reachable(&desc)?;
         let bad_blob = |e: StoreError| with_context(e, &super::remedy(reference));
@@ -283,8 +290,13 @@ fn name_entries(
                         ann.get(ANNOTATION_REF_NAME)
                     ))
                 })?;
-            let r = Reference::parse(name)
-                .map_err(|e| StoreError::Import(format!("{}: {e}", source.display())))?;
+            let r = Reference::parse(name).map_err(|_| {
+                StoreError::Import(format!(
+                    "{}: image name {} is not a valid reference",
+                    source.display(),
+                    quote(name.as_bytes())
+                ))
+            })?;
             Ok((r, d.clone()))
         })
         .collect()

@@ -171,3 +171,64 @@ fn dry_run_prints_the_merged_manifest_and_writes_nothing() {
     assert!(!yaml.contains("example/web:1"), "{yaml}");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }
+
+/// Two onboot containers of one name (LinuxKit's format/mount per disk)
+/// build into numbered bundles in manifest order, so init's container ids
+/// and log files (both the bundle's directory name) do not collide.
+#[test]
+fn repeated_onboot_names_build_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let store_dir = d.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    simple(&store, "test/init:1", &[E::File("init", b"#!init", 0o755)]);
+    simple(
+        &store,
+        "test/tool:1",
+        &[E::File("bin/tool", b"tool", 0o755)],
+    );
+    let manifest = d.path().join("node.yml");
+    std::fs::write(
+        &manifest,
+        "init:\n  - test/init:1\nonboot:\n  - name: format\n    image: test/tool:1\n    command: [\"/bin/tool\", \"sda\"]\n\
+         \x20 - name: mount\n    image: test/tool:1\n    command: [\"/bin/tool\"]\n  - name: format\n    image: test/tool:1\n    command: [\"/bin/tool\", \"sdb\"]\n",
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let o = osk(
+        &store_dir,
+        d.path(),
+        d.path(),
+        &[
+            "build",
+            "--format",
+            "tar",
+            "--dir",
+            out.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tar = out.join("node.tar");
+    let list = sh(&format!(
+        "tar -tf {} | grep -E '^containers/onboot/[^/]+/?$'",
+        tar.display()
+    ));
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        [
+            "containers/onboot/000-format",
+            "containers/onboot/001-mount",
+            "containers/onboot/002-format"
+        ]
+    );
+    for (bundle, disk) in [("000-format", "sda"), ("002-format", "sdb")] {
+        let config = sh(&format!(
+            "tar -xOf {} containers/onboot/{bundle}/config.json",
+            tar.display()
+        ));
+        assert!(
+            config.contains(&format!("\"{disk}\"")),
+            "{bundle}: {config}"
+        );
+    }
+}

@@ -282,24 +282,112 @@ fn failed_build_leaves_nothing() {
     );
     assert_eq!(listing(&out), Vec::<String>::new());
 
-    // A failure while writing (damaged spool content) leaves nothing either.
+    // A failure while writing (a spool entry damaged and its blob too)
+    // leaves nothing either.
     let f = fixture();
     let spool = Spool::open(f.dir.path().join("spool")).unwrap();
     let first = f.dir.path().join("first");
     build(&f.store, &spool, &f.plan, &opts(&first, Compression::Zstd)).unwrap();
     let sha = osk_builder::assemble::Sha::from(sha2_of(b"the tool binary"));
     std::fs::write(spool.content_path(&sha), b"THE TOOL BINARY").unwrap();
+    let svc = &f.plan.containers[1].image;
+    let (blob, _) = &svc.layers().unwrap()[0];
+    let path = f.store.blob_path(blob);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
     let out = f.dir.path().join("out2");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep"), b"unrelated").unwrap();
     let err = build(&f.store, &spool, &f.plan, &opts(&out, Compression::Zstd)).unwrap_err();
-    // The output is named; why it failed is the source, once.
-    let top = err.to_string();
-    assert!(top.contains("out2"), "{top}");
-    let cause = std::error::Error::source(&err).unwrap().to_string();
-    assert!(cause.contains("damaged"), "{cause}");
-    assert!(!top.contains(&cause), "{top}");
+    let msg = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        msg.contains("test/svc:1") && msg.contains(blob.hex()),
+        "{msg}"
+    );
+    assert!(msg.contains("corrupt"), "{msg}");
     assert_eq!(listing(&out), ["keep"]);
+}
+
+/// Damage to the spool (the same length, so only a hash sees it) is healed
+/// from the verified blob on both output paths: the outputs equal a clean
+/// build's and the entry is whole again.
+#[test]
+fn a_tampered_spool_entry_is_healed_on_every_path() {
+    let f = fixture();
+    let clean = f.dir.path().join("clean");
+    build(
+        &f.store,
+        &Spool::temporary().unwrap(),
+        &f.plan,
+        &opts(&clean, Compression::Zstd),
+    )
+    .unwrap();
+    let spool = Spool::open(f.dir.path().join("spool")).unwrap();
+    build(
+        &f.store,
+        &spool,
+        &f.plan,
+        &opts(&f.dir.path().join("warm"), Compression::Zstd),
+    )
+    .unwrap();
+    let sha = osk_builder::assemble::Sha::from(sha2_of(b"the tool binary"));
+    for (i, format) in [Format::Tar, Format::KernelInitrd].into_iter().enumerate() {
+        std::fs::write(spool.content_path(&sha), b"THE TOOL BINARY").unwrap();
+        let out = f.dir.path().join(format!("out{i}"));
+        let mut o = opts(&out, Compression::Zstd);
+        o.formats = vec![format];
+        build(&f.store, &spool, &f.plan, &o).unwrap();
+        for name in listing(&out) {
+            assert_eq!(
+                std::fs::read(out.join(&name)).unwrap(),
+                std::fs::read(clean.join(&name)).unwrap(),
+                "{format}: {name}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(spool.content_path(&sha)).unwrap(),
+            b"the tool binary"
+        );
+    }
+    // A missing entry heals the same way.
+    std::fs::remove_file(spool.content_path(&sha)).unwrap();
+    let out = f.dir.path().join("out-missing");
+    build(&f.store, &spool, &f.plan, &opts(&out, Compression::Zstd)).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("node.tar")).unwrap(),
+        std::fs::read(clean.join("node.tar")).unwrap()
+    );
+}
+
+/// A truncated layer blob fails the build, naming the image and the blob,
+/// even when the spool holds everything the build needs.
+#[test]
+fn a_truncated_blob_fails_a_warm_build() {
+    let f = fixture();
+    let spool = Spool::open(f.dir.path().join("spool")).unwrap();
+    build(
+        &f.store,
+        &spool,
+        &f.plan,
+        &opts(&f.dir.path().join("warm"), Compression::Zstd),
+    )
+    .unwrap();
+    let init = &f.plan.init[0];
+    let (blob, _) = &init.layers().unwrap()[0];
+    let path = f.store.blob_path(blob);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..1000]).unwrap();
+    let out = f.dir.path().join("out");
+    let err = build(&f.store, &spool, &f.plan, &opts(&out, Compression::Zstd)).unwrap_err();
+    let msg = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        msg.contains("test/init:1") && msg.contains(blob.hex()),
+        "{msg}"
+    );
+    assert!(msg.contains("1000 bytes"), "{msg}");
+    assert_eq!(listing(&out), Vec::<String>::new());
 }
 
 fn sha2_of(b: &[u8]) -> [u8; 32] {

@@ -9,6 +9,7 @@ mod support;
 mod assemble_layers;
 mod build_cli;
 mod build_outputs;
+mod cache_trust;
 mod pkg_build;
 mod pkg_from_image;
 mod pkg_release;

@@ -1,11 +1,12 @@
 //! `osk cache`: the local OCI image store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
+use osk_builder::assemble::{self, Spool};
 use osk_builder::reference::Reference;
-use osk_builder::store::{ArchiveFormat, Store};
+use osk_builder::store::{host_arch, ArchiveFormat, Image, Store};
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
@@ -29,6 +30,16 @@ pub enum CacheCommand {
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
     },
+    /// Hash every blob and cache entry and check every reference; exit 1 on damage.
+    Verify {
+        /// Drop what is damaged, and the names of images that need it (the
+        /// next build pulls or builds them again).
+        #[arg(long)]
+        repair: bool,
+        /// The spool to check (default: DIR/spool under the store).
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+    },
 }
 
 fn parse(image: &str) -> anyhow::Result<Reference> {
@@ -38,6 +49,10 @@ fn parse(image: &str) -> anyhow::Result<Reference> {
 pub fn run(cmd: CacheCommand, store_path: PathBuf) -> anyhow::Result<()> {
     let store = Store::open(&store_path)
         .with_context(|| format!("cannot open the image store at {}", store_path.display()))?;
+    if let CacheCommand::Verify { repair, spool } = cmd {
+        let spool = spool.unwrap_or_else(|| store_path.join("spool"));
+        return verify(&store, &spool, repair);
+    }
     match cmd {
         CacheCommand::Ls => {
             for entry in store.list()? {
@@ -71,6 +86,74 @@ pub fn run(cmd: CacheCommand, store_path: PathBuf) -> anyhow::Result<()> {
                 .export(&r, &output, ArchiveFormat::for_path(&output))
                 .with_context(|| format!("cannot export {image} to {}", output.display()))?;
         }
+        CacheCommand::Verify { .. } => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+/// Checks the store, then the spool (a cache of it); every other cache the
+/// builder keeps is checked here too as it gains one.
+fn verify(store: &Store, spool_dir: &Path, repair: bool) -> anyhow::Result<()> {
+    let found = store.verify().context("cannot verify the image store")?;
+    for b in &found.bad {
+        println!("{b}");
+    }
+    let mut damage = found.bad.len();
+    let spool_check = if spool_dir.is_dir() {
+        let spool = Spool::open(spool_dir)
+            .with_context(|| format!("cannot open the spool {}", spool_dir.display()))?;
+        let check = assemble::check_spool(&spool)
+            .with_context(|| format!("cannot verify the spool {}", spool_dir.display()))?;
+        let images: Vec<Image> = store
+            .list()?
+            .iter()
+            .filter_map(|e| store.image(&e.reference, "linux", host_arch()).ok())
+            .collect();
+        for d in &check.content {
+            let users: Vec<String> = d
+                .expected
+                .map(|sha| {
+                    images
+                        .iter()
+                        .filter(|i| assemble::image_uses_content(&spool, i, &sha))
+                        .map(|i| i.reference.familiar())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match users.is_empty() {
+                true => println!("{d}"),
+                false => println!("{d} (image {})", users.join(", image ")),
+            }
+        }
+        for p in &check.indexes {
+            println!("spool layer index {} is damaged", p.display());
+        }
+        damage += check.content.len() + check.indexes.len();
+        Some(check)
+    } else {
+        None
+    };
+    if damage == 0 {
+        eprintln!("{} blobs and the spool are sound", found.blobs);
+        return Ok(());
+    }
+    if !repair {
+        anyhow::bail!("{damage} damaged item(s); `osk cache verify --repair` drops them");
+    }
+    for name in store.repair(&found)? {
+        eprintln!("dropped image {name}: pull or build it again (osk build does)");
+    }
+    for p in spool_check
+        .iter()
+        .flat_map(|c| c.content.iter().map(|d| &d.path).chain(&c.indexes))
+    {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    eprintln!("repaired {damage} damaged item(s)");
     Ok(())
 }

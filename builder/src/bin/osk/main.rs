@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod cache;
+mod interrupt;
 mod pkg;
 mod pull;
 mod run;
@@ -68,7 +69,9 @@ fn main() -> ExitCode {
         .cache
         .unwrap_or_else(osk_builder::store::Store::default_path);
     let result = match cli.command {
-        Command::Build(args) => build::run(args, store),
+        Command::Build(args) => interrupt::clean_up_on_signals()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| build::run(args, store)),
         Command::Cache(cmd) => cache::run(cmd, store),
         Command::Pull(args) => pull::run(args, store),
         Command::Run(cmd) => run::run(cmd),
@@ -77,7 +80,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Libraries may quote their input raw; no control byte reaches the terminal.
+            let message = osk_builder::untrusted::printable(&format!("{err:#}"));
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
