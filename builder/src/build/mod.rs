@@ -209,7 +209,8 @@ pub fn build(
         ));
     }
     let assembled = assemble(store, spool, plan)?;
-    output::write_outputs(spool, &assembled, opts)
+    let segments = crate::initramfs::SegmentCache::in_store(store.root());
+    output::write_outputs(spool, &segments, &assembled, opts)
 }
 
 /// Builds the root tree from the plan.
