@@ -80,25 +80,12 @@ pub fn unpack_newc(mut b: &[u8]) -> io::Result<BTreeMap<Vec<u8>, Unpacked>> {
             link_group = Some(first);
             let names = pending.entry(ino).or_default();
             names.push(name.clone());
-            if size == 0 {
-                // The data comes with the inode's last link.
-                out.insert(
-                    name,
-                    Unpacked {
-                        mode,
-                        uid,
-                        gid,
-                        mtime,
-                        rdev: (rmaj, rmin),
-                        data,
-                        link_group,
-                    },
-                );
-                continue;
-            }
-            for earlier in names.iter() {
-                if let Some(u) = out.get_mut(earlier) {
-                    u.data = data.clone();
+            // The data comes with the inode's last link, for all of them.
+            if size > 0 {
+                for earlier in names.iter() {
+                    if let Some(u) = out.get_mut(earlier) {
+                        u.data = data.clone();
+                    }
                 }
             }
         }
