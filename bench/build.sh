@@ -150,7 +150,7 @@ line() { # LABEL "label wall rss_kib" SIZE_BYTES
     printf '%-34s %8s %12s %9s\n' "$1" "$3" "$(mb $(($4 * 1024)))" "${5:+$(mb "$5")}"
 }
 wall() { echo "$1" | cut -d' ' -f2; }
-ratio() { echo "scale=2; $(wall "$1")/$(wall "$2")" | bc; }
+ratio() { awk -v a="$(wall "$1")" -v b="$(wall "$2")" 'BEGIN { printf "%.3f", a / b }'; }
 cat <<EOF
 # osk build benchmark
 

@@ -16,9 +16,10 @@ use super::segment::{self, Entries, Recipe};
 use super::{Compression, Encoder};
 use crate::assemble::{Spool, Tree};
 
-/// The most memory the compressors running at once may take together; one
-/// that needs more runs alone.
-const MEMORY_BUDGET: u64 = 200 << 20;
+/// The most memory the compressors running at once may take together (by
+/// [`Compression::memory_estimate`]); one that needs more runs alone.
+/// Leaves room under 256 MiB for the rest of the build.
+pub(crate) const MEMORY_BUDGET: u64 = 200 << 20;
 
 /// Appends `tree` to `out` as compressed segments.
 pub fn write_segments(

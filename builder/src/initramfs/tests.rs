@@ -226,3 +226,17 @@ fn a_hard_link_across_parts_keeps_one_archive_in_order() {
     let want = unpack_newc(&write_newc(&root, &spool, Vec::new(), 0).unwrap()).unwrap();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_full_window_segment_compresses_alone_within_the_budget() {
+    use super::segmented::MEMORY_BUDGET;
+    let z = Compression::Zstd;
+    let full = z.memory_estimate(1 << 30);
+    assert!(full <= MEMORY_BUDGET, "it must still run");
+    assert!(
+        full + z.memory_estimate(0) > MEMORY_BUDGET,
+        "nothing runs beside it"
+    );
+    // Two mid-sized segments do share the budget.
+    assert!(2 * z.memory_estimate(20 << 20) <= MEMORY_BUDGET);
+}
