@@ -219,8 +219,10 @@ pub fn build(
                 source: Box::new(source),
             })?;
     }
-    let attempt =
-        || assemble(store, spool, plan).and_then(|a| output::write_outputs(spool, &a, opts));
+    let segments = crate::initramfs::SegmentCache::in_store(store.root());
+    let attempt = || {
+        assemble(store, spool, plan).and_then(|a| output::write_outputs(spool, &segments, &a, opts))
+    };
     match attempt() {
         Err(e) if assemble::spool_damage(&e).is_some() => {
             let first = assemble::spool_damage(&e).expect("checked").clone();

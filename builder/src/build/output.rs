@@ -13,7 +13,7 @@ use tempfile::NamedTempFile;
 
 use super::{Assembled, BuildError, BuildOptions};
 use crate::assemble::{FileInode, Kind, Spool, Tree};
-use crate::initramfs::{write_newc, Encoder};
+use crate::initramfs::{self, write_newc, Encoder, SegmentCache};
 
 #[cfg(test)]
 mod tests {
@@ -205,6 +205,7 @@ impl Drop for Pending {
 
 pub(super) fn write_outputs(
     spool: &Spool,
+    cache: &SegmentCache,
     a: &Assembled,
     opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>, BuildError> {
@@ -227,7 +228,7 @@ pub(super) fn write_outputs(
 
                 let out = format!("{name}-initrd.img");
                 let f = pending.create(&out)?;
-                write_initrd(spool, a, f, opts).map_err(io_at(&opts.dir, &out))?;
+                write_initrd(spool, a, f, opts, cache).map_err(io_at(&opts.dir, &out))?;
 
                 let out = format!("{name}-cmdline");
                 let mut f = pending.create(&out)?;
@@ -264,13 +265,26 @@ fn copy_content(spool: &Spool, inode: &FileInode, w: &mut impl Write) -> io::Res
     Ok(())
 }
 
-/// ucode (uncompressed, padded to 4 bytes), then the compressed newc archive.
-fn write_initrd(spool: &Spool, a: &Assembled, f: File, opts: &BuildOptions) -> io::Result<()> {
+/// ucode (uncompressed, padded to 4 bytes), then the compressed newc
+/// archives: one per segment out of the segment cache, or the whole tree as
+/// one archive for the compressors that cannot be concatenated.
+fn write_initrd(
+    spool: &Spool,
+    a: &Assembled,
+    f: File,
+    opts: &BuildOptions,
+    cache: &SegmentCache,
+) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, f);
     if let Some(ucode) = &a.ucode {
         copy_content(spool, ucode, &mut w)?;
         let pad = (4 - (ucode.size % 4) as usize) % 4;
         w.write_all(&[0u8; 3][..pad])?;
+    }
+    if opts.compress.segmented() {
+        let mut f = w.into_inner().map_err(|e| e.into_error())?;
+        initramfs::write_segments(&a.tree, spool, cache, opts.compress, opts.mtime, &mut f)?;
+        return f.flush();
     }
     let enc = Encoder::new(opts.compress, w)?;
     let enc = write_newc(

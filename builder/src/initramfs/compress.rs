@@ -22,8 +22,13 @@ const LZ4_CHUNK: usize = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
+    /// zstd, one frame per segment (see [`super::segment`]), each cached.
     #[default]
     Zstd,
+    /// zstd with the same settings over the whole tree as one frame: the
+    /// long window also finds copies across images, for the smallest image
+    /// at the cost of compressing everything on every build.
+    ZstdMax,
     Gzip,
     Xz,
     Lz4,
@@ -31,7 +36,50 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub const NAMES: &'static [&'static str] = &["zstd", "gzip", "xz", "lz4", "none"];
+    pub const NAMES: &'static [&'static str] = &["zstd", "zstd-max", "gzip", "xz", "lz4", "none"];
+
+    /// Whether the initramfs is written as cached segments. lz4's legacy
+    /// format cannot be followed by another archive (the kernel reads the
+    /// next archive's magic as a chunk size), `none` is kept one archive for
+    /// `cpio -i`, and `zstd-max` is one archive by definition.
+    pub fn segmented(self) -> bool {
+        matches!(
+            self,
+            Compression::Zstd | Compression::Gzip | Compression::Xz
+        )
+    }
+
+    /// Everything besides the input that the compressed bytes depend on;
+    /// part of each cached segment's key.
+    pub fn settings(self) -> String {
+        let lib = match self {
+            Compression::Zstd | Compression::ZstdMax => {
+                format!("libzstd {}", zstd::zstd_safe::version_number())
+            }
+            _ => String::new(),
+        };
+        format!(
+            "{self} level {ZSTD_LEVEL} window {ZSTD_WINDOW_LOG} chain {ZSTD_CHAIN_LOG} {lib} osk {}",
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+
+    /// A generous guess of the memory compressing `len` bytes takes, for
+    /// running no more compressors at once than memory allows.
+    pub fn memory_estimate(self, len: u64) -> u64 {
+        match self {
+            Compression::Zstd | Compression::ZstdMax => {
+                let window = len.next_power_of_two().clamp(1 << 16, 1 << ZSTD_WINDOW_LOG);
+                // The streaming input buffer (a window), the chain, hash and
+                // long-match tables (up to 56 MiB at 2^27), and slack. At
+                // 2^27 this fills the budget: such a segment runs alone
+                // (bench/BUILD.md saw 262 MB with a small one beside it).
+                window + window.min(56 << 20) + (8 << 20)
+            }
+            Compression::Xz => 16 << 20,
+            Compression::Gzip | Compression::Lz4 | Compression::None => 1 << 20,
+        }
+    }
 }
 
 impl FromStr for Compression {
@@ -39,6 +87,7 @@ impl FromStr for Compression {
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
             "zstd" => Compression::Zstd,
+            "zstd-max" => Compression::ZstdMax,
             "gzip" => Compression::Gzip,
             "xz" => Compression::Xz,
             "lz4" => Compression::Lz4,
@@ -57,6 +106,7 @@ impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Compression::Zstd => "zstd",
+            Compression::ZstdMax => "zstd-max",
             Compression::Gzip => "gzip",
             Compression::Xz => "xz",
             Compression::Lz4 => "lz4",
@@ -76,8 +126,15 @@ pub enum Encoder<W: Write> {
 
 impl<W: Write> Encoder<W> {
     pub fn new(c: Compression, w: W) -> io::Result<Encoder<W>> {
+        Self::with_len(c, w, None)
+    }
+
+    /// An encoder told the input's length up front (`len`): zstd then
+    /// writes it in the frame and sizes its window and tables to the input,
+    /// so a small segment takes little memory.
+    pub fn with_len(c: Compression, w: W, len: Option<u64>) -> io::Result<Encoder<W>> {
         Ok(match c {
-            Compression::Zstd => {
+            Compression::Zstd | Compression::ZstdMax => {
                 // Single-threaded on purpose. With this window zstd's workers
                 // each need their own match tables and share a buffer of the
                 // window plus a job per worker: on a 229 MB tree `osk build`
@@ -90,6 +147,7 @@ impl<W: Write> Encoder<W> {
                 e.long_distance_matching(true)?;
                 e.window_log(ZSTD_WINDOW_LOG)?;
                 e.set_parameter(zstd::stream::raw::CParameter::ChainLog(ZSTD_CHAIN_LOG))?;
+                e.set_pledged_src_size(len)?;
                 Encoder::Zstd(e)
             }
             Compression::Gzip => Encoder::Gzip(

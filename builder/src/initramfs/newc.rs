@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::assemble::{Kind, Spool, Tree};
+use crate::assemble::{FileInode, Kind, NodeId, Spool, Tree};
 
 const S_IFIFO: u32 = 0o010000;
 const S_IFCHR: u32 = 0o020000;
@@ -83,13 +83,27 @@ impl<W: Write> NewcWriter<W> {
         self.put(b)
     }
 
+    /// Stands for `size` bytes of data by their hash: the archive's offsets
+    /// advance as if the data were written, so a recipe pads like the archive.
+    fn data_ref(&mut self, sha: &[u8; 32], size: u64) -> io::Result<()> {
+        self.w.write_all(sha)?;
+        self.w.write_all(&size.to_le_bytes())?;
+        self.written += size;
+        Ok(())
+    }
+
     /// Pads the data written since the last header.
     pub fn end_data(&mut self) -> io::Result<()> {
         self.pad()
     }
 
     /// Writes the trailer and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub fn finish(self) -> io::Result<W> {
+        self.finish_counted().map(|(w, _)| w)
+    }
+
+    /// Writes the trailer; returns the inner writer and the archive's length.
+    fn finish_counted(mut self) -> io::Result<(W, u64)> {
         self.header(
             b"TRAILER!!!",
             &Header {
@@ -97,12 +111,20 @@ impl<W: Write> NewcWriter<W> {
                 ..Default::default()
             },
         )?;
-        Ok(self.w)
+        Ok((self.w, self.written))
     }
 
     pub fn written(&self) -> u64 {
         self.written
     }
+}
+
+/// Where file data comes from while an archive is written.
+pub(crate) enum Bodies<'a> {
+    /// The real bytes, read (and checked) from the spool.
+    Spool(&'a Spool),
+    /// Each file's hash and size instead of its bytes: the archive's recipe.
+    Recipe,
 }
 
 /// Writes `tree` as a newc archive: entries sorted, parents before children,
@@ -114,16 +136,32 @@ impl<W: Write> NewcWriter<W> {
 /// names to the first and opens them without truncating, and only truncates
 /// when a body follows.
 pub fn write_newc<W: Write>(tree: &Tree, spool: &Spool, out: W, mtime: u32) -> io::Result<W> {
-    let entries = tree.walk();
+    write_entries(tree, &tree.walk(), Bodies::Spool(spool), out, mtime).map(|(w, _)| w)
+}
+
+/// Writes `entries` (a walk-ordered part of `tree` holding every link of
+/// its hard-linked files) as one archive, trailer included; returns the
+/// writer and the archive's length. Inode numbers count from 1 in each
+/// archive, so an archive's bytes depend only on its own entries.
+pub(crate) fn write_entries<W: Write>(
+    tree: &Tree,
+    entries: &[(Vec<u8>, NodeId)],
+    bodies: Bodies<'_>,
+    out: W,
+    mtime: u32,
+) -> io::Result<(W, u64)> {
     let mut links: HashMap<usize, (u32, u32)> = HashMap::new(); // inode -> (count, ino)
-    for (_, id) in &entries {
+    for (_, id) in entries {
         if let Kind::File(ino) = tree.node(*id).kind {
             links.entry(ino).or_insert((0, 0)).0 += 1;
         }
     }
     let mut seen: HashMap<usize, u32> = HashMap::new();
     let mut w = NewcWriter::new(out);
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = match bodies {
+        Bodies::Spool(_) => vec![0u8; 256 * 1024],
+        Bodies::Recipe => Vec::new(),
+    };
     for (next_ino, (path, id)) in (1u32..).zip(entries.iter()) {
         let node = tree.node(*id);
         let mut h = Header {
@@ -184,13 +222,16 @@ pub fn write_newc<W: Write>(tree: &Tree, spool: &Spool, out: W, mtime: u32) -> i
                 }
                 w.header(path, &h)?;
                 if last {
-                    copy_exact(spool, &inode.sha, inode.size, &mut w, &mut buf, path)?;
+                    match bodies {
+                        Bodies::Spool(spool) => copy_exact(spool, inode, &mut w, &mut buf, path)?,
+                        Bodies::Recipe => w.data_ref(&inode.sha, inode.size)?,
+                    }
                     w.end_data()?;
                 }
             }
         }
     }
-    w.finish()
+    w.finish_counted()
 }
 
 fn len32(n: u64, path: &[u8]) -> io::Result<u32> {
@@ -207,13 +248,13 @@ fn len32(n: u64, path: &[u8]) -> io::Result<u32> {
 
 fn copy_exact<W: Write>(
     spool: &Spool,
-    sha: &crate::assemble::Sha,
-    size: u64,
+    inode: &FileInode,
     w: &mut NewcWriter<W>,
     buf: &mut [u8],
     path: &[u8],
 ) -> io::Result<()> {
     use std::io::Read;
+    let (sha, size) = (&inode.sha, inode.size);
     let mut r = spool.open_exact(sha, size)?;
     let mut total = 0u64;
     loop {

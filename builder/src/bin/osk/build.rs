@@ -23,7 +23,8 @@ pub struct BuildArgs {
     /// Base name of the outputs (default: the first manifest's file name without extension).
     #[arg(long)]
     name: Option<String>,
-    /// initramfs compression: zstd, gzip, xz, lz4 (legacy format) or none.
+    /// initramfs compression: zstd (segments, cached), zstd-max (one archive,
+    /// smallest), gzip, xz, lz4 (legacy format) or none.
     #[arg(long, default_value = "zstd")]
     compress: Compression,
     /// Architecture of the images to use.
