@@ -183,6 +183,14 @@ pub(super) fn write_outputs(
         files: Vec::new(),
     };
     let name = &opts.name;
+    // Compressed once, in memory, when the UKI needs it too (zstd -19 is most of a build).
+    let initrd = if opts.formats.iter().any(|f| f.needs_boot()) {
+        let mut v = Vec::new();
+        write_initrd(spool, a, &mut v, opts).map_err(io_at(&opts.dir, name))?;
+        Some(v)
+    } else {
+        None
+    };
     let mut uki: Option<Vec<u8>> = None;
     let mut disk = None;
     for format in &opts.formats {
@@ -194,8 +202,12 @@ pub(super) fn write_outputs(
                 copy_content(spool, kernel, &mut f).map_err(io_at(&opts.dir, &out))?;
 
                 let out = format!("{name}-initrd.img");
-                let f = pending.create(&out)?;
-                write_initrd(spool, a, f, opts).map_err(io_at(&opts.dir, &out))?;
+                let mut f = pending.create(&out)?;
+                match &initrd {
+                    Some(bytes) => f.write_all(bytes),
+                    None => write_initrd(spool, a, f, opts),
+                }
+                .map_err(io_at(&opts.dir, &out))?;
 
                 let out = format!("{name}-cmdline");
                 let mut f = pending.create(&out)?;
@@ -212,9 +224,8 @@ pub(super) fn write_outputs(
             _ => {
                 let stub = stub.expect("checked by build()");
                 if uki.is_none() {
-                    let mut initrd = Vec::new();
-                    write_initrd(spool, a, &mut initrd, opts).map_err(io_at(&opts.dir, name))?;
-                    uki = Some(super::boot::uki(spool, a, stub, &initrd)?);
+                    let initrd = initrd.as_deref().expect("made above for bootable formats");
+                    uki = Some(super::boot::uki(spool, a, stub, initrd)?);
                 }
                 let uki = uki.as_deref().expect("set above");
                 let out = format.file_name(name);
