@@ -19,8 +19,12 @@ export DEBIAN_FRONTEND=noninteractive
 #   ca-certificates    HTTPS to the Debian mirror and crates.io
 #   debian-archive-keyring  verifies the mirror's InRelease (osk pkg lock)
 #   lz4                decompresses the kernel's legacy lz4 initramfs in a round-trip test
+#   binutils           objdump -h: checks the UKI's PE sections (build --format uki)
+#   gdisk              sgdisk -v: checks the GPT of the disk formats
+#   dosfstools, mtools fsck.vfat -n, mcopy: check the ESP and read its UKI back
 PACKAGES=(protobuf-compiler qemu-system-x86 qemu-utils ovmf cpio zstd lz4 busybox-static
-  openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring)
+  openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring
+  binutils gdisk dosfstools mtools)
 
 # --update: refresh apt's lists even when nothing is missing (CI: the e2e
 # tests `apt-get download` Debian's current kernel package, so the lists must

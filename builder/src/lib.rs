@@ -3,6 +3,7 @@
 pub mod assemble;
 pub mod build;
 pub mod civil;
+pub mod image;
 pub mod initramfs;
 pub mod manifest;
 pub mod pkg;

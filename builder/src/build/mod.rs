@@ -6,6 +6,7 @@
 //! output directory; all of them are renamed into place only when every one
 //! was written.
 
+mod boot;
 mod files;
 mod output;
 mod plan;
@@ -74,6 +75,11 @@ pub enum BuildError {
     Resolve(#[from] ResolveError),
     #[error("{0}")]
     Usage(String),
+    #[error("boot binaries image {image}: {reason}")]
+    Boot { image: String, reason: String },
+    /// Names the stub, kernel or ESP file, or the disk size.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 }
 
 /// The kernel section, with its image resolved.
@@ -171,6 +177,10 @@ pub struct BuildOptions {
     pub compress: Compression,
     /// Every mtime in the outputs (SOURCE_DATE_EPOCH, else 0).
     pub mtime: u32,
+    /// The disk formats' size in bytes (None: just large enough).
+    pub disk_size: Option<u64>,
+    /// The boot binaries image (`pkgs/bootloader`), needed by `uki` and the disk formats.
+    pub boot: Option<Image>,
 }
 
 /// The assembled system: the root tree and the kernel pieces beside it.
@@ -210,6 +220,26 @@ pub fn build(
             "format kernel+initrd needs a kernel section in the manifest".into(),
         ));
     }
+    let bootable: Vec<String> = (opts.formats.iter())
+        .filter(|f| f.needs_boot())
+        .map(|f| f.to_string())
+        .collect();
+    if !bootable.is_empty() && plan.kernel.is_none() {
+        return Err(BuildError::Usage(format!(
+            "format {} needs a kernel section in the manifest",
+            bootable.join(", ")
+        )));
+    }
+    let stub = match (&opts.boot, bootable.is_empty()) {
+        (_, true) => None,
+        (Some(image), false) => Some(boot::load_stub(store, spool, image)?),
+        (None, false) => {
+            return Err(BuildError::Usage(format!(
+                "format {} needs the boot binaries image: build it with `osk pkg build pkgs/bootloader` and pass it as `--bootloader @pkg:PATH/pkgs/bootloader` (or a reference)",
+                bootable.join(", ")
+            )))
+        }
+    };
     for image in plan_images(plan) {
         store
             .check_layer_sizes(image)
@@ -221,7 +251,8 @@ pub fn build(
     }
     let segments = crate::initramfs::SegmentCache::in_store(store.root());
     let attempt = || {
-        assemble(store, spool, plan).and_then(|a| output::write_outputs(spool, &segments, &a, opts))
+        assemble(store, spool, plan)
+            .and_then(|a| output::write_outputs(spool, &segments, &a, stub.as_deref(), opts))
     };
     match attempt() {
         Err(e) if assemble::spool_damage(&e).is_some() => {

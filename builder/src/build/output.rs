@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, Permissions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -62,10 +62,74 @@ pub enum Format {
     /// `NAME.tar`: the root filesystem, plus `boot/kernel`, `boot/cmdline`
     /// (and `boot/ucode.cpio`) first, as LinuxKit's `tar` output.
     Tar,
+    /// `NAME.efi`: a Unified Kernel Image (UEFI).
+    Uki,
+    /// `NAME.raw`: a GPT disk whose ESP boots the UKI (UEFI).
+    Raw,
+    /// `NAME.qcow2`: the raw disk, sparse.
+    Qcow2,
+    /// `NAME.vhd`: the raw disk as a fixed VHD (Hyper-V, Azure).
+    Vhd,
+    /// `NAME.vmdk`: the raw disk as a streamOptimized VMDK (vSphere).
+    Vmdk,
+    /// `NAME.img.tar.gz`: the raw disk as GCE's `disk.raw` in a gzipped tar.
+    Gcp,
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["kernel+initrd", "tar"];
+    pub const NAMES: &'static [&'static str] = &[
+        "kernel+initrd",
+        "tar",
+        "uki",
+        "raw",
+        "qcow2",
+        "vhd",
+        "vmdk",
+        "gcp",
+    ];
+
+    /// Whether the format holds the UKI, and so needs the boot binaries image.
+    pub fn needs_boot(self) -> bool {
+        !matches!(self, Format::KernelInitrd | Format::Tar)
+    }
+
+    fn is_disk(self) -> bool {
+        self.needs_boot() && self != Format::Uki
+    }
+
+    /// Parses a format or a LinuxKit alias; an alias also returns what it maps to, to tell the user.
+    pub fn parse_alias(s: &str) -> Result<(Format, Option<String>), String> {
+        if let Ok(f) = s.parse() {
+            return Ok((f, None));
+        }
+        let mapped = match s {
+            "raw-efi" => Format::Raw,
+            "qcow2-efi" => Format::Qcow2,
+            "dynamic-vhd" => Format::Vhd,
+            "iso-bios" | "iso-efi" | "kernel+iso" | "raw-bios" | "qcow2-bios" => {
+                return Err(format!(
+                    "output format {s:?} (LinuxKit's) is not available yet: osk's ISO and BIOS boot are still to come; \
+                     UEFI formats work now: {}",
+                    Format::NAMES[2..].join(", ")
+                ))
+            }
+            _ => return Err(s.parse::<Format>().unwrap_err()),
+        };
+        let note = match mapped {
+            Format::Vhd => format!("{s} is written as vhd: a fixed VHD, the kind Azure requires"),
+            _ => format!("{s} is written as {mapped}: a GPT disk booting the UKI under UEFI"),
+        };
+        Ok((mapped, Some(note)))
+    }
+
+    /// The output file's name for base name `name` (disk and UKI formats).
+    pub fn file_name(self, name: &str) -> String {
+        match self {
+            Format::Gcp => format!("{name}.img.tar.gz"),
+            Format::Uki => format!("{name}.efi"),
+            _ => format!("{name}.{self}"),
+        }
+    }
 }
 
 impl FromStr for Format {
@@ -74,8 +138,14 @@ impl FromStr for Format {
         match s {
             "kernel+initrd" => Ok(Format::KernelInitrd),
             "tar" => Ok(Format::Tar),
+            "uki" => Ok(Format::Uki),
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            "vhd" => Ok(Format::Vhd),
+            "vmdk" => Ok(Format::Vmdk),
+            "gcp" => Ok(Format::Gcp),
             other => Err(format!(
-                "unknown output format {other:?} (expected one of: {})",
+                "unknown output format {other:?} (expected one of: {}; or LinuxKit's raw-efi, qcow2-efi, dynamic-vhd)",
                 Format::NAMES.join(", ")
             )),
         }
@@ -87,6 +157,12 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::KernelInitrd => "kernel+initrd",
             Format::Tar => "tar",
+            Format::Uki => "uki",
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vhd => "vhd",
+            Format::Vmdk => "vmdk",
+            Format::Gcp => "gcp",
         })
     }
 }
@@ -207,6 +283,7 @@ pub(super) fn write_outputs(
     spool: &Spool,
     cache: &SegmentCache,
     a: &Assembled,
+    stub: Option<&[u8]>,
     opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>, BuildError> {
     std::fs::create_dir_all(&opts.dir).map_err(|source| BuildError::Io {
@@ -218,6 +295,23 @@ pub(super) fn write_outputs(
         files: Vec::new(),
     };
     let name = &opts.name;
+    // Compressed once, in memory, when the UKI needs it too (zstd -19 is most of a build).
+    let initrd = if opts.formats.iter().any(|f| f.needs_boot()) {
+        let in_memory = || -> io::Result<Vec<u8>> {
+            // Segments are written to a file they can seek in.
+            let mut f = tempfile::tempfile_in(&opts.dir)?;
+            write_initrd(spool, a, f.try_clone()?, opts, cache)?;
+            let mut v = Vec::new();
+            f.seek(io::SeekFrom::Start(0))?;
+            f.read_to_end(&mut v)?;
+            Ok(v)
+        };
+        Some(in_memory().map_err(io_at(&opts.dir, name))?)
+    } else {
+        None
+    };
+    let mut uki: Option<Vec<u8>> = None;
+    let mut disk = None;
     for format in &opts.formats {
         match format {
             Format::KernelInitrd => {
@@ -227,8 +321,12 @@ pub(super) fn write_outputs(
                 copy_content(spool, kernel, &mut f).map_err(io_at(&opts.dir, &out))?;
 
                 let out = format!("{name}-initrd.img");
-                let f = pending.create(&out)?;
-                write_initrd(spool, a, f, opts, cache).map_err(io_at(&opts.dir, &out))?;
+                let mut f = pending.create(&out)?;
+                match &initrd {
+                    Some(bytes) => f.write_all(bytes),
+                    None => write_initrd(spool, a, f, opts, cache),
+                }
+                .map_err(io_at(&opts.dir, &out))?;
 
                 let out = format!("{name}-cmdline");
                 let mut f = pending.create(&out)?;
@@ -241,6 +339,27 @@ pub(super) fn write_outputs(
                 let mut w = BufWriter::with_capacity(1 << 20, f);
                 write_tar(spool, a, &mut w, opts.mtime).map_err(io_at(&opts.dir, &out))?;
                 w.flush().map_err(io_at(&opts.dir, &out))?;
+            }
+            _ => {
+                let stub = stub.expect("checked by build()");
+                if uki.is_none() {
+                    let initrd = initrd.as_deref().expect("made above for bootable formats");
+                    uki = Some(super::boot::uki(spool, a, stub, initrd)?);
+                }
+                let uki = uki.as_deref().expect("set above");
+                let out = format.file_name(name);
+                let mut f = pending.create(&out)?;
+                if *format == Format::Uki {
+                    f.write_all(uki).map_err(io_at(&opts.dir, &out))?;
+                    continue;
+                }
+                debug_assert!(format.is_disk());
+                if disk.is_none() {
+                    disk = Some(super::boot::disk(uki, opts)?);
+                }
+                let disk = disk.as_ref().expect("set above");
+                super::boot::write_disk(disk, *format, &out, opts, &mut f)
+                    .map_err(io_at(&opts.dir, &out))?;
             }
         }
     }

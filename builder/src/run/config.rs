@@ -266,6 +266,8 @@ pub struct QemuConfig {
     pub detach: bool,
     /// Let a guest reboot restart the VM; when false a reboot makes QEMU exit.
     pub reboot: bool,
+    /// Boot this disk image or UKI through the firmware instead of `artifacts`.
+    pub image: Option<super::BootImage>,
 }
 
 impl QemuConfig {
@@ -288,7 +290,13 @@ impl QemuConfig {
             data: None,
             detach: false,
             reboot: true,
+            image: None,
         }
+    }
+
+    pub fn image(mut self, image: super::BootImage) -> Self {
+        self.image = Some(image);
+        self
     }
 
     pub fn qemu(mut self, path: impl Into<PathBuf>) -> Self {
@@ -415,9 +423,24 @@ impl QemuConfig {
             ));
         }
 
-        a.arg("-kernel").path(&self.artifacts.kernel);
-        a.arg("-initrd").path(&self.artifacts.initrd);
-        a.arg("-append").arg(self.kernel_cmdline());
+        match &self.image {
+            None => {
+                a.arg("-kernel").path(&self.artifacts.kernel);
+                a.arg("-initrd").path(&self.artifacts.initrd);
+                a.arg("-append").arg(self.kernel_cmdline());
+            }
+            Some(image) => {
+                let (path, format) = match image {
+                    super::BootImage::Disk { path, format } => (path.clone(), format.as_str()),
+                    super::BootImage::Uki(_) => (self.state_dir.join(super::UKI_ESP), "raw"),
+                };
+                a.arg("-drive").arg(drive_opt(
+                    &format!("if=none,id=boot,format={format}"),
+                    &path,
+                ));
+                a.args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+            }
+        }
 
         for i in 0..self.disks.len() {
             let opts = format!(
@@ -534,6 +557,27 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].clone())
             .collect()
+    }
+
+    #[test]
+    fn a_boot_image_replaces_the_kernel_with_a_boot_disk() {
+        use crate::run::{BootImage, ImageFormat};
+        let c = base().image(BootImage::Disk {
+            path: "out/minimal.vhd".into(),
+            format: ImageFormat::Vpc,
+        });
+        let v = argv(&c);
+        assert!(values(&v, "-kernel").is_empty());
+        assert!(values(&v, "-append").is_empty());
+        assert_eq!(
+            values(&v, "-drive"),
+            ["if=none,id=boot,format=vpc,file=out/minimal.vhd"]
+        );
+        let v = argv(&base().image(BootImage::Uki("out/minimal.efi".into())));
+        assert_eq!(
+            values(&v, "-drive"),
+            ["if=none,id=boot,format=raw,file=/st/uki-esp.raw"]
+        );
     }
 
     #[test]

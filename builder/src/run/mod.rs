@@ -8,6 +8,7 @@
 
 mod config;
 mod iso;
+mod medium;
 mod names;
 mod spawn;
 
@@ -16,6 +17,7 @@ pub use config::{
     OVMF_CODE, OVMF_VARS,
 };
 pub use iso::{metadata_iso, write_metadata_iso};
+pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};
 pub use names::{
     ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY, UEFI_VARS,
 };

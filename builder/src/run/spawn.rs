@@ -87,16 +87,18 @@ fn find_program(name: &Path) -> Option<PathBuf> {
 /// argv refers to. Files of a previous run (console log, pid file, monitor
 /// socket) are removed so nothing stale is mistaken for this run's.
 pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
-    for path in [&config.artifacts.kernel, &config.artifacts.initrd] {
-        if !path.is_file() {
-            return Err(Error::MissingArtifact { path: path.clone() });
+    if config.image.is_none() {
+        for path in [&config.artifacts.kernel, &config.artifacts.initrd] {
+            if !path.is_file() {
+                return Err(Error::MissingArtifact { path: path.clone() });
+            }
         }
-    }
-    let cmdline_path = &config.artifacts.cmdline;
-    match fs::read_to_string(cmdline_path) {
-        Ok(s) => config.cmdline = s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(cmdline_path)(e)),
+        let cmdline_path = &config.artifacts.cmdline;
+        match fs::read_to_string(cmdline_path) {
+            Ok(s) => config.cmdline = s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(cmdline_path)(e)),
+        }
     }
     let program = find_qemu(&config.qemu)?;
     config.accel = detect_accel(config.accel);
@@ -131,6 +133,9 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
     }
     if let Some(data) = &config.data {
         iso::write_metadata_iso(&state.join(METADATA_ISO), data)?;
+    }
+    if let Some(super::BootImage::Uki(uki)) = &config.image {
+        super::write_uki_esp(uki, &state.join(super::UKI_ESP))?;
     }
     if let Firmware::Uefi {
         code,

@@ -124,6 +124,8 @@ fn opts(dir: &Path, compress: Compression) -> BuildOptions {
         name: "node".into(),
         compress,
         mtime: 0,
+        disk_size: None,
+        boot: None,
     }
 }
 

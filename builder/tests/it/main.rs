@@ -8,6 +8,7 @@ mod support;
 
 mod assemble_layers;
 mod build_cli;
+mod build_images;
 mod build_outputs;
 mod cache_trust;
 mod pkg_build;

@@ -123,6 +123,8 @@ fn build_tar(f: &Fixture, yaml: &str, out: &str) -> Result<PathBuf, BuildError> 
         name: "node".into(),
         compress: Compression::None,
         mtime: 0,
+        disk_size: None,
+        boot: None,
     };
     build(&f.store, &spool, &p, &opts)?;
     Ok(dir.join("node.tar"))

@@ -1,12 +1,12 @@
 //! `osk build`: manifests to kernel+initrd (or tar) outputs, without a daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 use osk_builder::assemble::Spool;
 use osk_builder::build::{self, BuildOptions, Compression, Format, Resolver, StoreRegistry};
-use osk_builder::manifest;
+use osk_builder::manifest::{self, ImageRef, ImageSource};
 use osk_builder::store::{host_arch, Store};
 
 #[derive(Args)]
@@ -14,9 +14,20 @@ pub struct BuildArgs {
     /// Manifests, merged in order (`-` reads standard input).
     #[arg(required = true, value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
-    /// Output format; repeat for several (kernel+initrd, tar).
+    /// Output format; repeat for several: kernel+initrd, tar, uki (NAME.efi), and the
+    /// UEFI-booting GPT disk as raw, qcow2, vhd (fixed), vmdk (streamOptimized) or gcp
+    /// (NAME.img.tar.gz). LinuxKit's raw-efi, qcow2-efi and dynamic-vhd map to these;
+    /// ISO and BIOS boot are not written yet.
     #[arg(long = "format", short = 'f', default_value = "kernel+initrd")]
-    formats: Vec<Format>,
+    formats: Vec<String>,
+    /// Size of the disk formats (e.g. 2G, 512M; rounded up to MiB); the space after the ESP
+    /// stays free for data. Default: just large enough.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    disk_size: Option<u64>,
+    /// The boot binaries image for uki and the disk formats (default: `@pkg:` of the
+    /// pkgs/bootloader found beside or above the first manifest, or in the working directory).
+    #[arg(long, value_name = "IMAGE")]
+    bootloader: Option<String>,
     /// Directory the outputs go to.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -63,18 +74,105 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     };
     let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
     let plan = build::plan(&m, &mut resolve)?;
+    let mut formats = Vec::new();
+    for text in &args.formats {
+        let (f, note) = Format::parse_alias(text).map_err(anyhow::Error::msg)?;
+        if let Some(note) = note {
+            tracing::info!("{note}");
+        }
+        formats.push(f);
+    }
+    let formats = build::unique_formats(formats);
+    let boot = if formats.iter().any(|f| f.needs_boot()) {
+        let image = bootloader_ref(args.bootloader.as_deref(), &args.manifests)?;
+        tracing::info!("boot binaries {image}");
+        Some(resolve.image(&image)?)
+    } else {
+        None
+    };
     let opts = BuildOptions {
-        formats: build::unique_formats(args.formats),
+        formats,
         dir: args.dir,
         name: args
             .name
             .unwrap_or_else(|| build::default_name(&args.manifests[0])),
         compress: args.compress,
         mtime: build::source_date_epoch()?,
+        disk_size: args.disk_size,
+        boot,
     };
     let written = build::build(&store, &spool, &plan, &opts)?;
     for path in written {
         tracing::info!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `--bootloader`, else the `pkgs/bootloader` package nearest the first manifest or the working directory.
+fn bootloader_ref(given: Option<&str>, manifests: &[PathBuf]) -> anyhow::Result<ImageRef> {
+    if let Some(text) = given {
+        let mut r = ImageRef::parse(text).map_err(anyhow::Error::msg)?;
+        r.anchor(&std::env::current_dir()?);
+        return Ok(r);
+    }
+    let cwd = std::env::current_dir()?;
+    let first = manifests
+        .first()
+        .filter(|m| m.as_os_str() != "-")
+        .and_then(|m| cwd.join(m).parent().map(Path::to_path_buf));
+    for start in first.iter().chain(std::iter::once(&cwd)) {
+        for dir in start.ancestors() {
+            let pkg = dir.join("pkgs/bootloader");
+            if pkg.join("build.yml").is_file() {
+                return Ok(ImageRef {
+                    text: format!("@pkg:{}", pkg.display()),
+                    source: ImageSource::Package(pkg),
+                });
+            }
+        }
+    }
+    anyhow::bail!(
+        "the bootable formats need osk's boot binaries image (pkgs/bootloader in osk's source tree), \
+         and none was found beside or above the manifest or the working directory: pass \
+         `--bootloader @pkg:PATH/pkgs/bootloader` or an image reference already in the store"
+    )
+}
+
+/// `SIZE` with an optional K, M, G or T suffix (powers of 1024), rounded up to MiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown size suffix (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 2G, 512M, 1073741824)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    Ok(bytes.div_ceil(1 << 20) * (1 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_up_to_mib() {
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1"), Ok(1 << 20));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert!(parse_size("2X").unwrap_err().contains("suffix"));
+        assert!(parse_size("big").unwrap_err().contains("not a size"));
+    }
 }

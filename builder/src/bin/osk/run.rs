@@ -5,11 +5,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use osk_builder::run::{self, Accel, Artifacts, DiskSpec, Firmware, Publish, QemuConfig};
+use osk_builder::run::{
+    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, Publish, QemuConfig,
+};
 
 #[derive(Subcommand)]
 pub enum RunCommand {
     /// Boot NAME-kernel + NAME-initrd.img (+ NAME-cmdline) in QEMU, serial console on this terminal.
+    ///
+    /// NAME may also be a file `osk build` wrote: a disk (.raw, .qcow2, .vhd,
+    /// .vmdk) is attached as a virtio disk, a UKI (.efi) on a generated ESP;
+    /// both boot through UEFI (OVMF), since their BIOS boot is still to come.
     ///
     /// Ctrl-a x quits, Ctrl-a c switches to the QEMU monitor. With --detach
     /// QEMU runs in the background: the console goes to STATE/console.log, the
@@ -19,7 +25,8 @@ pub enum RunCommand {
 
 #[derive(Args)]
 pub struct QemuArgs {
-    /// Prefix of the build result: `out/minimal` boots out/minimal-kernel, out/minimal-initrd.img.
+    /// Prefix of the build result (`out/minimal` boots out/minimal-kernel, out/minimal-initrd.img),
+    /// or a disk image or UKI file (`out/minimal.qcow2`, `out/minimal.efi`).
     name: PathBuf,
     /// Number of virtual CPUs.
     #[arg(long, default_value_t = QemuConfig::DEFAULT_CPUS)]
@@ -88,11 +95,37 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
 }
 
 fn qemu(args: QemuArgs) -> anyhow::Result<()> {
+    let image = if args.name.is_file() {
+        Some(BootImage::detect(&args.name)?)
+    } else {
+        None
+    };
     let state = args.state.clone().unwrap_or_else(|| {
-        let mut s = args.name.as_os_str().to_owned();
+        // out/minimal.qcow2 keeps its state in out/minimal-state, as out/minimal does.
+        let base = match image {
+            Some(_) => args.name.with_extension(""),
+            None => args.name.clone(),
+        };
+        let mut s = base.into_os_string();
         s.push("-state");
         PathBuf::from(s)
     });
+    let mut uefi = args.uefi;
+    if let Some(image) = &image {
+        anyhow::ensure!(
+            args.append.is_none(),
+            "--append cannot change {}: its kernel command line is built in (osk build's kernel.cmdline)",
+            args.name.display()
+        );
+        if !uefi {
+            tracing::info!(
+                "{} boots through UEFI only for now (BIOS boot of osk's disks is still to come): using OVMF",
+                args.name.display()
+            );
+            uefi = true;
+        }
+        tracing::debug!("boot image {image:?}");
+    }
     let mut cfg = QemuConfig::new(Artifacts::from_prefix(&args.name), state)
         .qemu(&args.qemu)
         .cpus(args.cpus)
@@ -100,8 +133,11 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         .accel(args.accel)
         .detach(args.detach)
         .reboot(!args.no_reboot);
-    if args.uefi {
+    if uefi {
         cfg = cfg.firmware(Firmware::debian_ovmf());
+    }
+    if let Some(image) = image {
+        cfg = cfg.image(image);
     }
     for d in args.disk {
         cfg = cfg.disk(d);

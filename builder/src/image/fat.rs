@@ -1,0 +1,363 @@
+//! A write-once FAT32 file system (an EFI System Partition), laid out deterministically.
+
+use std::collections::BTreeMap;
+
+use super::{ImageError, MIB};
+use crate::civil::Civil;
+
+const SECTOR: u64 = 512;
+const RESERVED: u64 = 32;
+/// The fewest clusters a FAT32 volume may have.
+const FAT32_MIN_CLUSTERS: u64 = 65_525;
+const END_OF_CHAIN: u32 = 0x0fff_ffff;
+
+/// One file of the ESP: a `/`-separated path of 8.3 names.
+pub struct FatFile<'a> {
+    pub path: &'a str,
+    pub data: &'a [u8],
+}
+
+enum Node<'a> {
+    Dir(BTreeMap<[u8; 11], Entry<'a>>),
+    File(&'a [u8]),
+}
+
+struct Entry<'a> {
+    /// FAT's NT case bits: the base (0x08) or extension (0x10) shows in lower case.
+    case: u8,
+    node: Node<'a>,
+}
+
+/// Writes a FAT32 volume holding `files`, to sit at `start_lba` of its disk.
+///
+/// The volume is just large enough (rounded up to MiB, with an eighth spare
+/// for a signed UKI or loader entries later); `seed` gives its serial, and
+/// every timestamp is `mtime`.
+pub fn write_fat(
+    files: &[FatFile],
+    label: &str,
+    seed: &[u8],
+    mtime: u32,
+    start_lba: u64,
+) -> Result<Vec<u8>, ImageError> {
+    let mut root = BTreeMap::new();
+    for f in files {
+        insert(&mut root, f)?;
+    }
+    let spc = 1u64;
+    let cluster = SECTOR * spc;
+    let needed = clusters_of(&Node::Dir(BTreeMap::new()), cluster, true)
+        + root
+            .values()
+            .map(|e| clusters_of(&e.node, cluster, false))
+            .sum::<u64>();
+    let want = (needed + needed / 8).max(FAT32_MIN_CLUSTERS + 1024);
+    let fat_sectors = |clusters: u64| ((clusters + 2) * 4).div_ceil(SECTOR);
+    let sectors =
+        (RESERVED + 2 * fat_sectors(want) + want * spc).div_ceil(MIB / SECTOR) * (MIB / SECTOR);
+    let fat_len = fat_sectors((sectors - RESERVED) / spc);
+    let clusters = (sectors - RESERVED - 2 * fat_len) / spc;
+
+    let mut w = Writer {
+        image: vec![0u8; (sectors * SECTOR) as usize],
+        fat: vec![0u32; clusters as usize + 2],
+        next: 2,
+        data_start: (RESERVED + 2 * fat_len) * SECTOR,
+        cluster,
+        stamp: fat_stamp(mtime),
+    };
+    w.fat[0] = 0x0fff_fff8;
+    w.fat[1] = END_OF_CHAIN;
+    let serial = {
+        let id = super::derive_id(seed, "fat-serial");
+        u32::from_le_bytes([id[0], id[1], id[2], id[3]])
+    };
+    let root_cluster = w.place_dir(&root, None, Some(label_bytes(label)));
+    debug_assert_eq!(root_cluster, 2);
+    let used = w.next - 2;
+
+    let mut bs = [0u8; 512];
+    bs[..3].copy_from_slice(&[0xeb, 0x58, 0x90]);
+    bs[3..11].copy_from_slice(b"OSK     ");
+    bs[11..13].copy_from_slice(&(SECTOR as u16).to_le_bytes());
+    bs[13] = spc as u8;
+    bs[14..16].copy_from_slice(&(RESERVED as u16).to_le_bytes());
+    bs[16] = 2;
+    bs[21] = 0xf8;
+    bs[24..26].copy_from_slice(&32u16.to_le_bytes());
+    bs[26..28].copy_from_slice(&64u16.to_le_bytes());
+    bs[28..32].copy_from_slice(&(start_lba as u32).to_le_bytes());
+    bs[32..36].copy_from_slice(&(sectors as u32).to_le_bytes());
+    bs[36..40].copy_from_slice(&(fat_len as u32).to_le_bytes());
+    bs[44..48].copy_from_slice(&2u32.to_le_bytes());
+    bs[48..50].copy_from_slice(&1u16.to_le_bytes());
+    bs[50..52].copy_from_slice(&6u16.to_le_bytes());
+    bs[64] = 0x80;
+    bs[66] = 0x29;
+    bs[67..71].copy_from_slice(&serial.to_le_bytes());
+    bs[71..82].copy_from_slice(&label_bytes(label));
+    bs[82..90].copy_from_slice(b"FAT32   ");
+    bs[510] = 0x55;
+    bs[511] = 0xaa;
+    let mut info = [0u8; 512];
+    info[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
+    info[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
+    info[488..492].copy_from_slice(&((clusters - used) as u32).to_le_bytes());
+    info[492..496].copy_from_slice(&(w.next as u32).to_le_bytes());
+    info[508..512].copy_from_slice(&0xaa55_0000u32.to_le_bytes());
+    for base in [0usize, 6 * 512] {
+        w.image[base..base + 512].copy_from_slice(&bs);
+        w.image[base + 512..base + 1024].copy_from_slice(&info);
+    }
+    let fat_bytes: Vec<u8> = w.fat.iter().flat_map(|e| e.to_le_bytes()).collect();
+    for copy in 0..2 {
+        let at = ((RESERVED + copy * fat_len) * SECTOR) as usize;
+        w.image[at..at + fat_bytes.len()].copy_from_slice(&fat_bytes);
+    }
+    Ok(w.image)
+}
+
+fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Result<(), ImageError> {
+    let bad = |reason: String| ImageError::FatName {
+        path: f.path.to_string(),
+        reason,
+    };
+    let parts: Vec<&str> = f.path.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((leaf, dirs)) = parts.split_last() else {
+        return Err(bad("is empty".into()));
+    };
+    let mut dir = root;
+    for d in dirs {
+        let (name, case) = short_name(d).map_err(&bad)?;
+        let e = dir.entry(name).or_insert_with(|| Entry {
+            case,
+            node: Node::Dir(BTreeMap::new()),
+        });
+        dir = match &mut e.node {
+            Node::Dir(children) => children,
+            Node::File(_) => return Err(bad(format!("{d} is a file"))),
+        };
+    }
+    let (name, case) = short_name(leaf).map_err(&bad)?;
+    if dir.contains_key(&name) {
+        return Err(bad("is given twice (FAT names ignore case)".into()));
+    }
+    dir.insert(
+        name,
+        Entry {
+            case,
+            node: Node::File(f.data),
+        },
+    );
+    Ok(())
+}
+
+/// An 8.3 name and its NT case bits; mixed case within a part needs long names, which osk does not write.
+fn short_name(s: &str) -> Result<([u8; 11], u8), String> {
+    let (base, ext) = s.split_once('.').unwrap_or((s, ""));
+    if base.is_empty() || base.len() > 8 || ext.len() > 3 || ext.contains('.') {
+        return Err(format!("{s:?} is not an 8.3 name"));
+    }
+    let mut name = [b' '; 11];
+    let mut case = 0u8;
+    for (part, at, bit) in [(base, 0usize, 0x08u8), (ext, 8, 0x10)] {
+        let lower = part.bytes().any(|c| c.is_ascii_lowercase());
+        if lower && part.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Err(format!("{s:?} mixes upper and lower case in one part"));
+        }
+        if lower {
+            case |= bit;
+        }
+        for (i, c) in part.bytes().enumerate() {
+            if !(c.is_ascii_alphanumeric() || b"_-~!#$%&'()@^{}".contains(&c)) {
+                return Err(format!("{s:?} has a character FAT short names forbid"));
+            }
+            name[at + i] = c.to_ascii_uppercase();
+        }
+    }
+    Ok((name, case))
+}
+
+fn label_bytes(label: &str) -> [u8; 11] {
+    let mut l = [b' '; 11];
+    for (i, c) in label.bytes().take(11).enumerate() {
+        l[i] = c.to_ascii_uppercase();
+    }
+    l
+}
+
+fn clusters_of(node: &Node, cluster: u64, root: bool) -> u64 {
+    match node {
+        Node::File(data) => (data.len() as u64).div_ceil(cluster),
+        Node::Dir(children) => {
+            let entries = children.len() as u64 + if root { 1 } else { 2 };
+            (entries * 32).div_ceil(cluster).max(1)
+                + children
+                    .values()
+                    .map(|e| clusters_of(&e.node, cluster, false))
+                    .sum::<u64>()
+        }
+    }
+}
+
+/// FAT's (date, time) for Unix seconds, clamped to FAT's 1980..=2107.
+fn fat_stamp(secs: u32) -> (u16, u16) {
+    let c = Civil::from_unix(i64::from(secs));
+    if c.year < 1980 {
+        return ((1 << 5) | 1, 0);
+    }
+    let year = (c.year - 1980).min(127) as u16;
+    let date = (year << 9) | ((c.month as u16) << 5) | c.day as u16;
+    let time = ((c.hour as u16) << 11) | ((c.min as u16) << 5) | (c.sec as u16 / 2);
+    (date, time)
+}
+
+struct Writer {
+    image: Vec<u8>,
+    fat: Vec<u32>,
+    next: u64,
+    data_start: u64,
+    cluster: u64,
+    stamp: (u16, u16),
+}
+
+impl Writer {
+    /// Takes `n` clusters in a row and chains them; returns the first (0 for none).
+    fn alloc(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        let first = self.next;
+        for c in first..first + n {
+            self.fat[c as usize] = if c + 1 == first + n {
+                END_OF_CHAIN
+            } else {
+                (c + 1) as u32
+            };
+        }
+        self.next += n;
+        first
+    }
+
+    fn offset(&self, cluster: u64) -> usize {
+        (self.data_start + (cluster - 2) * self.cluster) as usize
+    }
+
+    fn entry(&self, name: &[u8; 11], attr: u8, case: u8, first: u64, size: u32) -> [u8; 32] {
+        let (date, time) = self.stamp;
+        let mut e = [0u8; 32];
+        e[..11].copy_from_slice(name);
+        e[11] = attr;
+        e[12] = case;
+        e[14..16].copy_from_slice(&time.to_le_bytes());
+        e[16..18].copy_from_slice(&date.to_le_bytes());
+        e[18..20].copy_from_slice(&date.to_le_bytes());
+        e[20..22].copy_from_slice(&((first >> 16) as u16).to_le_bytes());
+        e[22..24].copy_from_slice(&time.to_le_bytes());
+        e[24..26].copy_from_slice(&date.to_le_bytes());
+        e[26..28].copy_from_slice(&(first as u16).to_le_bytes());
+        e[28..32].copy_from_slice(&size.to_le_bytes());
+        e
+    }
+
+    /// Places a directory and everything below it; `parent` is None for the root.
+    fn place_dir(
+        &mut self,
+        children: &BTreeMap<[u8; 11], Entry>,
+        parent: Option<u64>,
+        label: Option<[u8; 11]>,
+    ) -> u64 {
+        let extra = if parent.is_none() { 1 } else { 2 };
+        let n = ((children.len() as u64 + extra) * 32)
+            .div_ceil(self.cluster)
+            .max(1);
+        let first = self.alloc(n);
+        let mut entries = Vec::new();
+        if let Some(l) = label {
+            entries.push(self.entry(&l, 0x08, 0, 0, 0));
+        }
+        if let Some(p) = parent {
+            // `..` of a child of the root points at cluster 0, as FAT requires.
+            let up = if p == 2 { 0 } else { p };
+            entries.push(self.entry(b".          ", 0x10, 0, first, 0));
+            entries.push(self.entry(b"..         ", 0x10, 0, up, 0));
+        }
+        for (name, e) in children {
+            match &e.node {
+                Node::File(data) => {
+                    let c = self.alloc((data.len() as u64).div_ceil(self.cluster));
+                    if c != 0 {
+                        let at = self.offset(c);
+                        self.image[at..at + data.len()].copy_from_slice(data);
+                    }
+                    entries.push(self.entry(name, 0x20, e.case, c, data.len() as u32));
+                }
+                Node::Dir(sub) => {
+                    let c = self.place_dir(sub, Some(first), None);
+                    entries.push(self.entry(name, 0x10, e.case, c, 0));
+                }
+            }
+        }
+        let at = self.offset(first);
+        for (i, e) in entries.iter().enumerate() {
+            self.image[at + i * 32..at + i * 32 + 32].copy_from_slice(e);
+        }
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_and_case_bits() {
+        assert_eq!(short_name("BOOTX64.EFI").unwrap(), (*b"BOOTX64 EFI", 0));
+        assert_eq!(short_name("initrd.img").unwrap(), (*b"INITRD  IMG", 0x18));
+        assert!(short_name("loader.conf").is_err());
+        assert_eq!(short_name("loader").unwrap(), (*b"LOADER     ", 0x08));
+        assert!(short_name("Boot").unwrap_err().contains("mixes"));
+        assert!(short_name("toolongname.efi").unwrap_err().contains("8.3"));
+    }
+
+    #[test]
+    fn fat_stamps_clamp_to_1980() {
+        assert_eq!(fat_stamp(0), (0x21, 0));
+        // 2024-01-02 03:04:06
+        let (d, t) = fat_stamp(1_704_164_646);
+        assert_eq!(d, (44 << 9) | (1 << 5) | 2);
+        assert_eq!(t, (3 << 11) | (4 << 5) | 3);
+    }
+
+    #[test]
+    fn layout_is_fat32_and_reproducible() {
+        let big = vec![0xabu8; 5000];
+        let files = [
+            FatFile {
+                path: "EFI/BOOT/BOOTX64.EFI",
+                data: &big,
+            },
+            FatFile {
+                path: "loader/entries/a.txt",
+                data: b"x",
+            },
+        ];
+        let a = write_fat(&files, "ESP", b"seed", 0, 2048).unwrap();
+        assert_eq!(a, write_fat(&files, "ESP", b"seed", 0, 2048).unwrap());
+        assert_ne!(a, write_fat(&files, "ESP", b"other", 0, 2048).unwrap());
+        assert_eq!(a.len() as u64 % MIB, 0);
+        assert_eq!(&a[82..90], b"FAT32   ");
+        assert_eq!(&a[510..512], &[0x55, 0xaa]);
+        let err = write_fat(
+            &[FatFile {
+                path: "EFI/Boot/x",
+                data: b"",
+            }],
+            "ESP",
+            b"",
+            0,
+            0,
+        );
+        assert!(err.unwrap_err().to_string().contains("EFI/Boot/x"));
+    }
+}

@@ -1,0 +1,47 @@
+//! Bootable images written in-process and reproducibly: UKI, FAT ESP, GPT disk and its containers.
+
+mod disk;
+mod fat;
+mod gcp;
+mod gpt;
+mod qcow2;
+mod uki;
+mod vhd;
+mod vmdk;
+
+pub use disk::{Disk, Extent, MIB};
+pub use fat::{write_fat, FatFile};
+pub use gcp::write_gcp;
+pub use gpt::{efi_disk, ESP_START};
+pub use qcow2::write_qcow2;
+pub use uki::{kernel_release, write_uki, UkiParts};
+pub use vhd::write_vhd;
+pub use vmdk::write_vmdk;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    /// The EFI stub is not a PE32+ image osk can extend.
+    #[error("EFI stub {stub}: {reason}")]
+    Stub { stub: String, reason: String },
+    #[error("kernel {kernel}: {reason}")]
+    Kernel { kernel: String, reason: String },
+    #[error("ESP file {path}: {reason}")]
+    FatName { path: String, reason: String },
+    #[error("--disk-size {given} is too small: the disk needs at least {needed} bytes ({} MiB)", needed.div_ceil(MIB))]
+    DiskTooSmall { given: u64, needed: u64 },
+}
+
+/// 16 bytes derived from `seed` and `name`: GUIDs and serials that change only with the content.
+pub fn derive_id(seed: &[u8], name: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update([0]);
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}

@@ -1,0 +1,168 @@
+//! Boot media `osk run qemu` attaches as they are: disk images and UKIs, told apart by their bytes.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::{Error, Result};
+use crate::image::{self, FatFile};
+
+/// Where a UKI is put for the firmware: an ESP disk in the state directory.
+pub const UKI_ESP: &str = "uki-esp.raw";
+
+/// A disk image's container, as QEMU names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+    /// A fixed VHD: the footer is at the end, so QEMU must be told.
+    Vpc,
+    Vmdk,
+}
+
+impl ImageFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vpc => "vpc",
+            ImageFormat::Vmdk => "vmdk",
+        }
+    }
+}
+
+/// What `osk run qemu FILE` boots when FILE is a file rather than a NAME prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootImage {
+    /// Attached as a virtio disk; the firmware boots its ESP.
+    Disk { path: PathBuf, format: ImageFormat },
+    /// A Unified Kernel Image, put on a generated ESP disk.
+    Uki(PathBuf),
+}
+
+impl BootImage {
+    /// Reads `path`'s first and last sectors: qcow2, VMDK, VHD, a PE (UKI), or a GPT/MBR raw disk.
+    pub fn detect(path: &Path) -> Result<BootImage> {
+        let mut f = File::open(path).map_err(Error::io(path))?;
+        let len = f.metadata().map_err(Error::io(path))?.len();
+        let mut head = [0u8; 1024];
+        let n = read_full(&mut f, &mut head).map_err(Error::io(path))?;
+        let head = &head[..n];
+        let mut tail = [0u8; 512];
+        if len >= 512 {
+            f.seek(SeekFrom::Start(len - 512))
+                .map_err(Error::io(path))?;
+            read_full(&mut f, &mut tail).map_err(Error::io(path))?;
+        }
+        let disk = |format| {
+            Ok(BootImage::Disk {
+                path: path.to_path_buf(),
+                format,
+            })
+        };
+        if head.starts_with(b"QFI\xfb") {
+            return disk(ImageFormat::Qcow2);
+        }
+        if head.starts_with(b"KDMV") {
+            return disk(ImageFormat::Vmdk);
+        }
+        if tail.starts_with(b"conectix") || head.starts_with(b"conectix") {
+            return disk(ImageFormat::Vpc);
+        }
+        if head.starts_with(b"MZ") {
+            return Ok(BootImage::Uki(path.to_path_buf()));
+        }
+        if head.len() >= 520 && (&head[512..520] == b"EFI PART" || head[510..512] == [0x55, 0xaa]) {
+            return disk(ImageFormat::Raw);
+        }
+        Err(Error::InvalidFlag {
+            flag: "NAME",
+            value: path.display().to_string(),
+            reason: "is a file but not a disk image (raw GPT/MBR, qcow2, vhd, vmdk) or a UKI; \
+                     for kernel+initrd give the prefix (out/minimal for out/minimal-kernel)"
+                .into(),
+        })
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Writes `uki` as `\EFI\BOOT\BOOTX64.EFI` of a GPT disk at `dest`.
+pub fn write_uki_esp(uki: &Path, dest: &Path) -> Result<()> {
+    let data = fs::read(uki).map_err(Error::io(uki))?;
+    let invalid = |e: image::ImageError| Error::InvalidFlag {
+        flag: "NAME",
+        value: uki.display().to_string(),
+        reason: e.to_string(),
+    };
+    let esp = image::write_fat(
+        &[FatFile {
+            path: "EFI/BOOT/BOOTX64.EFI",
+            data: &data,
+        }],
+        "ESP",
+        b"osk run",
+        0,
+        image::ESP_START / 512,
+    )
+    .map_err(invalid)?;
+    let disk = image::efi_disk(esp, b"osk run", None).map_err(invalid)?;
+    let mut f = File::create(dest).map_err(Error::io(dest))?;
+    disk.write_sparse(&mut f).map_err(Error::io(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_apart_by_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, head: &[u8], tail: &[u8]| {
+            let mut b = vec![0u8; 4096];
+            b[..head.len()].copy_from_slice(head);
+            let n = b.len();
+            b[n - 512..n - 512 + tail.len()].copy_from_slice(tail);
+            let p = dir.path().join(name);
+            fs::write(&p, b).unwrap();
+            p
+        };
+        let fmt = |p: PathBuf| match BootImage::detect(&p).unwrap() {
+            BootImage::Disk { format, .. } => format.as_str(),
+            BootImage::Uki(_) => "uki",
+        };
+        assert_eq!(fmt(write("a", b"QFI\xfb", b"")), "qcow2");
+        assert_eq!(fmt(write("b", b"KDMV", b"")), "vmdk");
+        assert_eq!(fmt(write("c", b"", b"conectix")), "vpc");
+        assert_eq!(fmt(write("d", b"MZ", b"")), "uki");
+        let mut gpt = vec![0u8; 520];
+        gpt[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(fmt(write("e", &gpt, b"")), "raw");
+        let err = BootImage::detect(&write("f", b"hello", b""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a disk image"), "{err}");
+    }
+
+    #[test]
+    fn a_uki_gets_an_esp_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let uki = dir.path().join("x.efi");
+        fs::write(&uki, b"MZ not really").unwrap();
+        let disk = dir.path().join("esp.raw");
+        write_uki_esp(&uki, &disk).unwrap();
+        match BootImage::detect(&disk).unwrap() {
+            BootImage::Disk { format, .. } => assert_eq!(format, ImageFormat::Raw),
+            other => panic!("{other:?}"),
+        }
+    }
+}
