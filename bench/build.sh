@@ -116,7 +116,7 @@ linuxkit_column() {
     local img cache=$W/lk-cache
     for img in bench/kernel:1 bench/init:1 bench/small:1 bench/big:1; do
         if ! "$OSK" --cache "$STORE" cache export "$img" -o "$W/lk.tar" >/dev/null 2>&1 ||
-            ! "$LINUXKIT" cache import --cache-dir "$cache" "$W/lk.tar" >/dev/null 2>&1; then
+            ! "$LINUXKIT" cache import --cache "$cache" "$W/lk.tar" >/dev/null 2>&1; then
             lk_note="linuxkit not available: importing $img into its cache failed"
             return
         fi

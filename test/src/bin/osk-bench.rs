@@ -6,6 +6,7 @@
 //! absolute numbers are slow; the ratios to the floor measured in the same
 //! run are what to compare between runs and machines.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,7 +85,7 @@ fn main() -> Result<()> {
     for i in 0..args.runs {
         eprintln!("floor: boot {}/{}", i + 1, args.runs);
         floor_boots.push(boot_floor(&floor_prefix)?);
-        let Some((_, _, prefix)) = &built else {
+        let Some(BuildTimes { prefix, .. }) = &built else {
             continue;
         };
         loop {
@@ -132,7 +133,7 @@ fn main() -> Result<()> {
     let mut build_rows = None;
     match built {
         None => {}
-        Some((cold, warm, prefix)) => {
+        Some(b) => {
             let m = summarize(&boots);
             let nan = f64::NAN;
             let (cs, cr) = (
@@ -140,8 +141,8 @@ fn main() -> Result<()> {
                 m.containerd_ready.unwrap_or(nan),
             );
             let all = m.all_services.unwrap_or(nan);
-            let kernel = size(&with_suffix(&prefix, "-kernel"));
-            let initrd = size(&with_suffix(&prefix, "-initrd.img"));
+            let kernel = size(&with_suffix(&b.prefix, "-kernel"));
+            let initrd = size(&with_suffix(&b.prefix, "-initrd.img"));
             writeln!(
                 report,
                 "| osk `{}` | {} + {} = {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s ({:.1}× containerd's own) | {:.2} s (floor + {:.2} s) | {:.1} s ({:.1}× floor) | {} |",
@@ -197,34 +198,53 @@ fn main() -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             )?;
-            build_rows = Some((cold, warm, prefix));
+            build_rows = Some(b);
         }
     }
 
     writeln!(report, "\n## Build\n")?;
-    if let Some((cold, warm, prefix)) = build_rows {
+    if let Some(b) = build_rows {
         let tree = unpacked_tree(&args.manifest, work.path())?;
         let floor_build = bench_cpio_floor(&tree, work.path())?;
-        let osk_size = size(&with_suffix(&prefix, "-initrd.img"));
+        let osk_size = size(&with_suffix(&b.prefix, "-initrd.img"));
+        let lk = bench_linuxkit(&args.manifest, work.path());
+        let m = args.manifest.display();
+        // "(0.07× LinuxKit)" when LinuxKit ran in this bench.
+        let vs_lk = |t: f64, pick: fn(&(Timed, Timed, u64)) -> f64| match &lk {
+            Ok(l) => format!(" ({:.2}× LinuxKit)", t / pick(l)),
+            Err(_) => String::new(),
+        };
         writeln!(
             report,
             "| what | wall | peak RSS | initrd |\n|---|---|---|---|"
         )?;
         writeln!(
             report,
-            "| `osk build {}`, cold (packages built from Debian, osk-init compiled) | {:.1} s | {} MiB | |",
-            args.manifest.display(),
-            cold.0,
-            cold.1 / 1024
+            "| `osk build {m}`, cold (packages built from Debian, osk-init compiled) | {:.1} s | {} MiB | |",
+            b.cold.0,
+            b.cold.1 / 1024
         )?;
         writeln!(
             report,
-            "| `osk build {}`, warm store | {:.1} s ({:.2}× floor) | {} MiB | {} |",
-            args.manifest.display(),
-            warm.0,
-            warm.0 / floor_build.0,
-            warm.1 / 1024,
+            "| `osk build {m}`, warm (store, spool and segments warm; no previous output) | {:.2} s{} | {} MiB | {} |",
+            b.warm.0,
+            vs_lk(b.warm.0, |l| l.0 .0),
+            b.warm.1 / 1024,
             mib(osk_size)
+        )?;
+        writeln!(
+            report,
+            "| `osk build {m}`, after a one-line `files` change | {:.2} s{} | {} MiB | |",
+            b.rebuild.0,
+            vs_lk(b.rebuild.0, |l| l.1 .0),
+            b.rebuild.1 / 1024
+        )?;
+        writeln!(
+            report,
+            "| `osk build {m}`, every segment compressed again | {:.1} s ({:.2}× floor) | {} MiB | |",
+            b.segments_dropped.0,
+            b.segments_dropped.0 / floor_build.0,
+            b.segments_dropped.1 / 1024
         )?;
         writeln!(
             report,
@@ -233,6 +253,24 @@ fn main() -> Result<()> {
             floor_build.1 / 1024,
             mib(floor_build.2)
         )?;
+        match &lk {
+            Ok((warm, rebuild, bytes)) => {
+                writeln!(
+                    report,
+                    "| `linuxkit build` (its defaults: gzip, SBOM), same images, warm cache | {:.2} s | {} MiB | {} |",
+                    warm.0,
+                    warm.1 / 1024,
+                    mib(*bytes)
+                )?;
+                writeln!(
+                    report,
+                    "| `linuxkit build`, after the same one-line change | {:.2} s | {} MiB | |",
+                    rebuild.0,
+                    rebuild.1 / 1024
+                )?;
+            }
+            Err(why) => notes.push(format!("LinuxKit not measured: {why}")),
+        }
     }
     if !notes.is_empty() {
         writeln!(report)?;
@@ -319,8 +357,8 @@ fn osk_build_available(manifest: &Path) -> Result<()> {
     }
 }
 
-/// `osk build --dir OUT --name NAME MANIFEST` under /usr/bin/time: (wall s, peak RSS KiB).
-fn timed_build(manifest: &Path, out: &Path, cache: &Path) -> Result<(f64, u64)> {
+/// `osk build --dir OUT --name NAME MANIFEST...` under /usr/bin/time: (wall s, peak RSS KiB).
+fn timed_build(manifests: &[&Path], out: &Path, cache: &Path) -> Result<(f64, u64)> {
     let stats = out.with_extension("time");
     let status = Command::new("/usr/bin/time")
         .arg("-f")
@@ -331,7 +369,7 @@ fn timed_build(manifest: &Path, out: &Path, cache: &Path) -> Result<(f64, u64)> 
         .args(["build", "--dir"])
         .arg(out)
         .args(["--name", "bench"])
-        .arg(manifest)
+        .args(manifests)
         .env("OSK_CACHE", cache)
         .env("SOURCE_DATE_EPOCH", "0")
         .status()
@@ -339,7 +377,7 @@ fn timed_build(manifest: &Path, out: &Path, cache: &Path) -> Result<(f64, u64)> 
     ensure!(
         status.success(),
         "osk build {} failed ({status})",
-        manifest.display()
+        manifests[0].display()
     );
     parse_time(&std::fs::read_to_string(&stats)?)
 }
@@ -359,12 +397,76 @@ fn parse_time(s: &str) -> Result<(f64, u64)> {
 /// Wall seconds and peak RSS in KiB of one timed command.
 type Timed = (f64, u64);
 
-/// Cold (empty store) and warm builds, and the image prefix.
-fn bench_build(manifest: &Path, work: &Path) -> Result<(Timed, Timed, PathBuf)> {
+/// `osk build` of the bench manifest, timed in the ways users meet it.
+struct BuildTimes {
+    /// Empty store: every package built from Debian, osk-init compiled.
+    cold: Timed,
+    /// Store, spool and segment cache warm, no previous output.
+    warm: Timed,
+    /// Store and spool warm, every initramfs segment compressed again.
+    segments_dropped: Timed,
+    /// After a one-line change: a `files` entry in an overlay manifest.
+    rebuild: Timed,
+    /// The warm build's output prefix.
+    prefix: PathBuf,
+}
+
+fn bench_build(manifest: &Path, work: &Path) -> Result<BuildTimes> {
     let cache = work.join("cache-boot");
-    let cold = timed_build(manifest, &work.join("cold"), &cache)?;
-    let warm = timed_build(manifest, &work.join("warm"), &cache)?;
-    Ok((cold, warm, work.join("warm/bench")))
+    let cold = timed_build(&[manifest], &work.join("cold"), &cache)?;
+    let warm = timed_build(&[manifest], &work.join("warm"), &cache)?;
+    std::fs::remove_dir_all(cache.join("segments")).context("dropping the segment cache")?;
+    let segments_dropped = timed_build(&[manifest], &work.join("dropped"), &cache)?;
+    let overlay = work.join("one-line.yml");
+    std::fs::write(
+        &overlay,
+        "files:\n  - path: etc/osk-bench\n    contents: \"one line changed\\n\"\n",
+    )?;
+    let rebuild = timed_build(&[manifest, &overlay], &work.join("rebuild"), &cache)?;
+    Ok(BuildTimes {
+        cold,
+        warm,
+        segments_dropped,
+        rebuild,
+        prefix: work.join("warm/bench"),
+    })
+}
+
+/// `linuxkit build` of the same manifest on the same images
+/// (`bench/linuxkit.sh`, with `$LINUXKIT`): (warm, rebuild, initrd bytes),
+/// or why it did not run.
+fn bench_linuxkit(
+    manifest: &Path,
+    work: &Path,
+) -> std::result::Result<(Timed, Timed, u64), String> {
+    let out = Command::new("bench/linuxkit.sh")
+        .arg(osk_e2e::osk_bin().map_err(|e| e.to_string())?)
+        .arg(work.join("cache-boot"))
+        .arg(manifest)
+        .output()
+        .map_err(|e| format!("cannot run bench/linuxkit.sh: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = HashMap::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("unavailable") => return Err(line["unavailable ".len()..].to_string()),
+            Some(key) => {
+                let v: Vec<f64> = f.filter_map(|x| x.parse().ok()).collect();
+                if let [wall, rss, bytes] = v[..] {
+                    rows.insert(key.to_string(), ((wall, rss as u64), bytes as u64));
+                }
+            }
+            None => {}
+        }
+    }
+    match (rows.get("warm"), rows.get("rebuild")) {
+        (Some(w), Some(r)) => Ok((w.0, r.0, w.1)),
+        _ => Err(format!(
+            "bench/linuxkit.sh printed no timings ({})",
+            out.status
+        )),
+    }
 }
 
 /// The root filesystem `osk build` archives, unpacked from its `tar` output
