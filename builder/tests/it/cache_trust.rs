@@ -354,3 +354,52 @@ fn cache_verify_finds_each_kind_of_damage_and_repair_drops_it() {
     );
     assert!(!entry.exists() && !index.exists() && !orphan.exists());
 }
+
+/// A damaged initramfs segment is found by `osk cache verify`, and
+/// `--repair` drops it so that the next build compresses it again.
+#[test]
+fn cache_verify_checks_the_segment_cache() {
+    let n = node(None);
+    let out = n.dir.path().join("out");
+    let o = run(osk_build(&n, &out, &["--format", "kernel+initrd"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let initrd = std::fs::read(out.join("node-initrd.img")).unwrap();
+    let clean = osk_cache(&n.store, &["verify"]);
+    assert!(clean.status.success(), "{}", stderr(&clean));
+    assert!(
+        stderr(&clean).contains("initramfs segments are sound"),
+        "{}",
+        stderr(&clean)
+    );
+
+    let mut segments: Vec<_> = std::fs::read_dir(n.store.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    let victim = &segments[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(victim, bytes).unwrap();
+
+    let o = osk_cache(&n.store, &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        stdout.contains("initramfs segment") && stdout.contains(&victim.display().to_string()),
+        "{stdout}"
+    );
+    let o = osk_cache(&n.store, &["verify", "--repair"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!victim.exists());
+    assert!(osk_cache(&n.store, &["verify"]).status.success());
+    // The next build compresses the dropped segment again: the same bytes.
+    let again = n.dir.path().join("again");
+    let o = run(osk_build(&n, &again, &["--format", "kernel+initrd"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(again.join("node-initrd.img")).unwrap(),
+        initrd
+    );
+}

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use osk_builder::assemble::{self, Spool};
+use osk_builder::initramfs::SegmentCache;
 use osk_builder::reference::Reference;
 use osk_builder::store::{host_arch, ArchiveFormat, Image, Store};
 
@@ -91,8 +92,8 @@ pub fn run(cmd: CacheCommand, store_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the store, then the spool (a cache of it); every other cache the
-/// builder keeps is checked here too as it gains one.
+/// Checks the store, then the caches derived from it: the spool and the
+/// initramfs segment cache.
 fn verify(store: &Store, spool_dir: &Path, repair: bool) -> anyhow::Result<()> {
     let found = store.verify().context("cannot verify the image store")?;
     for b in &found.bad {
@@ -133,8 +134,24 @@ fn verify(store: &Store, spool_dir: &Path, repair: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let segments = SegmentCache::in_store(store.root());
+    let bad_segments = segments
+        .verify()
+        .context("cannot verify the initramfs segment cache")?;
+    for d in &bad_segments {
+        println!(
+            "initramfs segment {} is damaged: {}",
+            d.path.display(),
+            d.reason
+        );
+    }
+    damage += bad_segments.len();
     if damage == 0 {
-        eprintln!("{} blobs and the spool are sound", found.blobs);
+        eprintln!(
+            "{} blobs, the spool and {} initramfs segments are sound",
+            found.blobs,
+            segments.list().map_or(0, |l| l.len())
+        );
         return Ok(());
     }
     if !repair {
@@ -150,6 +167,14 @@ fn verify(store: &Store, spool_dir: &Path, repair: bool) -> anyhow::Result<()> {
         match std::fs::remove_file(p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("cannot remove {}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    for d in &bad_segments {
+        match std::fs::remove_file(&d.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", d.path.display()))
             }
             _ => {}
         }
