@@ -14,7 +14,7 @@ use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::{self, transport::Channel, Code, Request};
 
@@ -47,9 +47,6 @@ impl Error {
             Error::Connect { .. } => None,
         }
     }
-    pub fn is_not_found(&self) -> bool {
-        self.code() == Some(Code::NotFound)
-    }
     /// containerd itself is gone (as opposed to refusing the request).
     pub fn is_unavailable(&self) -> bool {
         matches!(
@@ -66,21 +63,6 @@ pub enum TaskState {
     Running,
     Stopped,
     Other,
-}
-
-/// A container in the namespace and its task, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub id: String,
-    pub task: Option<(u32, TaskState)>,
-}
-
-/// What to run: the spec and where the task's output goes (FIFO paths).
-pub struct ServiceDef<'a> {
-    pub id: &'a str,
-    pub spec_json: Vec<u8>,
-    pub stdout: &'a str,
-    pub stderr: &'a str,
 }
 
 /// A connection to containerd, bound to one namespace.
@@ -135,19 +117,6 @@ impl Containerd {
             .await
             .map_err(rpc("version", ""))?;
         Ok(v.into_inner().version)
-    }
-
-    /// Creates the container and its task (removing stale ones of the same
-    /// name), runs `before_start` with the task's pid (namespaces exist, the
-    /// process has not exec'd yet) and starts it. Returns the pid.
-    pub async fn start_service(
-        &self,
-        def: ServiceDef<'_>,
-        before_start: impl FnOnce(u32) -> Result<(), String>,
-    ) -> Result<u32, Error> {
-        self.create_container(def.id, def.spec_json).await?;
-        self.start_task(def.id, def.stdout, def.stderr, before_start)
-            .await
     }
 
     /// The container record alone (removing a stale one of the same name):
@@ -258,29 +227,6 @@ impl Containerd {
         Ok(())
     }
 
-    /// SIGTERM, up to `grace` for the task to exit, SIGKILL; then removes
-    /// the task and the container. Returns the exit status if it was running.
-    pub async fn stop_service(&self, id: &str, grace: Duration) -> Result<Option<u32>, Error> {
-        let mut code = None;
-        if let Some((_, TaskState::Running | TaskState::Created)) = self.task(id).await? {
-            let waiter = self.wait_exit(id);
-            tokio::pin!(waiter);
-            let _ = self.kill(id, libc::SIGTERM).await;
-            code = match tokio::time::timeout(grace, &mut waiter).await {
-                Ok(r) => r.ok(),
-                Err(_) => {
-                    let _ = self.kill(id, libc::SIGKILL).await;
-                    tokio::time::timeout(Duration::from_secs(5), waiter)
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                }
-            };
-        }
-        self.remove(id).await?;
-        Ok(code)
-    }
-
     /// The task's pid and state, `None` without a task.
     pub async fn task(&self, id: &str) -> Result<Option<(u32, TaskState)>, Error> {
         match TasksClient::new(self.channel.clone())
@@ -336,22 +282,6 @@ impl Containerd {
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(rpc("delete container", id)(s)),
         }
-    }
-
-    /// Every container in the namespace with its task.
-    pub async fn list(&self) -> Result<Vec<Listed>, Error> {
-        let cs = ContainersClient::new(self.channel.clone())
-            .list(req(&self.ns, ListContainersRequest::default()))
-            .await
-            .map_err(rpc("list containers", &self.ns))?
-            .into_inner()
-            .containers;
-        let mut out = Vec::new();
-        for c in cs {
-            let task = self.task(&c.id).await?;
-            out.push(Listed { id: c.id, task });
-        }
-        Ok(out)
     }
 }
 
