@@ -7,7 +7,7 @@ use std::process::Command;
 
 use osk_builder::initramfs::unpack_newc;
 use osk_builder::store::Store;
-use support::{layer, sh, simple, E};
+use support::{kernel_and_init, sh, simple, E};
 
 fn osk(store: &Path, cwd: &Path, tmp: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_osk"))
@@ -26,16 +26,7 @@ fn osk_build_is_reproducible_from_anywhere() {
     let d = tempfile::tempdir().unwrap();
     let store_dir = d.path().join("store");
     let store = Store::open(&store_dir).unwrap();
-    let modules = layer(&[E::File("lib/modules/6.1.0/x.ko", b"ko", 0o644)]);
-    simple(
-        &store,
-        "test/kernel:1",
-        &[
-            E::File("kernel", b"bzImage", 0o644),
-            E::File("kernel.tar", &modules, 0o644),
-        ],
-    );
-    simple(&store, "test/init:1", &[E::File("init", b"#!init", 0o755)]);
+    kernel_and_init(&store);
     simple(
         &store,
         "test/getty:1",

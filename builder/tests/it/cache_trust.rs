@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use osk_builder::store::Store;
-use support::{layer, simple, E};
+use support::{kernel_and_init, simple, E};
 
 struct Node {
     dir: tempfile::TempDir,
@@ -20,16 +20,7 @@ fn node(big: Option<&[u8]>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let store = Store::open(&store_dir).unwrap();
-    let modules = layer(&[E::File("lib/modules/6.1.0/x.ko", b"ko", 0o644)]);
-    simple(
-        &store,
-        "test/kernel:1",
-        &[
-            E::File("kernel", b"bzImage", 0o644),
-            E::File("kernel.tar", &modules, 0o644),
-        ],
-    );
-    simple(&store, "test/init:1", &[E::File("init", b"#!init", 0o755)]);
+    kernel_and_init(&store);
     let mut svc = vec![E::File("bin/getty", b"the getty binary", 0o755)];
     if let Some(b) = big {
         svc.push(E::File("big", b, 0o644));

@@ -125,3 +125,18 @@ pub fn sh(cmd: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `test/kernel:1` (a bzImage stand-in and one module) and `test/init:1`,
+/// the two images every bootable test manifest starts from.
+pub fn kernel_and_init(store: &Store) {
+    let modules = layer(&[E::File("lib/modules/6.1.0/x.ko", b"ko", 0o644)]);
+    simple(
+        store,
+        "test/kernel:1",
+        &[
+            E::File("kernel", b"bzImage", 0o644),
+            E::File("kernel.tar", &modules, 0o644),
+        ],
+    );
+    simple(store, "test/init:1", &[E::File("init", b"#!init", 0o755)]);
+}
