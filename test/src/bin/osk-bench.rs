@@ -269,7 +269,7 @@ fn main() -> Result<()> {
                     rebuild.1 / 1024
                 )?;
             }
-            Err(why) => notes.push(format!("LinuxKit not measured: {why}")),
+            Err(why) => notes.push(format!("LinuxKit not measured: {why:#}")),
         }
     }
     if !notes.is_empty() {
@@ -435,22 +435,19 @@ fn bench_build(manifest: &Path, work: &Path) -> Result<BuildTimes> {
 /// `linuxkit build` of the same manifest on the same images
 /// (`bench/linuxkit.sh`, with `$LINUXKIT`): (warm, rebuild, initrd bytes),
 /// or why it did not run.
-fn bench_linuxkit(
-    manifest: &Path,
-    work: &Path,
-) -> std::result::Result<(Timed, Timed, u64), String> {
+fn bench_linuxkit(manifest: &Path, work: &Path) -> Result<(Timed, Timed, u64)> {
     let out = Command::new("bench/linuxkit.sh")
-        .arg(osk_e2e::osk_bin().map_err(|e| e.to_string())?)
+        .arg(osk_e2e::osk_bin()?)
         .arg(work.join("cache-boot"))
         .arg(manifest)
         .output()
-        .map_err(|e| format!("cannot run bench/linuxkit.sh: {e}"))?;
+        .context("cannot run bench/linuxkit.sh")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = HashMap::new();
     for line in text.lines() {
         let mut f = line.split_whitespace();
         match f.next() {
-            Some("unavailable") => return Err(line["unavailable ".len()..].to_string()),
+            Some("unavailable") => bail!("{}", &line["unavailable ".len()..]),
             Some(key) => {
                 let v: Vec<f64> = f.filter_map(|x| x.parse().ok()).collect();
                 if let [wall, rss, bytes] = v[..] {
@@ -462,10 +459,7 @@ fn bench_linuxkit(
     }
     match (rows.get("warm"), rows.get("rebuild")) {
         (Some(w), Some(r)) => Ok((w.0, r.0, w.1)),
-        _ => Err(format!(
-            "bench/linuxkit.sh printed no timings ({})",
-            out.status
-        )),
+        _ => bail!("bench/linuxkit.sh printed no timings ({})", out.status),
     }
 }
 
