@@ -118,6 +118,13 @@ fn same_inputs_same_image_digest() {
     );
     let (digest, _) = &img.layers().unwrap()[0];
     let gz = a.read_blob(digest).unwrap();
+    // Pinned: the layer's bytes (entry order, headers) must not change silently.
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut raw).unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&raw)),
+        "2c732e967742e7ef2b69822f8993fa6790c361f3a2ffcd89a60ddae9152e1208"
+    );
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
     let mut names = Vec::new();
     for e in ar.entries().unwrap() {

@@ -11,6 +11,7 @@ use osk_builder::pkg::{self, Options};
 use osk_builder::reference::Reference;
 use osk_builder::store::Store;
 use serde_json::Value;
+use sha2::Digest;
 use support::{gzip, layer, E};
 
 const BASE: &str = "registry.example.invalid/base:1";
@@ -96,11 +97,15 @@ fn opts(root: &Path) -> Options {
     }
 }
 
-/// Path -> (entry type, content) of a built package's single layer.
-fn layer_of(store: &Store, r: &Reference) -> BTreeMap<String, (tar::EntryType, Vec<u8>)> {
+/// The sha256 of a built package's single (uncompressed) layer, and its
+/// path -> (entry type, content).
+fn layer_of(store: &Store, r: &Reference) -> (String, BTreeMap<String, (tar::EntryType, Vec<u8>)>) {
     let img = store.image(r, "linux", "amd64").unwrap();
     assert_eq!(img.manifest.layers().len(), 1);
     let gz = store.read_blob(&img.layers().unwrap()[0].0).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut raw).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&raw));
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
     let mut out = BTreeMap::new();
     for e in ar.entries().unwrap() {
@@ -115,7 +120,7 @@ fn layer_of(store: &Store, r: &Reference) -> BTreeMap<String, (tar::EntryType, V
             .to_string();
         out.insert(path, (e.header().entry_type(), data));
     }
-    out
+    (sha, out)
 }
 
 #[test]
@@ -125,7 +130,12 @@ fn package_from_store_image_has_base_files_overrides_and_config() {
     put_base(&store, BASE, b"ID=base\n");
     let dir = package(tmp.path(), BASE, "cmd: [--pkg]\n");
     let r = pkg::ensure_built(&dir, &store, &opts(tmp.path())).unwrap();
-    let files = layer_of(&store, &r);
+    let (sha, files) = layer_of(&store, &r);
+    // Pinned: the layer's bytes (entry order, headers) must not change silently.
+    assert_eq!(
+        sha,
+        "d58ad34e12b0bf1a282d90e17fef17b82e6e35ee157f6b7839d5c437ae0138c5"
+    );
 
     assert_eq!(files["etc/os-release"].1, b"ID=base\n");
     assert_eq!(
@@ -200,7 +210,7 @@ fn changed_base_image_changes_the_tag() {
     assert_ne!(first, second);
     let r = pkg::ensure_built(&dir, &store, &o).unwrap();
     assert_eq!(r.familiar(), second);
-    assert_eq!(layer_of(&store, &r)["etc/os-release"].1, b"ID=base-v2\n");
+    assert_eq!(layer_of(&store, &r).1["etc/os-release"].1, b"ID=base-v2\n");
 
     // A digest-pinned reference names the same image.
     let digest = store
@@ -209,7 +219,7 @@ fn changed_base_image_changes_the_tag() {
         .manifest_digest;
     let pinned = package(tmp.path(), &format!("{BASE}@{digest}"), "");
     let r = pkg::ensure_built(&pinned, &store, &o).unwrap();
-    assert_eq!(layer_of(&store, &r)["etc/os-release"].1, b"ID=base-v2\n");
+    assert_eq!(layer_of(&store, &r).1["etc/os-release"].1, b"ID=base-v2\n");
 }
 
 #[test]
