@@ -168,6 +168,8 @@ mod tests {
         t.insert("usr/bin/b".into(), Node::file(b"b".to_vec(), 0o755));
         t.insert("etc/a".into(), Node::file(b"a".to_vec(), 0o644));
         t.insert("bin".into(), Node::symlink("usr/bin"));
+        // Path-string order, not a tree walk: `usr-x` comes between `usr` and `usr/bin`.
+        t.insert("usr-x".into(), Node::file(b"x".to_vec(), 0o600));
         let run = RunConfig {
             cmd: Some(vec!["/usr/bin/b".into()]),
             label: Some(json!({"net": "host", "capabilities": ["all"]})),
@@ -185,7 +187,20 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["bin", "etc/", "etc/a", "usr/", "usr/bin/", "usr/bin/b"]
+            [
+                "bin",
+                "etc/",
+                "etc/a",
+                "usr/",
+                "usr-x",
+                "usr/bin/",
+                "usr/bin/b"
+            ]
+        );
+        // Pinned: these bytes decide every package image's digest.
+        assert_eq!(
+            a.layer_digest(),
+            "sha256:e986ff5fbb8d5e6cb64db0e96b2a7dcf30cc769623c3408911aa84e7817e384c"
         );
         let cfg: Value = serde_json::from_slice(&a.config).unwrap();
         assert_eq!(
