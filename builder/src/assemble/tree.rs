@@ -36,21 +36,26 @@ impl Meta {
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum Kind {
-    Dir(BTreeMap<Vec<u8>, NodeId>),
-    /// A regular file; its metadata lives in the inode, shared by hard links.
-    File(InodeId),
+/// What a path is, in every file tree the builder assembles. `D` is what a
+/// directory holds and `F` what a regular file holds: this arena keeps the
+/// children and an inode; pkg's in-memory tree (keyed by path) keeps nothing
+/// and the file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind<D = BTreeMap<Vec<u8>, NodeId>, F = InodeId> {
+    Dir(D),
+    /// A regular file; in the arena its metadata lives in the inode, shared by hard links.
+    File(F),
     Symlink(Vec<u8>),
     Char(u32, u32),
     Block(u32, u32),
     Fifo,
 }
 
-#[derive(Debug, Clone)]
-pub struct Node {
+/// One entry of a file tree; see [`Kind`] for `D` and `F`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node<D = BTreeMap<Vec<u8>, NodeId>, F = InodeId> {
     pub meta: Meta,
-    pub kind: Kind,
+    pub kind: Kind<D, F>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

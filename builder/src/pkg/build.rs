@@ -537,7 +537,7 @@ fn image_tree(store: &Store, image: &store::Image) -> Result<Tree, Error> {
         let path = text(path)?;
         let n = flat.node(id);
         let (kind, meta) = match &n.kind {
-            assemble::Kind::Dir(_) => (Kind::Dir, n.meta),
+            assemble::Kind::Dir(_) => (Kind::Dir(()), n.meta),
             assemble::Kind::File(ino) => {
                 let inode = flat.inode(*ino);
                 let mut data = Vec::with_capacity(inode.size as usize);
@@ -547,21 +547,13 @@ fn image_tree(store: &Store, image: &store::Image) -> Result<Tree, Error> {
                     .map_err(|e| Error::Image(format!("base image {name}: {path}: {e}")))?;
                 (Kind::File(data), inode.meta)
             }
-            assemble::Kind::Symlink(t) => (Kind::Symlink(text(t.clone())?), n.meta),
+            assemble::Kind::Symlink(t) => (Kind::Symlink(text(t.clone())?.into_bytes()), n.meta),
             assemble::Kind::Char(a, b) => (Kind::Char(*a, *b), n.meta),
             assemble::Kind::Block(a, b) => (Kind::Block(*a, *b), n.meta),
             assemble::Kind::Fifo => (Kind::Fifo, n.meta),
         };
         // walk() yields parents first: plain inserts keep the image's metadata.
-        tree.entries.insert(
-            path,
-            Node {
-                kind,
-                mode: meta.mode,
-                uid: meta.uid.into(),
-                gid: meta.gid.into(),
-            },
-        );
+        tree.entries.insert(path, Node { kind, meta });
     }
     Ok(tree)
 }
@@ -610,7 +602,10 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
     if merged_usr {
         for d in MERGED_USR_DIRS {
             // A base image's real directory stays: its contents would hang below a symlink.
-            let base_dir = tree.entries.get(*d).is_some_and(|n| n.kind == Kind::Dir);
+            let base_dir = tree
+                .entries
+                .get(*d)
+                .is_some_and(|n| n.kind == Kind::Dir(()));
             if tree.entries.contains_key(&format!("usr/{d}")) && !base_dir {
                 tree.insert(d.to_string(), Node::symlink(&format!("usr/{d}")));
             }

@@ -2,7 +2,9 @@
 //! owners, gzip with fixed parameters) and a config with sorted JSON keys.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -56,11 +58,11 @@ pub fn layer_tar(tree: &Tree, mtime: u64) -> Result<Vec<u8>, std::io::Error> {
     for (path, node) in &tree.entries {
         let mut h = tar::Header::new_gnu();
         h.set_mtime(mtime);
-        h.set_uid(node.uid);
-        h.set_gid(node.gid);
-        h.set_mode(node.mode);
+        h.set_uid(node.meta.uid.into());
+        h.set_gid(node.meta.gid.into());
+        h.set_mode(node.meta.mode);
         match &node.kind {
-            Kind::Dir => {
+            Kind::Dir(()) => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
                 b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
@@ -73,7 +75,7 @@ pub fn layer_tar(tree: &Tree, mtime: u64) -> Result<Vec<u8>, std::io::Error> {
             Kind::Symlink(target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                b.append_link(&mut h, path, target)?;
+                b.append_link(&mut h, path, OsStr::from_bytes(target))?;
             }
             Kind::Char(major, minor) | Kind::Block(major, minor) => {
                 h.set_entry_type(if matches!(node.kind, Kind::Char(..)) {

@@ -4,50 +4,34 @@ use std::collections::BTreeMap;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-/// What a path is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File(Vec<u8>),
-    Symlink(String),
-    /// Device nodes and FIFOs come only from a base image (`from:` an OCI image).
-    Char(u32, u32),
-    Block(u32, u32),
-    Fifo,
-}
+use crate::assemble::Meta;
 
-/// One filesystem entry. Owners are numeric: names are normalised away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub kind: Kind,
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
-}
+/// What a path is: the builder's one [`assemble::Kind`](crate::assemble::Kind),
+/// with nothing in a directory (paths are the keys) and the bytes in a file.
+/// Device nodes and FIFOs come only from a base image (`from:` an OCI image).
+pub type Kind = crate::assemble::Kind<(), Vec<u8>>;
+
+/// One filesystem entry: the builder's one [`assemble::Node`](crate::assemble::Node)
+/// over [`Kind`]. Owners are numeric: names are normalised away.
+pub type Node = crate::assemble::Node<(), Vec<u8>>;
 
 impl Node {
     pub fn dir(mode: u32) -> Node {
         Node {
-            kind: Kind::Dir,
-            mode,
-            uid: 0,
-            gid: 0,
+            kind: Kind::Dir(()),
+            meta: Meta::root(mode),
         }
     }
     pub fn file(data: Vec<u8>, mode: u32) -> Node {
         Node {
             kind: Kind::File(data),
-            mode,
-            uid: 0,
-            gid: 0,
+            meta: Meta::root(mode),
         }
     }
     pub fn symlink(target: &str) -> Node {
         Node {
-            kind: Kind::Symlink(target.to_string()),
-            mode: 0o777,
-            uid: 0,
-            gid: 0,
+            kind: Kind::Symlink(target.as_bytes().to_vec()),
+            meta: Meta::root(0o777),
         }
     }
 }
@@ -115,9 +99,9 @@ impl Tree {
             parent = p;
         }
         // A directory shipped twice keeps the first owner/mode; anything else is replaced.
-        if node.kind == Kind::Dir {
+        if node.kind == Kind::Dir(()) {
             if let Some(existing) = self.entries.get(&path) {
-                if existing.kind == Kind::Dir {
+                if existing.kind == Kind::Dir(()) {
                     return;
                 }
             }

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::Error;
+use crate::assemble::Meta;
 use crate::pkg::tree::{normalise, Kind, Node, Patterns, Tree};
 
 /// What to keep while unpacking.
@@ -72,10 +73,14 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
             }
             let h = entry.header();
             let mode = h.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
-            let uid = h.uid().map_err(|e| bad(e.to_string()))?;
-            let gid = h.gid().map_err(|e| bad(e.to_string()))?;
+            let owner = |id: std::io::Result<u64>, what: &str| {
+                let id = id.map_err(|e| bad(e.to_string()))?;
+                u32::try_from(id).map_err(|_| bad(format!("{raw}: {what} {id} out of range")))
+            };
+            let uid = owner(h.uid(), "uid")?;
+            let gid = owner(h.gid(), "gid")?;
             let kind = match h.entry_type() {
-                tar::EntryType::Directory => Kind::Dir,
+                tar::EntryType::Directory => Kind::Dir(()),
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let mut data = Vec::with_capacity(h.size().unwrap_or(0) as usize);
                     entry
@@ -88,7 +93,7 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
                         .link_name()
                         .map_err(|e| bad(e.to_string()))?
                         .ok_or_else(|| bad(format!("{raw}: symlink without target")))?;
-                    Kind::Symlink(target.to_string_lossy().to_string())
+                    Kind::Symlink(target.to_string_lossy().into_owned().into_bytes())
                 }
                 tar::EntryType::Link => {
                     // Hard links become copies: one sorted layer cannot
@@ -109,9 +114,7 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
                 path,
                 Node {
                     kind,
-                    mode,
-                    uid,
-                    gid,
+                    meta: Meta { mode, uid, gid },
                 },
             );
         }
