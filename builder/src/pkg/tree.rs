@@ -171,4 +171,25 @@ mod tests {
         t.remove_all("a/b");
         assert_eq!(t.entries.keys().collect::<Vec<_>>(), ["a"]);
     }
+
+    #[test]
+    fn insert_keeps_a_directory_s_first_owner_and_replaces_anything_else() {
+        let mut t = Tree::default();
+        let mut owned = Node::dir(0o700);
+        owned.meta.uid = 7;
+        t.insert("d".into(), owned.clone());
+        t.insert("d".into(), Node::dir(0o755));
+        assert_eq!(t.entries["d"], owned);
+        t.insert("l".into(), Node::symlink("d"));
+        t.insert("l".into(), Node::symlink("e"));
+        assert_eq!(t.entries["l"].kind, Kind::Symlink(b"e".to_vec()));
+        t.insert("l".into(), Node::dir(0o755));
+        assert_eq!(t.entries["l"].kind, Kind::Dir(()));
+        // Paths are keys: a path below a symlink is stored as it is, never written through it.
+        t.insert("s".into(), Node::symlink("d"));
+        t.insert("s/f".into(), Node::file(b"x".to_vec(), 0o644));
+        assert_eq!(t.entries["s"].kind, Kind::Symlink(b"d".to_vec()));
+        assert_eq!(t.file("s/f"), Some(&b"x"[..]));
+        assert_eq!(t.file("d/f"), None);
+    }
 }
