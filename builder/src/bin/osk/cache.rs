@@ -160,21 +160,13 @@ fn verify(store: &Store, spool_dir: &Path, repair: bool) -> anyhow::Result<()> {
     for name in store.repair(&found)? {
         eprintln!("dropped image {name}: pull or build it again (osk build does)");
     }
-    for p in spool_check
+    let spool_damage = spool_check
         .iter()
-        .flat_map(|c| c.content.iter().map(|d| &d.path).chain(&c.indexes))
-    {
+        .flat_map(|c| c.content.iter().map(|d| &d.path).chain(&c.indexes));
+    for p in spool_damage.chain(bad_segments.iter().map(|d| &d.path)) {
         match std::fs::remove_file(p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("cannot remove {}", p.display()))
-            }
-            _ => {}
-        }
-    }
-    for d in &bad_segments {
-        match std::fs::remove_file(&d.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot remove {}", d.path.display()))
             }
             _ => {}
         }
