@@ -18,6 +18,8 @@ use osk_e2e::floor;
 use osk_e2e::{BootOpts, Machine};
 use osk_layout::marker::Event;
 
+mod formats;
+
 #[derive(Parser)]
 #[command(about = "Benchmark osk's build and boot against the busybox floor")]
 struct Args {
@@ -130,6 +132,7 @@ fn main() -> Result<()> {
         floor.wall
     )?;
 
+    let built_ok = built.is_some();
     let mut build_rows = None;
     match built {
         None => {}
@@ -272,6 +275,16 @@ fn main() -> Result<()> {
             Err(why) => notes.push(format!("LinuxKit not measured: {why:#}")),
         }
     }
+    if built_ok {
+        writeln!(report)?;
+        report.push_str(&formats::section(
+            &args.manifest,
+            &work.path().join("cache-boot"),
+            work.path(),
+            args.runs,
+            &mut notes,
+        )?);
+    }
     if !notes.is_empty() {
         writeln!(report)?;
         for n in &notes {
@@ -357,8 +370,17 @@ fn osk_build_available(manifest: &Path) -> Result<()> {
     }
 }
 
-/// `osk build --dir OUT --name NAME MANIFEST...` under /usr/bin/time: (wall s, peak RSS KiB).
+/// `osk build --dir OUT --name bench [EXTRA...] MANIFEST...` under /usr/bin/time: (wall s, peak RSS KiB).
 fn timed_build(manifests: &[&Path], out: &Path, cache: &Path) -> Result<(f64, u64)> {
+    timed_build_with(manifests, &[], out, cache)
+}
+
+fn timed_build_with(
+    manifests: &[&Path],
+    extra: &[&str],
+    out: &Path,
+    cache: &Path,
+) -> Result<(f64, u64)> {
     let stats = out.with_extension("time");
     let status = Command::new("/usr/bin/time")
         .arg("-f")
@@ -369,6 +391,7 @@ fn timed_build(manifests: &[&Path], out: &Path, cache: &Path) -> Result<(f64, u6
         .args(["build", "--dir"])
         .arg(out)
         .args(["--name", "bench"])
+        .args(extra)
         .args(manifests)
         .env("OSK_CACHE", cache)
         .env("SOURCE_DATE_EPOCH", "0")
@@ -376,7 +399,8 @@ fn timed_build(manifests: &[&Path], out: &Path, cache: &Path) -> Result<(f64, u6
         .context("running /usr/bin/time osk build (apt-get install time)")?;
     ensure!(
         status.success(),
-        "osk build {} failed ({status})",
+        "osk build {} {} failed ({status})",
+        extra.join(" "),
         manifests[0].display()
     );
     parse_time(&std::fs::read_to_string(&stats)?)
