@@ -6,6 +6,7 @@
 //! into place only when their digest is right; every read is verified again,
 //! so a corrupt blob is an error, never silently used.
 
+mod docker_archive;
 mod layout;
 mod transfer;
 mod verify;

@@ -192,6 +192,7 @@ impl Store {
                 }
                 builder.finish().map_err(io_err(dest))?;
                 drop(builder);
+                readable(&tmp, dest)?;
                 tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
             }
         }
@@ -199,7 +200,15 @@ impl Store {
     }
 }
 
-fn fixed_header(size: u64) -> tar::Header {
+/// An archive is for others to read: 0644, not the temporary file's 0600.
+pub(super) fn readable(tmp: &tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(io_err(dest))
+}
+
+pub(super) fn fixed_header(size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_size(size);
     h.set_mode(0o644);
@@ -210,7 +219,11 @@ fn fixed_header(size: u64) -> tar::Header {
     h
 }
 
-fn append_bytes(builder: &mut tar::Builder<&File>, name: &str, bytes: &[u8]) -> Result<()> {
+pub(super) fn append_bytes(
+    builder: &mut tar::Builder<&File>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
     let mut header = fixed_header(bytes.len() as u64);
     builder
         .append_data(&mut header, name, bytes)

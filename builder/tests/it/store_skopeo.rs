@@ -196,3 +196,66 @@ fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// `osk cache export --format docker-archive` writes what `docker load`
+/// reads; skopeo's docker-archive transport is the same reader, and copying
+/// back to OCI gives the image osk stored, layer for layer.
+#[test]
+fn skopeo_reads_a_docker_archive_export() {
+    if !have("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let layer = crate::support::layer(&[crate::support::E::File("etc/hello", b"hello\n", 0o644)]);
+    let desc = store
+        .put_bytes(MediaType::ImageLayerGzip, &crate::support::gzip(&layer))
+        .unwrap();
+    let diff_id = format!("sha256:{}", sha256_hex(&layer));
+    let config = ImageConfigurationBuilder::default()
+        .architecture("amd64")
+        .os("linux")
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![diff_id.clone()])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let r = Reference::parse("osk/docker-export:1").unwrap();
+    store.write_image(&r, &config, vec![desc]).unwrap();
+    let tar = dir.path().join("docker.tar");
+    store.export_docker_archive(&r, "amd64", &tar).unwrap();
+
+    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        &format!("docker-archive:{}", tar.display()),
+    ]))
+    .unwrap();
+    assert_eq!(inspect["Architecture"], "amd64", "{inspect}");
+    // The archive's tag is what `docker load` names the image.
+    let named: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        &format!(
+            "docker-archive:{}:docker.io/osk/docker-export:1",
+            tar.display()
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(named["Layers"].as_array().map(Vec::len), Some(1), "{named}");
+
+    // Copied to an OCI layout, the one layer unpacks to the file osk stored.
+    let copy = dir.path().join("copy");
+    skopeo(&[
+        "copy",
+        &format!("docker-archive:{}", tar.display()),
+        &format!("oci:{}:v1", copy.display()),
+    ]);
+    let back = Store::open(dir.path().join("back")).unwrap();
+    let again = Reference::parse("osk/back:v1").unwrap();
+    back.import(&copy, Some(&again)).unwrap();
+    let img = back.image(&again, "linux", "amd64").unwrap();
+    assert_eq!(img.config.rootfs().diff_ids(), &vec![diff_id]);
+}

@@ -9,6 +9,12 @@ use osk_builder::initramfs::SegmentCache;
 use osk_builder::reference::Reference;
 use osk_builder::store::{host_arch, ArchiveFormat, Image, Store};
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Oci,
+    DockerArchive,
+}
+
 #[derive(Subcommand)]
 pub enum CacheCommand {
     /// List images in the store.
@@ -25,11 +31,19 @@ pub enum CacheCommand {
         #[arg(long = "as", value_name = "IMAGE")]
         name: Option<String>,
     },
-    /// Export an image as an OCI archive (PATH ending in .tar) or layout directory.
+    /// Export an image as an OCI archive (PATH ending in .tar) or layout
+    /// directory, or as a tarball `docker load` reads.
     Export {
         image: String,
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
+        /// oci: an OCI archive or layout, every platform; docker-archive:
+        /// `docker save`'s format, one platform, for `docker load`.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Oci)]
+        format: ExportFormat,
+        /// The platform a docker-archive holds.
+        #[arg(long, default_value_t = host_arch().to_string(), value_name = "ARCH")]
+        arch: String,
     },
     /// Hash every blob and cache entry and check every reference; exit 1 on damage.
     Verify {
@@ -81,11 +95,18 @@ pub fn run(cmd: CacheCommand, store_path: PathBuf) -> anyhow::Result<()> {
                 println!("{}", r.familiar());
             }
         }
-        CacheCommand::Export { image, output } => {
+        CacheCommand::Export {
+            image,
+            output,
+            format,
+            arch,
+        } => {
             let r = parse(&image)?;
-            store
-                .export(&r, &output, ArchiveFormat::for_path(&output))
-                .with_context(|| format!("cannot export {image} to {}", output.display()))?;
+            match format {
+                ExportFormat::Oci => store.export(&r, &output, ArchiveFormat::for_path(&output)),
+                ExportFormat::DockerArchive => store.export_docker_archive(&r, &arch, &output),
+            }
+            .with_context(|| format!("cannot export {image} to {}", output.display()))?;
         }
         CacheCommand::Verify { .. } => unreachable!("handled above"),
     }
