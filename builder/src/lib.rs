@@ -1,5 +1,6 @@
 //! osk's builder library. The `osk` binary is a thin CLI over these modules.
 
+pub mod arch;
 pub mod assemble;
 pub mod build;
 pub mod civil;

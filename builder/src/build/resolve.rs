@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::arch::Arch;
 use crate::manifest::{ImageRef, ImageSource};
 use crate::pkg;
 use crate::pull::{self, PullError, PullOptions};
 use crate::reference::{Reference, ReferenceError};
-use crate::store::{Image, Store, StoreError};
+use crate::store::{Image, PlatformSpec, Store, StoreError};
 
 use super::{BuildError, Resolve};
 
@@ -32,6 +33,25 @@ pub enum ResolveError {
         #[source]
         source: Box<pkg::Error>,
     },
+    /// Whatever a provider returned: the build never takes another platform's image.
+    #[error("image {image} is for {has}, not {wanted}: build with `--arch {}` or use an image for {wanted}", has.arch)]
+    Platform {
+        image: String,
+        wanted: String,
+        has: PlatformSpec,
+    },
+    #[error("{stored}; pulling it for that platform failed too: {pulled}")]
+    StoredPlatforms {
+        stored: StoreError,
+        pulled: Box<ResolveError>,
+    },
+    #[error("image {image} has no {wanted} image: {source}")]
+    PackagePlatform {
+        image: String,
+        wanted: String,
+        #[source]
+        source: Box<ResolveError>,
+    },
 }
 
 /// What resolution needs from the world; [`StoreRegistry`] is the real one.
@@ -49,15 +69,15 @@ pub trait ImageProvider {
 /// Turns the manifest's image references into images for one architecture.
 pub struct Resolver<P> {
     provider: P,
-    arch: String,
+    arch: Arch,
     refresh: bool,
 }
 
 impl<P: ImageProvider> Resolver<P> {
-    pub fn new(provider: P, arch: impl Into<String>) -> Self {
+    pub fn new(provider: P, arch: Arch) -> Self {
         Resolver {
             provider,
-            arch: arch.into(),
+            arch,
             refresh: false,
         }
     }
@@ -68,30 +88,71 @@ impl<P: ImageProvider> Resolver<P> {
         self
     }
 
+    /// The image for the resolver's architecture, or an error naming it and what it has.
     pub fn image(&self, image: &ImageRef) -> Result<Image, ResolveError> {
+        let found = self.any_platform(image)?;
+        let has = PlatformSpec::of(&found);
+        if !self.platform().covers(&has) {
+            return Err(ResolveError::Platform {
+                image: image.to_string(),
+                wanted: self.platform().to_string(),
+                has,
+            });
+        }
+        Ok(found)
+    }
+
+    fn platform(&self) -> PlatformSpec {
+        PlatformSpec {
+            os: "linux".into(),
+            arch: self.arch.oci().into(),
+            variant: None,
+        }
+    }
+
+    /// What the provider hands out for `image`, before the platform check.
+    fn any_platform(&self, image: &ImageRef) -> Result<Image, ResolveError> {
+        let arch = self.arch.oci();
         match &image.source {
             ImageSource::Reference(text) => {
                 let r = Reference::parse(text).map_err(|source| ResolveError::Reference {
                     image: text.clone(),
                     source,
                 })?;
+                let mut stored = None;
                 if !self.refresh && self.provider.has(&r)? {
-                    match self.provider.load(&r, &self.arch) {
+                    match self.provider.load(&r, arch) {
                         Ok(image) => return Ok(image),
                         // E.g. an index pulled for another platform: fetch what is missing.
                         Err(e) => {
                             tracing::debug!(
                                 "{}: not usable from the store ({e}); pulling",
                                 r.familiar()
-                            )
+                            );
+                            stored = Some(e);
                         }
                     }
                 }
-                self.provider.pull(&r, &self.arch)
+                self.provider.pull(&r, arch).map_err(|pulled| match stored {
+                    // The store's platforms say more than a failed pull does.
+                    Some(ResolveError::Store(e @ StoreError::NoPlatform { .. })) => {
+                        ResolveError::StoredPlatforms {
+                            stored: e,
+                            pulled: Box::new(pulled),
+                        }
+                    }
+                    _ => pulled,
+                })
             }
             ImageSource::Package(dir) => {
                 let r = self.provider.build_package(image, dir)?;
-                self.provider.load(&r, &self.arch)
+                self.provider
+                    .load(&r, arch)
+                    .map_err(|source| ResolveError::PackagePlatform {
+                        image: image.to_string(),
+                        wanted: self.platform().to_string(),
+                        source: Box::new(source),
+                    })
             }
         }
     }
@@ -164,12 +225,18 @@ mod tests {
         unloadable: BTreeSet<String>,
         /// Registry names that exist.
         remote: BTreeSet<String>,
+        /// Names handed out as amd64 whatever was asked (a provider's bug, or a
+        /// package built for amd64 only).
+        amd64_only: BTreeSet<String>,
         calls: RefCell<Vec<String>>,
     }
 
     impl Fake {
-        fn image(reference: &Reference) -> Image {
-            use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
+        /// An image of `reference` whose config says `arch`.
+        fn image(reference: &Reference, arch: &str) -> Image {
+            use oci_spec::image::{
+                DescriptorBuilder, ImageConfigurationBuilder, ImageManifestBuilder, MediaType,
+            };
             let config = DescriptorBuilder::default()
                 .media_type(MediaType::ImageConfig)
                 .digest(
@@ -190,8 +257,18 @@ mod tests {
                     .layers(vec![])
                     .build()
                     .unwrap(),
-                config: Default::default(),
+                config: ImageConfigurationBuilder::default()
+                    .os("linux")
+                    .architecture(arch)
+                    .build()
+                    .unwrap(),
             }
+        }
+        fn made(&self, r: &Reference, arch: &str) -> Image {
+            if self.amd64_only.contains(&r.familiar()) {
+                return Fake::image(r, "amd64");
+            }
+            Fake::image(r, arch)
         }
         fn calls(&self) -> Vec<String> {
             self.calls.borrow().clone()
@@ -215,7 +292,7 @@ mod tests {
                 }
                 .into());
             }
-            Ok(Fake::image(r))
+            Ok(self.made(r, arch))
         }
         fn pull(&self, r: &Reference, arch: &str) -> Result<Image, ResolveError> {
             self.calls
@@ -229,7 +306,7 @@ mod tests {
                 .into());
             }
             self.stored.borrow_mut().insert(r.familiar());
-            Ok(Fake::image(r))
+            Ok(self.made(r, arch))
         }
         fn build_package(&self, _: &ImageRef, dir: &Path) -> Result<Reference, ResolveError> {
             self.calls
@@ -249,7 +326,7 @@ mod tests {
     fn a_stored_image_is_not_pulled() {
         let fake = Fake::default();
         fake.stored.borrow_mut().insert("alpine:3".into());
-        let r = Resolver::new(fake, "arm64");
+        let r = Resolver::new(fake, Arch::Arm64);
         let img = r.image(&image_ref("alpine:3")).unwrap();
         assert_eq!(img.reference.familiar(), "alpine:3");
         assert_eq!(r.provider.calls(), ["load alpine:3 arm64"]);
@@ -261,9 +338,9 @@ mod tests {
             remote: ["alpine:3".to_string()].into(),
             ..Default::default()
         };
-        let r = Resolver::new(fake, "riscv64");
+        let r = Resolver::new(fake, Arch::Arm64);
         r.image(&image_ref("alpine:3")).unwrap();
-        assert_eq!(r.provider.calls(), ["pull alpine:3 riscv64"]);
+        assert_eq!(r.provider.calls(), ["pull alpine:3 arm64"]);
     }
 
     #[test]
@@ -274,7 +351,7 @@ mod tests {
             ..Default::default()
         };
         fake.stored.borrow_mut().insert("alpine:3".into());
-        let r = Resolver::new(fake, "amd64");
+        let r = Resolver::new(fake, Arch::Amd64);
         r.image(&image_ref("alpine:3")).unwrap();
         assert_eq!(
             r.provider.calls(),
@@ -289,7 +366,7 @@ mod tests {
             ..Default::default()
         };
         fake.stored.borrow_mut().insert("alpine:3".into());
-        let r = Resolver::new(fake, "amd64").refresh(true);
+        let r = Resolver::new(fake, Arch::Amd64).refresh(true);
         r.image(&image_ref("alpine:3")).unwrap();
         r.image(&image_ref("alpine:3")).unwrap();
         assert_eq!(
@@ -300,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_package_image_is_built_then_loaded() {
-        let r = Resolver::new(Fake::default(), "amd64").refresh(true);
+        let r = Resolver::new(Fake::default(), Arch::Amd64).refresh(true);
         let img = r.image(&image_ref("@pkg:/src/pkgs/getty")).unwrap();
         assert_eq!(img.reference.familiar(), "osk/getty:0");
         // `--pull` never sends a package image to a registry.
@@ -312,14 +389,14 @@ mod tests {
 
     #[test]
     fn a_failed_pull_names_the_image() {
-        let r = Resolver::new(Fake::default(), "amd64");
+        let r = Resolver::new(Fake::default(), Arch::Amd64);
         let err = r.image(&image_ref("example.org/nothing:1")).unwrap_err();
         assert!(err.to_string().contains("example.org/nothing:1"), "{err}");
     }
 
     #[test]
     fn a_bad_reference_names_the_image() {
-        let r = Resolver::new(Fake::default(), "amd64");
+        let r = Resolver::new(Fake::default(), Arch::Amd64);
         let bad = ImageRef {
             text: "Bad:Ref:x".into(),
             source: ImageSource::Reference("Bad:Ref:x".into()),
@@ -328,5 +405,43 @@ mod tests {
         assert!(matches!(err, ResolveError::Reference { .. }), "{err:?}");
         assert!(err.to_string().starts_with("image Bad:Ref:x: "), "{err}");
         assert!(r.provider.calls().is_empty());
+    }
+
+    #[test]
+    fn an_image_of_another_arch_is_refused_naming_what_it_has() {
+        let fake = Fake {
+            remote: ["alpine:3".to_string()].into(),
+            amd64_only: ["alpine:3".to_string()].into(),
+            ..Default::default()
+        };
+        let r = Resolver::new(fake, Arch::Arm64);
+        let err = r.image(&image_ref("alpine:3")).unwrap_err();
+        assert!(matches!(err, ResolveError::Platform { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("image alpine:3 is for linux/amd64, not linux/arm64"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_package_built_for_another_arch_is_refused() {
+        let fake = Fake {
+            amd64_only: ["osk/getty:0".to_string()].into(),
+            ..Default::default()
+        };
+        let r = Resolver::new(fake, Arch::Arm64);
+        let err = r.image(&image_ref("@pkg:/src/pkgs/getty")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("@pkg:/src/pkgs/getty"), "{text}");
+        assert!(text.contains("linux/amd64"), "{text}");
+        // The same package resolves for the arch it was built for.
+        let fake = Fake {
+            amd64_only: ["osk/getty:0".to_string()].into(),
+            ..Default::default()
+        };
+        Resolver::new(fake, Arch::Amd64)
+            .image(&image_ref("@pkg:/src/pkgs/getty"))
+            .unwrap();
     }
 }

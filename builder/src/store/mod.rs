@@ -395,12 +395,22 @@ impl Store {
                     let config: ImageConfiguration = self
                         .read_json(&config_digest, "an image config")
                         .map_err(with_ref)?;
-                    return Ok(Image {
+                    let image = Image {
                         reference: reference.clone(),
                         manifest_digest: digest,
                         manifest,
                         config,
-                    });
+                    };
+                    // A single-platform image is only good for its own platform.
+                    let has = PlatformSpec::of(&image);
+                    if !platform.covers(&has) {
+                        return Err(StoreError::NoPlatform {
+                            reference: reference.familiar(),
+                            platform: platform.to_string(),
+                            available: has.to_string(),
+                        });
+                    }
+                    return Ok(image);
                 }
                 Kind::Other(media_type) => {
                     return Err(StoreError::UnsupportedMediaType {

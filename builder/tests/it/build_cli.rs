@@ -214,3 +214,55 @@ fn repeated_onboot_names_build_in_order() {
         );
     }
 }
+
+#[test]
+fn osk_build_refuses_images_of_another_arch_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let store_dir = d.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    // Single-platform amd64 images, as `osk pkg build` writes them.
+    kernel_and_init(&store);
+    let manifest = d.path().join("node.yml");
+    std::fs::write(
+        &manifest,
+        "kernel:\n  image: test/kernel:1\n  cmdline: console=ttyS0\ninit:\n  - test/init:1\n",
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let build = |arch: &str| {
+        osk(
+            &store_dir,
+            d.path(),
+            d.path(),
+            &[
+                "build",
+                "--arch",
+                arch,
+                "--dir",
+                out.to_str().unwrap(),
+                manifest.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = build("arm64");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an amd64 kernel was taken for arm64");
+    assert!(err.contains("test/kernel:1"), "{err}");
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+
+    let o = build("riscv64");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("riscv64") && err.contains("amd64, arm64"),
+        "{err}"
+    );
+
+    let o = build("amd64");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("node-kernel").is_file());
+}

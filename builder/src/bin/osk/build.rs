@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
+use osk_builder::arch::Arch;
 use osk_builder::assemble::Spool;
 use osk_builder::build::{self, BuildOptions, Compression, Format, Resolver, StoreRegistry};
 use osk_builder::manifest::{self, ImageRef, ImageSource};
-use osk_builder::store::{host_arch, Store};
+use osk_builder::store::Store;
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -38,9 +39,10 @@ pub struct BuildArgs {
     /// smallest), gzip, xz, lz4 (legacy format) or none.
     #[arg(long, default_value = "zstd")]
     compress: Compression,
-    /// Architecture of the images to use.
-    #[arg(long, default_value_t = host_arch().to_string())]
-    arch: String,
+    /// Architecture to build for: amd64 or arm64 (default: the host's). Every image
+    /// must have it; one that does not is an error naming the platforms it has.
+    #[arg(long, default_value_t = Arch::host())]
+    arch: Arch,
     /// Where unpacked layer contents are cached (default: DIR/spool under the store).
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,

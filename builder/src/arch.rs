@@ -1,0 +1,121 @@
+//! The CPU architectures osk builds for, and their names in OCI, Debian and Rust.
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// A target architecture. `--arch` takes its OCI name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("unknown architecture `{given}`: osk builds for {}", Arch::supported())]
+pub struct UnknownArch {
+    /// What was asked for, escaped.
+    pub given: String,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    /// The host's architecture; amd64 on a host osk does not build for
+    /// (builds are cross-builds, so any default is only a default).
+    pub fn host() -> Arch {
+        match std::env::consts::ARCH {
+            "aarch64" => Arch::Arm64,
+            _ => Arch::Amd64,
+        }
+    }
+
+    /// The OCI name (`amd64`, `arm64`), also the Debian architecture.
+    pub fn oci(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Debian's architecture name (the same words for these two).
+    pub fn debian(self) -> &'static str {
+        self.oci()
+    }
+
+    /// Debian's multiarch triplet: the `usr/lib/TRIPLET` directory.
+    pub fn triplet(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// The supported names, comma-separated, for messages.
+    pub fn supported() -> String {
+        Arch::ALL.map(Arch::oci).join(", ")
+    }
+
+    /// Parses `amd64,arm64`: each once, in the order given.
+    pub fn parse_list(text: &str) -> Result<Vec<Arch>, UnknownArch> {
+        let mut out: Vec<Arch> = Vec::new();
+        for part in text.split(',') {
+            let a: Arch = part.trim().parse()?;
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl FromStr for Arch {
+    type Err = UnknownArch;
+
+    fn from_str(s: &str) -> Result<Arch, UnknownArch> {
+        match s {
+            "amd64" | "x86_64" => Ok(Arch::Amd64),
+            "arm64" | "aarch64" => Ok(Arch::Arm64),
+            _ => Err(UnknownArch {
+                given: crate::untrusted::quote(s.as_bytes()),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.oci())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_aliases_parse() {
+        for a in Arch::ALL {
+            assert_eq!(a.to_string().parse::<Arch>(), Ok(a));
+        }
+        assert_eq!("aarch64".parse::<Arch>(), Ok(Arch::Arm64));
+        assert_eq!(Arch::Arm64.triplet(), "aarch64-linux-gnu");
+    }
+
+    #[test]
+    fn an_unknown_arch_lists_the_supported_ones() {
+        let err = "riscv64".parse::<Arch>().unwrap_err().to_string();
+        assert!(err.contains("`riscv64`"), "{err}");
+        assert!(err.ends_with("osk builds for amd64, arm64"), "{err}");
+    }
+
+    #[test]
+    fn a_list_keeps_order_and_drops_repeats() {
+        assert_eq!(
+            Arch::parse_list("arm64,amd64,arm64"),
+            Ok(vec![Arch::Arm64, Arch::Amd64])
+        );
+        assert!(Arch::parse_list("amd64,,arm64").is_err());
+    }
+}
