@@ -25,7 +25,7 @@ use crate::reference::Digest;
 use crate::store::{Image, PlatformSpec, Store, StoreError};
 
 pub use files::{expand_source, parse_mode, FilePlan, FileWhat, ModeError};
-pub use output::{remove_temporaries, write_tar, Format};
+pub use output::{remove_temporaries, write_tar, Format, FormatError};
 pub use plan::{image_defaults, plan, FileEntryError, Resolve};
 pub use resolve::{ImageProvider, ResolveError, Resolver, StoreRegistry};
 

@@ -98,7 +98,7 @@ impl Format {
     }
 
     /// Parses a format or a LinuxKit alias; an alias also returns what it maps to, to tell the user.
-    pub fn parse_alias(s: &str) -> Result<(Format, Option<String>), String> {
+    pub fn parse_alias(s: &str) -> Result<(Format, Option<String>), FormatError> {
         if let Ok(f) = s.parse() {
             return Ok((f, None));
         }
@@ -107,13 +107,15 @@ impl Format {
             "qcow2-efi" => Format::Qcow2,
             "dynamic-vhd" => Format::Vhd,
             "iso-bios" | "iso-efi" | "kernel+iso" | "raw-bios" | "qcow2-bios" => {
-                return Err(format!(
-                    "output format {s:?} (LinuxKit's) is not available yet: osk's ISO and BIOS boot are still to come; \
-                     UEFI formats work now: {}",
-                    Format::NAMES[2..].join(", ")
-                ))
+                return Err(FormatError::NotYet {
+                    name: s.to_string(),
+                })
             }
-            _ => return Err(s.parse::<Format>().unwrap_err()),
+            _ => {
+                return Err(FormatError::Unknown {
+                    name: s.to_string(),
+                })
+            }
         };
         let note = match mapped {
             Format::Vhd => format!("{s} is written as vhd: a fixed VHD, the kind Azure requires"),
@@ -132,9 +134,25 @@ impl Format {
     }
 }
 
+/// An output format `osk build -f` cannot write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error(
+        "unknown output format {name:?} (expected one of: {}; or LinuxKit's raw-efi, qcow2-efi, dynamic-vhd)",
+        Format::NAMES.join(", ")
+    )]
+    Unknown { name: String },
+    #[error(
+        "output format {name:?} (LinuxKit's) is not available yet: osk's ISO and BIOS boot are still to come; \
+         UEFI formats work now: {}",
+        Format::NAMES[2..].join(", ")
+    )]
+    NotYet { name: String },
+}
+
 impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
         match s {
             "kernel+initrd" => Ok(Format::KernelInitrd),
             "tar" => Ok(Format::Tar),
@@ -144,10 +162,9 @@ impl FromStr for Format {
             "vhd" => Ok(Format::Vhd),
             "vmdk" => Ok(Format::Vmdk),
             "gcp" => Ok(Format::Gcp),
-            other => Err(format!(
-                "unknown output format {other:?} (expected one of: {}; or LinuxKit's raw-efi, qcow2-efi, dynamic-vhd)",
-                Format::NAMES.join(", ")
-            )),
+            other => Err(FormatError::Unknown {
+                name: other.to_string(),
+            }),
         }
     }
 }

@@ -128,7 +128,7 @@ fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Resu
     };
     let mut dir = root;
     for d in dirs {
-        let (name, case) = short_name(d).map_err(&bad)?;
+        let (name, case) = short_name(d).map_err(|e| bad(e.to_string()))?;
         let e = dir.entry(name).or_insert_with(|| Entry {
             case,
             node: Node::Dir(BTreeMap::new()),
@@ -138,7 +138,7 @@ fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Resu
             Node::File(_) => return Err(bad(format!("{d} is a file"))),
         };
     }
-    let (name, case) = short_name(leaf).map_err(&bad)?;
+    let (name, case) = short_name(leaf).map_err(|e| bad(e.to_string()))?;
     if dir.contains_key(&name) {
         return Err(bad("is given twice (FAT names ignore case)".into()));
     }
@@ -152,25 +152,36 @@ fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Resu
     Ok(())
 }
 
+/// Why a path component cannot be a FAT short name; each names the component.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum ShortNameError {
+    #[error("{0:?} is not an 8.3 name")]
+    Not83(String),
+    #[error("{0:?} mixes upper and lower case in one part")]
+    MixedCase(String),
+    #[error("{0:?} has a character FAT short names forbid")]
+    Forbidden(String),
+}
+
 /// An 8.3 name and its NT case bits; mixed case within a part needs long names, which osk does not write.
-fn short_name(s: &str) -> Result<([u8; 11], u8), String> {
+fn short_name(s: &str) -> Result<([u8; 11], u8), ShortNameError> {
     let (base, ext) = s.split_once('.').unwrap_or((s, ""));
     if base.is_empty() || base.len() > 8 || ext.len() > 3 || ext.contains('.') {
-        return Err(format!("{s:?} is not an 8.3 name"));
+        return Err(ShortNameError::Not83(s.to_string()));
     }
     let mut name = [b' '; 11];
     let mut case = 0u8;
     for (part, at, bit) in [(base, 0usize, 0x08u8), (ext, 8, 0x10)] {
         let lower = part.bytes().any(|c| c.is_ascii_lowercase());
         if lower && part.bytes().any(|c| c.is_ascii_uppercase()) {
-            return Err(format!("{s:?} mixes upper and lower case in one part"));
+            return Err(ShortNameError::MixedCase(s.to_string()));
         }
         if lower {
             case |= bit;
         }
         for (i, c) in part.bytes().enumerate() {
             if !(c.is_ascii_alphanumeric() || b"_-~!#$%&'()@^{}".contains(&c)) {
-                return Err(format!("{s:?} has a character FAT short names forbid"));
+                return Err(ShortNameError::Forbidden(s.to_string()));
             }
             name[at + i] = c.to_ascii_uppercase();
         }
@@ -316,8 +327,18 @@ mod tests {
         assert_eq!(short_name("initrd.img").unwrap(), (*b"INITRD  IMG", 0x18));
         assert!(short_name("loader.conf").is_err());
         assert_eq!(short_name("loader").unwrap(), (*b"LOADER     ", 0x08));
-        assert!(short_name("Boot").unwrap_err().contains("mixes"));
-        assert!(short_name("toolongname.efi").unwrap_err().contains("8.3"));
+        assert_eq!(
+            short_name("Boot"),
+            Err(ShortNameError::MixedCase("Boot".into()))
+        );
+        assert!(short_name("toolongname.efi")
+            .unwrap_err()
+            .to_string()
+            .contains("8.3"));
+        assert_eq!(
+            short_name("a*b"),
+            Err(ShortNameError::Forbidden("a*b".into()))
+        );
     }
 
     #[test]

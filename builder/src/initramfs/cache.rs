@@ -107,7 +107,11 @@ impl SegmentCache {
         };
         let want = match read_header(&mut f)? {
             Ok(want) => want,
-            Err(reason) => return Ok(Lookup::Damaged { reason }),
+            Err(reason) => {
+                return Ok(Lookup::Damaged {
+                    reason: reason.to_string(),
+                })
+            }
         };
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -195,17 +199,17 @@ impl SegmentCache {
 }
 
 /// The payload's expected hash, or why the header is wrong.
-fn read_header(f: &mut File) -> io::Result<Result<[u8; 32], String>> {
+fn read_header(f: &mut File) -> io::Result<Result<[u8; 32], &'static str>> {
     let mut h = [0u8; HEADER_LEN as usize];
     match f.read_exact(&mut h) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Ok(Err("shorter than a segment header".into()))
+            return Ok(Err("shorter than a segment header"))
         }
         Err(e) => return Err(e),
     }
     if &h[..MAGIC.len()] != MAGIC {
-        return Ok(Err("no segment header".into()));
+        return Ok(Err("no segment header"));
     }
     Ok(Ok(h[MAGIC.len()..].try_into().expect("32 bytes")))
 }

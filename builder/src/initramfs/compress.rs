@@ -82,9 +82,16 @@ impl Compression {
     }
 }
 
+/// A compression name `osk` does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compression {name:?} (expected one of: {})", Compression::NAMES.join(", "))]
+pub struct UnknownCompression {
+    pub name: String,
+}
+
 impl FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownCompression;
+    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
         Ok(match s {
             "zstd" => Compression::Zstd,
             "zstd-max" => Compression::ZstdMax,
@@ -93,10 +100,9 @@ impl FromStr for Compression {
             "lz4" => Compression::Lz4,
             "none" => Compression::None,
             other => {
-                return Err(format!(
-                    "unknown compression {other:?} (expected one of: {})",
-                    Compression::NAMES.join(", ")
-                ))
+                return Err(UnknownCompression {
+                    name: other.to_string(),
+                })
             }
         })
     }

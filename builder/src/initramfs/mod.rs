@@ -9,7 +9,7 @@ mod segment;
 mod segmented;
 
 pub use cache::{Damage, Entry, Lookup, SegmentCache};
-pub use compress::{Compression, Encoder, Lz4Legacy, ZSTD_LEVEL};
+pub use compress::{Compression, Encoder, Lz4Legacy, UnknownCompression, ZSTD_LEVEL};
 pub use newc::{write_newc, Header, NewcWriter};
 pub use read::{unpack_newc, Unpacked};
 pub use segment::{recipe, split, Entries, Recipe};

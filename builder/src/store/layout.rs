@@ -36,10 +36,17 @@ pub struct PlatformSpec {
     pub variant: Option<String>,
 }
 
-impl FromStr for PlatformSpec {
-    type Err = String;
+/// A platform not written `OS/ARCH[/VARIANT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("platform `{text}` is not OS/ARCH or OS/ARCH/VARIANT, e.g. linux/arm64 or linux/arm/v7")]
+pub struct BadPlatform {
+    pub text: String,
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for PlatformSpec {
+    type Err = BadPlatform;
+
+    fn from_str(s: &str) -> Result<Self, BadPlatform> {
         let parts: Vec<&str> = s.split('/').collect();
         let ok =
             |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -54,9 +61,9 @@ impl FromStr for PlatformSpec {
                 arch: arch.into(),
                 variant: Some(variant.into()),
             }),
-            _ => Err(format!(
-                "platform `{s}` is not OS/ARCH or OS/ARCH/VARIANT, e.g. linux/arm64 or linux/arm/v7"
-            )),
+            _ => Err(BadPlatform {
+                text: s.to_string(),
+            }),
         }
     }
 }
@@ -197,7 +204,8 @@ mod tests {
             "linux amd64",
         ] {
             let e = bad.parse::<PlatformSpec>().unwrap_err();
-            assert!(e.contains(&format!("`{bad}`")), "{e}");
+            assert_eq!(e.text, bad);
+            assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
         }
     }
 }

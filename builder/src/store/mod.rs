@@ -25,7 +25,7 @@ use thiserror::Error;
 
 use crate::reference::{Digest, Reference};
 
-pub use layout::{oci_layout_file, Layout, PlatformSpec, CONTAINERD_IMAGE_NAME};
+pub use layout::{oci_layout_file, BadPlatform, Layout, PlatformSpec, CONTAINERD_IMAGE_NAME};
 pub use transfer::ArchiveFormat;
 pub use verify::{BadBlob, BlobFault, Verified};
 

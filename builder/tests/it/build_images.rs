@@ -6,7 +6,9 @@ use crate::support;
 use std::path::Path;
 
 use osk_builder::assemble::Spool;
-use osk_builder::build::{build, BuildOptions, BuildPlan, Compression, Format, KernelPlan};
+use osk_builder::build::{
+    build, BuildOptions, BuildPlan, Compression, Format, FormatError, KernelPlan,
+};
 use osk_builder::store::Store;
 use support::{sh, simple, E};
 
@@ -213,8 +215,15 @@ fn linuxkit_aliases_map_or_fail_clearly() {
     assert_eq!(f, Format::Raw);
     assert!(note.unwrap().contains("raw"));
     assert_eq!(Format::parse_alias("qcow2").unwrap(), (Format::Qcow2, None));
-    let err = Format::parse_alias("iso-bios").unwrap_err();
+    let err = Format::parse_alias("iso-bios").unwrap_err().to_string();
     assert!(err.contains("not available yet"), "{err}");
     let err = Format::parse_alias("floppy").unwrap_err();
+    assert_eq!(
+        err,
+        FormatError::Unknown {
+            name: "floppy".into()
+        }
+    );
+    let err = err.to_string();
     assert!(err.contains("uki, raw, qcow2"), "{err}");
 }

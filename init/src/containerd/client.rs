@@ -38,21 +38,30 @@ pub enum Error {
         id: String,
         status: Box<tonic::Status>,
     },
+    /// The caller's step between create and start failed; the task was removed.
+    #[error("{id}: cannot prepare the task before start: {cause}")]
+    Prepare {
+        id: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
     fn code(&self) -> Option<Code> {
         match self {
             Error::Rpc { status, .. } => Some(status.code()),
-            Error::Connect { .. } => None,
+            Error::Connect { .. } | Error::Prepare { .. } => None,
         }
     }
     /// containerd itself is gone (as opposed to refusing the request).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self.code(),
-            None | Some(Code::Unavailable) | Some(Code::Unknown) | Some(Code::Cancelled)
-        )
+        match self {
+            Error::Prepare { .. } => false,
+            _ => matches!(
+                self.code(),
+                None | Some(Code::Unavailable) | Some(Code::Unknown) | Some(Code::Cancelled)
+            ),
+        }
     }
 }
 
@@ -152,13 +161,16 @@ impl Containerd {
     /// Creates the task of an existing container (the shim runs `runc
     /// create`), runs `before_start` with its pid and starts it. Returns
     /// the pid. If `before_start` fails, the task and container are removed.
-    pub async fn start_task(
+    pub async fn start_task<E>(
         &self,
         id: &str,
         stdout: &str,
         stderr: &str,
-        before_start: impl FnOnce(u32) -> Result<(), String>,
-    ) -> Result<u32, Error> {
+        before_start: impl FnOnce(u32) -> Result<(), E>,
+    ) -> Result<u32, Error>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let created = TasksClient::new(self.channel.clone())
             .create(req(
                 &self.ns,
@@ -173,12 +185,11 @@ impl Containerd {
             .map_err(rpc("create task", id))?
             .into_inner();
         tracing::debug!("{id}: task created, pid {}", created.pid);
-        if let Err(msg) = before_start(created.pid) {
+        if let Err(cause) = before_start(created.pid) {
             let _ = self.remove(id).await;
-            return Err(Error::Rpc {
-                op: "prepare",
+            return Err(Error::Prepare {
                 id: id.to_string(),
-                status: Box::new(tonic::Status::failed_precondition(msg)),
+                cause: Box::new(cause),
             });
         }
         TasksClient::new(self.channel.clone())

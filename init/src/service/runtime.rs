@@ -91,10 +91,8 @@ impl TaskRuntime for Containerd {
     where
         F: FnOnce(u32) -> Result<(), Error> + Send,
     {
-        self.start_task(id, &io.stdout, &io.stderr, |pid| {
-            before_start(pid).map_err(|e| e.to_string())
-        })
-        .await
+        self.start_task(id, &io.stdout, &io.stderr, before_start)
+            .await
     }
 
     async fn wait(&self, id: &str) -> Result<u32, Self::Error> {

@@ -78,7 +78,7 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     let plan = build::plan(&m, &mut resolve)?;
     let mut formats = Vec::new();
     for text in &args.formats {
-        let (f, note) = Format::parse_alias(text).map_err(anyhow::Error::msg)?;
+        let (f, note) = Format::parse_alias(text)?;
         if let Some(note) = note {
             tracing::info!("{note}");
         }
@@ -140,8 +140,19 @@ fn bootloader_ref(given: Option<&str>, manifests: &[PathBuf]) -> anyhow::Result<
     )
 }
 
+/// Why `--size` was refused; each names the text given.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SizeError {
+    #[error("{0:?}: unknown size suffix (use K, M, G or T)")]
+    Suffix(String),
+    #[error("{0:?} is not a size (e.g. 2G, 512M, 1073741824)")]
+    NotANumber(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// `SIZE` with an optional K, M, G or T suffix (powers of 1024), rounded up to MiB.
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -150,7 +161,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => return Err(format!("{s:?}: unknown size suffix (use K, M, G or T)")),
+                _ => return Err(SizeError::Suffix(s.to_string())),
             };
             (&t[..i], m)
         }
@@ -158,10 +169,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 2G, 512M, 1073741824)"))?;
+        .map_err(|_| SizeError::NotANumber(s.to_string()))?;
     let bytes = n
         .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+        .ok_or_else(|| SizeError::TooLarge(s.to_string()))?;
     Ok(bytes.div_ceil(1 << 20) * (1 << 20))
 }
 
@@ -174,7 +185,12 @@ mod tests {
         assert_eq!(parse_size("2G"), Ok(2 << 30));
         assert_eq!(parse_size("1"), Ok(1 << 20));
         assert_eq!(parse_size("512m"), Ok(512 << 20));
-        assert!(parse_size("2X").unwrap_err().contains("suffix"));
-        assert!(parse_size("big").unwrap_err().contains("not a size"));
+        assert_eq!(parse_size("2X"), Err(SizeError::Suffix("2X".into())));
+        assert!(parse_size("2X").unwrap_err().to_string().contains("suffix"));
+        assert_eq!(parse_size("big"), Err(SizeError::NotANumber("big".into())));
+        assert_eq!(
+            parse_size("99999999999T"),
+            Err(SizeError::TooLarge("99999999999T".into()))
+        );
     }
 }
