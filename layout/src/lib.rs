@@ -8,6 +8,7 @@
 pub mod marker;
 pub mod modinfo;
 pub mod runtime;
+pub mod share;
 
 pub use runtime::{BindNs, Interface, Mount, RestartPolicy, Runtime};
 

@@ -27,6 +27,8 @@ pub struct BootOpts {
     pub uefi: bool,
     /// Reuse this state directory (to boot again with the same disks).
     pub state_dir: Option<PathBuf>,
+    /// More `osk run qemu` arguments, passed as they are (e.g. `--share`).
+    pub extra: Vec<String>,
 }
 
 impl Default for BootOpts {
@@ -41,6 +43,7 @@ impl Default for BootOpts {
             reboot: false,
             uefi: false,
             state_dir: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -100,6 +103,7 @@ impl Machine {
         if opts.uefi {
             cmd.arg("--uefi");
         }
+        cmd.args(&opts.extra);
         cmd.arg(prefix);
         let booted_at = Instant::now();
         let out = cmd.output().context("running osk run qemu")?;

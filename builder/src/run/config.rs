@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::names::{CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, UEFI_VARS};
+use super::names::{CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, SHARE_TABLE, UEFI_VARS};
 use super::{Error, Result};
 
 /// The CPU under TCG: every extension QEMU emulates (so x86-64-v2/v3
@@ -261,6 +261,8 @@ pub struct QemuConfig {
     pub firmware: Firmware,
     pub disks: Vec<DiskSpec>,
     pub publish: Vec<Publish>,
+    /// Host folders over virtio-9p (`--share`).
+    pub shares: Vec<super::Share>,
     /// Metadata for the guest, written to `STATE/metadata.iso` and attached as a CD-ROM.
     pub data: Option<Vec<u8>>,
     pub detach: bool,
@@ -287,6 +289,7 @@ impl QemuConfig {
             firmware: Firmware::Bios,
             disks: Vec::new(),
             publish: Vec::new(),
+            shares: Vec::new(),
             data: None,
             detach: false,
             reboot: true,
@@ -323,6 +326,16 @@ impl QemuConfig {
         self.disks.push(disk);
         self
     }
+    pub fn share(mut self, s: super::Share) -> Self {
+        self.shares.push(s);
+        self
+    }
+
+    /// The file holding the guest's share table (see `osk_layout::share`).
+    pub fn share_table(&self) -> PathBuf {
+        self.state_dir.join(SHARE_TABLE)
+    }
+
     pub fn publish(mut self, p: Publish) -> Self {
         self.publish.push(p);
         self
@@ -459,6 +472,8 @@ impl QemuConfig {
             a.args(["-device", "ide-cd,drive=metadata,bus=ide.1"]);
         }
 
+        a.0.extend(super::share::argv(&self.shares, &self.share_table()));
+
         let mut netdev = String::from("user,id=net0");
         for p in &self.publish {
             netdev.push(',');
@@ -507,7 +522,7 @@ fn socket_opt(before: &str, path: &Path, after: &str) -> OsString {
     s
 }
 
-fn escape_commas(path: &Path) -> OsString {
+pub(super) fn escape_commas(path: &Path) -> OsString {
     let raw = path.as_os_str();
     match raw.to_str() {
         Some(s) if s.contains(',') => s.replace(',', ",,").into(),

@@ -10,6 +10,7 @@ mod config;
 mod iso;
 mod medium;
 mod names;
+mod share;
 mod spawn;
 
 pub use config::{
@@ -19,8 +20,10 @@ pub use config::{
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};
 pub use names::{
-    ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY, UEFI_VARS,
+    ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY, SHARE_TABLE,
+    UEFI_VARS,
 };
+pub use share::{guest_table, Share};
 pub use spawn::{
     detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, AttachedExit,
     Detached, Prepared,

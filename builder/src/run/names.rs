@@ -10,3 +10,5 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const PID_FILE: &str = "qemu.pid";
 pub const METADATA_ISO: &str = "metadata.iso";
 pub const UEFI_VARS: &str = "OVMF_VARS.fd";
+/// The guest's `--share` table, handed over through fw_cfg.
+pub const SHARE_TABLE: &str = "shares";

@@ -134,6 +134,13 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
     if let Some(data) = &config.data {
         iso::write_metadata_iso(&state.join(METADATA_ISO), data)?;
     }
+    if !config.shares.is_empty() {
+        for s in &config.shares {
+            s.check()?;
+        }
+        let table = config.share_table();
+        fs::write(&table, super::guest_table(&config.shares)).map_err(Error::io(&table))?;
+    }
     if let Some(super::BootImage::Uki(uki)) = &config.image {
         super::write_uki_esp(uki, &state.join(super::UKI_ESP))?;
     }

@@ -4,6 +4,7 @@
 
 pub mod cmdline;
 pub mod early;
+mod shares;
 mod shell;
 pub mod switchroot;
 
@@ -200,6 +201,7 @@ async fn async_main(cmd: Cmdline) -> PowerAction {
     if let Err(e) = tokio::task::spawn_blocking(|| {
         prepare_runc();
         modules_and_hostname();
+        shares::mount_all(&RealSys, shares::read_table().as_deref());
     })
     .await
     {

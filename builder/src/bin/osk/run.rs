@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use osk_builder::run::{
-    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, Publish, QemuConfig,
+    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, Publish, QemuConfig, Share,
 };
 
 #[derive(Subcommand)]
@@ -40,6 +40,10 @@ pub struct QemuArgs {
     /// Forward a host port to the guest: [HOSTIP:]HOST:GUEST[/tcp|/udp] (HOSTIP defaults to 127.0.0.1). Repeatable.
     #[arg(long, value_parser = parse_from::<Publish>)]
     publish: Vec<Publish>,
+    /// Share a host folder: HOST_DIR[:GUEST_DIR][,ro], over virtio-9p. It is
+    /// mounted in the guest at GUEST_DIR, by default the host path itself. Repeatable.
+    #[arg(long, value_parser = parse_from::<Share>, value_name = "HOST_DIR[:GUEST_DIR][,ro]")]
+    share: Vec<Share>,
     /// Accelerator: auto picks kvm when /dev/kvm is usable, else tcg.
     #[arg(long, env = "OSK_QEMU_ACCEL", default_value = "auto", value_parser = parse_from::<Accel>)]
     accel: Accel,
@@ -144,6 +148,9 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     }
     for p in args.publish {
         cfg = cfg.publish(p);
+    }
+    for s in args.share {
+        cfg = cfg.share(s);
     }
     if let Some(a) = args.append {
         cfg = cfg.append(a);
