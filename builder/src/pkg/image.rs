@@ -210,4 +210,105 @@ mod tests {
             r#"{"capabilities":["all"],"net":"host"}"#
         );
     }
+
+    /// Every kind of entry, owners, special bits and a directory given twice:
+    /// the layer's entry list and digest are pinned, so a change to the tree
+    /// or the writer shows here before it changes a package's digest.
+    #[test]
+    fn every_entry_kind_is_written_in_path_order_with_pinned_bytes() {
+        use crate::assemble::{Kind, Meta};
+        let mut t = Tree::default();
+        let mut owned = Node::dir(0o750);
+        owned.meta.uid = 100;
+        owned.meta.gid = 101;
+        t.insert("var/lib/app".into(), owned);
+        // Shipped again by a later package: the first owner stays.
+        t.insert("var/lib/app".into(), Node::dir(0o755));
+        t.insert(
+            "usr/bin/tool".into(),
+            Node::file(b"#!/bin/sh\n".to_vec(), 0o4755),
+        );
+        t.insert("usr/bin/tool.d".into(), Node::dir(0o755));
+        t.insert("usr/bin/tool-x".into(), Node::symlink("tool"));
+        t.insert("tmp".into(), Node::dir(0o1777));
+        // Path order puts `lib-extra` between `lib` and `lib/x`.
+        t.insert("usr/lib/x".into(), Node::file(b"x".to_vec(), 0o644));
+        t.insert("usr/lib-extra".into(), Node::file(b"y".to_vec(), 0o644));
+        t.insert(
+            "dev/null".into(),
+            Node {
+                kind: Kind::Char(1, 3),
+                meta: Meta::root(0o666),
+            },
+        );
+        t.insert(
+            "dev/sda".into(),
+            Node {
+                kind: Kind::Block(8, 0),
+                meta: Meta::root(0o660),
+            },
+        );
+        t.insert(
+            "run/fifo".into(),
+            Node {
+                kind: Kind::Fifo,
+                meta: Meta::root(0o600),
+            },
+        );
+        // Replaced: the last file wins.
+        t.insert("etc/motd".into(), Node::file(b"old".to_vec(), 0o644));
+        t.insert("etc/motd".into(), Node::file(b"new\n".to_vec(), 0o644));
+        assert_eq!(t.content_size(), 10 + 4 + 2);
+        let tar = layer_tar(&t, 1_700_000_000).unwrap();
+        let mut ar = tar::Archive::new(tar.as_slice());
+        let entries: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                format!(
+                    "{} {:?} {:o} {}:{}",
+                    e.path().unwrap().display(),
+                    h.entry_type(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "dev/ Directory 755 0:0",
+                "dev/null Char 666 0:0",
+                "dev/sda Block 660 0:0",
+                "etc/ Directory 755 0:0",
+                "etc/motd Regular 644 0:0",
+                "run/ Directory 755 0:0",
+                "run/fifo Fifo 600 0:0",
+                "tmp/ Directory 1777 0:0",
+                "usr/ Directory 755 0:0",
+                "usr/bin/ Directory 755 0:0",
+                "usr/bin/tool Regular 4755 0:0",
+                "usr/bin/tool-x Symlink 777 0:0",
+                "usr/bin/tool.d/ Directory 755 0:0",
+                "usr/lib/ Directory 755 0:0",
+                "usr/lib-extra Regular 644 0:0",
+                "usr/lib/x Regular 644 0:0",
+                "var/ Directory 755 0:0",
+                "var/lib/ Directory 755 0:0",
+                "var/lib/app/ Directory 750 100:101",
+            ]
+        );
+        let image = build(&t, &RunConfig::default(), 1_700_000_000).unwrap();
+        assert_eq!(
+            image.diff_id,
+            "sha256:011e39c087632c0865842a1db63d5842a660446a1bed403e055f45d66885a4ba"
+        );
+        assert_eq!(
+            image.layer_digest(),
+            "sha256:1121c3cc1bd9e62762952ac9ed3963b7b2cb24e4351917489c9e822c3c403610"
+        );
+    }
 }
