@@ -9,8 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::tree::{Kind, Tree};
+use super::tree::Tree;
 use super::Error;
+use crate::assemble::Kind;
 
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -55,19 +56,29 @@ impl Image {
 pub fn layer_tar(tree: &Tree, mtime: u64) -> Result<Vec<u8>, std::io::Error> {
     let mut b = tar::Builder::new(Vec::new());
     b.mode(tar::HeaderMode::Deterministic);
-    for (path, node) in &tree.entries {
+    for (path, id) in tree.walk_by_path() {
+        let node = tree.node(id);
+        let path = OsStr::from_bytes(&path);
         let mut h = tar::Header::new_gnu();
+        // A file's owner and mode are its inode's (a hard link's are its target's).
+        let meta = match node.kind {
+            Kind::File(ino) => tree.inode(ino).meta,
+            _ => node.meta,
+        };
         h.set_mtime(mtime);
-        h.set_uid(node.meta.uid.into());
-        h.set_gid(node.meta.gid.into());
-        h.set_mode(node.meta.mode);
+        h.set_uid(meta.uid.into());
+        h.set_gid(meta.gid.into());
+        h.set_mode(meta.mode);
         match &node.kind {
-            Kind::Dir(()) => {
+            Kind::Dir(_) => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+                let mut dir = path.to_owned();
+                dir.push("/");
+                b.append_data(&mut h, dir, std::io::empty())?;
             }
-            Kind::File(data) => {
+            Kind::File(ino) => {
+                let data = &tree.inode(*ino).data;
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(data.len() as u64);
                 b.append_data(&mut h, path, data.as_slice())?;
@@ -167,11 +178,12 @@ mod tests {
     #[test]
     fn same_tree_same_bytes_and_sorted_entries() {
         let mut t = Tree::default();
-        t.insert("usr/bin/b".into(), Node::file(b"b".to_vec(), 0o755));
-        t.insert("etc/a".into(), Node::file(b"a".to_vec(), 0o644));
-        t.insert("bin".into(), Node::symlink("usr/bin"));
+        t.insert("usr/bin/b", Node::file(b"b".to_vec(), 0o755))
+            .unwrap();
+        t.insert("etc/a", Node::file(b"a".to_vec(), 0o644)).unwrap();
+        t.insert("bin", Node::symlink("usr/bin")).unwrap();
         // Path-string order, not a tree walk: `usr-x` comes between `usr` and `usr/bin`.
-        t.insert("usr-x".into(), Node::file(b"x".to_vec(), 0o600));
+        t.insert("usr-x", Node::file(b"x".to_vec(), 0o600)).unwrap();
         let run = RunConfig {
             cmd: Some(vec!["/usr/bin/b".into()]),
             label: Some(json!({"net": "host", "capabilities": ["all"]})),
@@ -216,48 +228,53 @@ mod tests {
     /// or the writer shows here before it changes a package's digest.
     #[test]
     fn every_entry_kind_is_written_in_path_order_with_pinned_bytes() {
-        use crate::assemble::{Kind, Meta};
+        use crate::assemble::Meta;
         let mut t = Tree::default();
         let mut owned = Node::dir(0o750);
         owned.meta.uid = 100;
         owned.meta.gid = 101;
-        t.insert("var/lib/app".into(), owned);
+        t.insert("var/lib/app", owned).unwrap();
         // Shipped again by a later package: the first owner stays.
-        t.insert("var/lib/app".into(), Node::dir(0o755));
-        t.insert(
-            "usr/bin/tool".into(),
-            Node::file(b"#!/bin/sh\n".to_vec(), 0o4755),
-        );
-        t.insert("usr/bin/tool.d".into(), Node::dir(0o755));
-        t.insert("usr/bin/tool-x".into(), Node::symlink("tool"));
-        t.insert("tmp".into(), Node::dir(0o1777));
+        t.insert("var/lib/app", Node::dir(0o755)).unwrap();
+        t.insert("usr/bin/tool", Node::file(b"#!/bin/sh\n".to_vec(), 0o4755))
+            .unwrap();
+        t.insert("usr/bin/tool.d", Node::dir(0o755)).unwrap();
+        t.insert("usr/bin/tool-x", Node::symlink("tool")).unwrap();
+        t.insert("tmp", Node::dir(0o1777)).unwrap();
         // Path order puts `lib-extra` between `lib` and `lib/x`.
-        t.insert("usr/lib/x".into(), Node::file(b"x".to_vec(), 0o644));
-        t.insert("usr/lib-extra".into(), Node::file(b"y".to_vec(), 0o644));
+        t.insert("usr/lib/x", Node::file(b"x".to_vec(), 0o644))
+            .unwrap();
+        t.insert("usr/lib-extra", Node::file(b"y".to_vec(), 0o644))
+            .unwrap();
         t.insert(
-            "dev/null".into(),
+            "dev/null",
             Node {
                 kind: Kind::Char(1, 3),
                 meta: Meta::root(0o666),
             },
-        );
+        )
+        .unwrap();
         t.insert(
-            "dev/sda".into(),
+            "dev/sda",
             Node {
                 kind: Kind::Block(8, 0),
                 meta: Meta::root(0o660),
             },
-        );
+        )
+        .unwrap();
         t.insert(
-            "run/fifo".into(),
+            "run/fifo",
             Node {
                 kind: Kind::Fifo,
                 meta: Meta::root(0o600),
             },
-        );
+        )
+        .unwrap();
         // Replaced: the last file wins.
-        t.insert("etc/motd".into(), Node::file(b"old".to_vec(), 0o644));
-        t.insert("etc/motd".into(), Node::file(b"new\n".to_vec(), 0o644));
+        t.insert("etc/motd", Node::file(b"old".to_vec(), 0o644))
+            .unwrap();
+        t.insert("etc/motd", Node::file(b"new\n".to_vec(), 0o644))
+            .unwrap();
         assert_eq!(t.content_size(), 10 + 4 + 2);
         let tar = layer_tar(&t, 1_700_000_000).unwrap();
         let mut ar = tar::Archive::new(tar.as_slice());
