@@ -20,7 +20,7 @@ use crate::store::{self, Image, Store, StoreError};
 
 pub use layer::{layer_entries, read_tar, spooled_tar_entries, EntryKind, LayerEntry};
 pub use spool::{damage as spool_damage, CheckedReader, Sha, Spool, SpoolDamage};
-pub use tree::{components, FileInode, InodeId, Kind, Meta, Node, NodeId, Tree};
+pub use tree::{components, FileInode, InodeId, Kind, Meta, Node, NodeId, PathError, Tree};
 
 #[derive(Debug, Error)]
 pub enum AssembleError {

@@ -1,9 +1,11 @@
-//! The in-memory filesystem tree layers are applied to.
+//! The in-memory filesystem tree: the one tree type of the builder.
 //!
-//! Nothing here touches the host: a tree is an arena of nodes whose file
-//! contents are spool hashes. Hard links share a [`FileInode`]; grafting one
-//! image tree at several places keeps sharing them, which is how an image used
-//! by several containers is stored once in the output.
+//! Nothing here touches the host: a tree is an arena of nodes whose regular
+//! files point into a table of inodes. For an output the inodes are spool
+//! hashes ([`FileInode`]); a package's tree holds the bytes themselves
+//! (`pkg::tree`). Hard links share an inode; grafting one image tree at
+//! several places keeps sharing them, which is how an image used by several
+//! containers is stored once in the output.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -37,9 +39,9 @@ impl Meta {
 }
 
 /// What a path is, in every file tree the builder assembles. `D` is what a
-/// directory holds and `F` what a regular file holds: this arena keeps the
-/// children and an inode; pkg's in-memory tree (keyed by path) keeps nothing
-/// and the file's bytes.
+/// directory holds and `F` what a regular file holds: the arena keeps the
+/// children and an inode; pkg's entries, before they are put in a tree, hold
+/// nothing and the file's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind<D = BTreeMap<Vec<u8>, NodeId>, F = InodeId> {
     Dir(D),
@@ -65,15 +67,22 @@ pub struct FileInode {
     pub meta: Meta,
 }
 
+/// A file tree whose regular files point into a table of inodes `I`.
 #[derive(Debug, Clone)]
-pub struct Tree {
+pub struct Tree<I = FileInode> {
     nodes: Vec<Node>,
-    inodes: Vec<FileInode>,
+    inodes: Vec<I>,
 }
 
-impl Default for Tree {
+impl<I> Default for Tree<I> {
     fn default() -> Self {
-        Tree::new()
+        Tree {
+            nodes: vec![Node {
+                meta: Meta::root(0o755),
+                kind: Kind::Dir(BTreeMap::new()),
+            }],
+            inodes: Vec::new(),
+        }
     }
 }
 
@@ -110,15 +119,11 @@ fn lossy(path: &[u8]) -> String {
 
 impl Tree {
     pub fn new() -> Tree {
-        Tree {
-            nodes: vec![Node {
-                meta: Meta::root(0o755),
-                kind: Kind::Dir(BTreeMap::new()),
-            }],
-            inodes: Vec::new(),
-        }
+        Tree::default()
     }
+}
 
+impl<I> Tree<I> {
     pub fn root(&self) -> NodeId {
         ROOT
     }
@@ -127,7 +132,7 @@ impl Tree {
         &self.nodes[id]
     }
 
-    pub fn inode(&self, id: InodeId) -> &FileInode {
+    pub fn inode(&self, id: InodeId) -> &I {
         &self.inodes[id]
     }
 
@@ -165,7 +170,7 @@ impl Tree {
     }
 
     /// The regular file at `path`, if there is one.
-    pub fn file(&self, path: &[u8]) -> Option<&FileInode> {
+    pub fn file(&self, path: &[u8]) -> Option<&I> {
         match self.nodes[self.lookup(path)?].kind {
             Kind::File(ino) => Some(&self.inodes[ino]),
             _ => None,
@@ -206,6 +211,38 @@ impl Tree {
         Ok(cur)
     }
 
+    /// The same tree with every reachable inode turned into `f(inode)`, once
+    /// each: hard links keep sharing theirs, and the files lower layers
+    /// replaced are not visited.
+    pub fn map_inodes<J, E>(&self, mut f: impl FnMut(&I) -> Result<J, E>) -> Result<Tree<J>, E> {
+        let mut nodes = self.nodes.clone();
+        let mut inodes = Vec::new();
+        let mut mapped: HashMap<InodeId, InodeId> = HashMap::new();
+        for (_, id) in self.walk() {
+            if let Kind::File(ino) = &mut nodes[id].kind {
+                *ino = match mapped.get(ino) {
+                    Some(&new) => new,
+                    None => {
+                        inodes.push(f(&self.inodes[*ino])?);
+                        mapped.insert(*ino, inodes.len() - 1);
+                        inodes.len() - 1
+                    }
+                };
+            }
+        }
+        Ok(Tree { nodes, inodes })
+    }
+
+    /// Every node but the root in path-string order (`a`, `a-b`, `a/c`),
+    /// the order of a sorted tar.
+    pub fn walk_by_path(&self) -> Vec<(Vec<u8>, NodeId)> {
+        let mut all = self.walk();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+impl Tree {
     /// Applies one layer with OCI semantics: whiteouts, opaque directories,
     /// hard links within the tree. `image` names the image in errors.
     pub fn apply_layer(
@@ -329,6 +366,20 @@ impl Tree {
         Ok(())
     }
 
+    /// Adds a regular file whose content is in the spool.
+    pub fn add_file(
+        &mut self,
+        path: &[u8],
+        sha: Sha,
+        size: u64,
+        meta: Meta,
+        parent_meta: Meta,
+    ) -> Result<(), PathError> {
+        self.add_inode(path, FileInode { sha, size, meta }, meta, parent_meta)
+    }
+}
+
+impl<I> Tree<I> {
     /// Adds a directory (and missing parents with `parent_meta`); an existing directory gets `meta`.
     pub fn add_dir(
         &mut self,
@@ -371,16 +422,15 @@ impl Tree {
         Ok(())
     }
 
-    /// Adds a regular file.
-    pub fn add_file(
+    /// Adds a regular file whose content and metadata are `inode`.
+    pub fn add_inode(
         &mut self,
         path: &[u8],
-        sha: Sha,
-        size: u64,
+        inode: I,
         meta: Meta,
         parent_meta: Meta,
     ) -> Result<(), PathError> {
-        self.inodes.push(FileInode { sha, size, meta });
+        self.inodes.push(inode);
         let kind = Kind::File(self.inodes.len() - 1);
         self.add_leaf(path, Node { meta, kind }, parent_meta)
     }
@@ -396,14 +446,16 @@ impl Tree {
             _ => self.add_leaf(path, node, Meta::root(0o755)),
         }
     }
+}
 
+impl<I: Clone> Tree<I> {
     /// Copies `src` into this tree at the directory `at` (created if missing).
     /// Files keep sharing inodes through `inodes` (one map per source tree):
     /// grafting the same source twice makes hard links, not copies.
     /// Returns a description of each conflict it resolved by keeping a directory.
     pub fn graft(
         &mut self,
-        src: &Tree,
+        src: &Tree<I>,
         at: &[u8],
         inodes: &mut HashMap<InodeId, InodeId>,
     ) -> Result<Vec<String>, PathError> {
@@ -447,7 +499,7 @@ impl Tree {
                                 let next = self.inodes.len();
                                 let mapped = *inodes.entry(*ino).or_insert(next);
                                 if mapped == next {
-                                    self.inodes.push(src.inodes[*ino]);
+                                    self.inodes.push(src.inodes[*ino].clone());
                                 }
                                 Kind::File(mapped)
                             }
@@ -464,7 +516,9 @@ impl Tree {
         }
         Ok(kept)
     }
+}
 
+impl<I> Tree<I> {
     /// Every node but the root, parents before children, siblings sorted by name.
     pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
         let mut out = Vec::new();
@@ -503,5 +557,64 @@ fn meta_of(e: &LayerEntry) -> Meta {
         mode: e.mode,
         uid: e.uid,
         gid: e.gid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names<I>(t: &Tree<I>, order: Vec<(Vec<u8>, NodeId)>) -> Vec<String> {
+        let _ = t;
+        order
+            .into_iter()
+            .map(|(p, _)| String::from_utf8(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn walk_is_a_tree_walk_and_walk_by_path_is_tar_order() {
+        let mut t: Tree<u32> = Tree::default();
+        let m = Meta::root(0o644);
+        for p in ["a/c", "a-b", "a/d"] {
+            t.add_inode(p.as_bytes(), 0, m, Meta::root(0o755)).unwrap();
+        }
+        assert_eq!(names(&t, t.walk()), ["a", "a/c", "a/d", "a-b"]);
+        assert_eq!(names(&t, t.walk_by_path()), ["a", "a-b", "a/c", "a/d"]);
+    }
+
+    #[test]
+    fn map_inodes_visits_each_reachable_inode_once() {
+        let parents = Meta::root(0o755);
+        let m = Meta::root(0o644);
+        let mut src: Tree<u32> = Tree::default();
+        src.add_inode(b"f", 1, m, parents).unwrap();
+        // Replaced: inode 2 is no longer reachable.
+        src.add_inode(b"g", 2, m, parents).unwrap();
+        src.add_inode(b"g", 3, m, parents).unwrap();
+        // Grafted twice with one map: x/f and y/f are hard links.
+        let mut t: Tree<u32> = Tree::default();
+        let mut shared = HashMap::new();
+        t.graft(&src, b"x", &mut shared).unwrap();
+        t.graft(&src, b"y", &mut shared).unwrap();
+        let mut seen = Vec::new();
+        let mapped = t
+            .map_inodes(|i| {
+                seen.push(*i);
+                Ok::<_, ()>(format!("inode {i}"))
+            })
+            .unwrap();
+        assert_eq!(seen, [1, 3]);
+        assert_eq!(mapped.file(b"y/g").map(String::as_str), Some("inode 3"));
+        let ino = |p: &[u8]| match mapped.node(mapped.lookup(p).unwrap()).kind {
+            Kind::File(i) => i,
+            _ => panic!("not a file"),
+        };
+        assert_eq!(ino(b"x/f"), ino(b"y/f"), "hard links still share");
+        // An error from `f` stops the mapping.
+        assert_eq!(
+            t.map_inodes(|_| Err::<u8, _>("unreadable")).unwrap_err(),
+            "unreadable"
+        );
     }
 }

@@ -16,7 +16,7 @@ use super::debian::resolve::{resolve, Universe};
 use super::image::{self, Image, RunConfig};
 use super::lock::{inputs_hash, Lock, Locked, LOCK_FILE};
 use super::spec::{parse_mode, Base, Spec};
-use super::tree::{normalise, Kind, Node, Patterns, Tree, MERGED_USR_DIRS};
+use super::tree::{normalise, Bytes, Node, Patterns, Tree, MERGED_USR_DIRS};
 use super::{kernel, Error};
 use crate::assemble::{self, Spool};
 use crate::reference::Reference;
@@ -524,38 +524,38 @@ fn image_tree(store: &Store, image: &store::Image) -> Result<Tree, Error> {
     let spool_dir = store.root().join("spool");
     let spool = Spool::open(&spool_dir).map_err(|e| Error::io(&spool_dir, e))?;
     let flat = assemble::flatten(store, &spool, image)?;
-    let mut tree = Tree::default();
+    // Paths and link targets become text in the package's tree and build.yml.
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b).map(|_| ()).map_err(|_| {
+            Error::Image(format!(
+                "base image {name}: {:?} is not UTF-8",
+                String::from_utf8_lossy(b)
+            ))
+        })
+    };
     for (path, id) in flat.walk() {
-        let text = |b: Vec<u8>| {
-            String::from_utf8(b).map_err(|e| {
-                Error::Image(format!(
-                    "base image {name}: {:?} is not UTF-8",
-                    String::from_utf8_lossy(e.as_bytes())
-                ))
-            })
-        };
-        let path = text(path)?;
-        let n = flat.node(id);
-        let (kind, meta) = match &n.kind {
-            assemble::Kind::Dir(_) => (Kind::Dir(()), n.meta),
-            assemble::Kind::File(ino) => {
-                let inode = flat.inode(*ino);
-                let mut data = Vec::with_capacity(inode.size as usize);
-                spool
-                    .open_content(&inode.sha)
-                    .and_then(|mut r| r.read_to_end(&mut data))
-                    .map_err(|e| Error::Image(format!("base image {name}: {path}: {e}")))?;
-                (Kind::File(data), inode.meta)
-            }
-            assemble::Kind::Symlink(t) => (Kind::Symlink(text(t.clone())?.into_bytes()), n.meta),
-            assemble::Kind::Char(a, b) => (Kind::Char(*a, *b), n.meta),
-            assemble::Kind::Block(a, b) => (Kind::Block(*a, *b), n.meta),
-            assemble::Kind::Fifo => (Kind::Fifo, n.meta),
-        };
-        // walk() yields parents first: plain inserts keep the image's metadata.
-        tree.entries.insert(path, Node { kind, meta });
+        text(&path)?;
+        if let assemble::Kind::Symlink(t) = &flat.node(id).kind {
+            text(t)?;
+        }
     }
-    Ok(tree)
+    // Hard links keep sharing an inode; the layer writes each as a copy.
+    flat.map_inodes(|inode| {
+        let mut data = Vec::with_capacity(inode.size as usize);
+        spool
+            .open_content(&inode.sha)
+            .and_then(|mut r| r.read_to_end(&mut data))
+            .map_err(|e| {
+                Error::Image(format!(
+                    "base image {name}: {}: {e}",
+                    hex::encode(inode.sha)
+                ))
+            })?;
+        Ok(Bytes {
+            data,
+            meta: inode.meta,
+        })
+    })
 }
 
 /// Assembles the root filesystem of a prepared package.
@@ -582,6 +582,13 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
         None => Tree::default(),
     };
     let at = p.pkg.dir.join("build.yml").display().to_string();
+    let put = |tree: &mut Tree, path: &str, node: Node| {
+        tree.insert(path, node).map_err(|cause| Error::Path {
+            from: at.clone(),
+            path: path.to_string(),
+            cause,
+        })
+    };
     let pat = |v: Vec<String>| {
         Patterns::new(&v).map_err(|e| Error::Spec {
             at: at.clone(),
@@ -602,29 +609,28 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
     if merged_usr {
         for d in MERGED_USR_DIRS {
             // A base image's real directory stays: its contents would hang below a symlink.
-            let base_dir = tree
-                .entries
-                .get(*d)
-                .is_some_and(|n| n.kind == Kind::Dir(()));
-            if tree.entries.contains_key(&format!("usr/{d}")) && !base_dir {
-                tree.insert(d.to_string(), Node::symlink(&format!("usr/{d}")));
+            let base_dir = tree.is_dir(d);
+            if tree.lookup(format!("usr/{d}").as_bytes()).is_some() && !base_dir {
+                put(&mut tree, d, Node::symlink(&format!("usr/{d}")))?;
             }
         }
     }
     for d in ["dev", "proc", "sys", "run", "etc", "var", "root"] {
-        tree.insert(
-            d.to_string(),
+        put(
+            &mut tree,
+            d,
             Node::dir(if d == "root" { 0o700 } else { 0o755 }),
-        );
+        )?;
     }
-    tree.insert("tmp".into(), Node::dir(0o1777));
+    put(&mut tree, "tmp", Node::dir(0o1777))?;
     if let Some(dest) = &spec.ca_bundle {
         let mut bundle = Vec::new();
-        for (path, node) in &tree.entries {
-            if let (true, Kind::File(d)) = (
-                path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt"),
-                &node.kind,
+        for (path, id) in tree.walk_by_path() {
+            if let (true, assemble::Kind::File(ino)) = (
+                path.starts_with(b"usr/share/ca-certificates/") && path.ends_with(b".crt"),
+                &tree.node(id).kind,
             ) {
+                let d = &tree.inode(*ino).data;
                 bundle.extend_from_slice(d);
                 if !d.ends_with(b"\n") {
                     bundle.push(b'\n');
@@ -633,42 +639,47 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
         }
         if bundle.is_empty() {
             return Err(Error::Spec {
-                at,
+                at: at.clone(),
                 message: "ca-bundle: no usr/share/ca-certificates/**.crt (add ca-certificates to debian.packages)".into(),
             });
         }
-        tree.insert(
-            normalise(dest, merged_usr).unwrap_or_default(),
+        put(
+            &mut tree,
+            &normalise(dest, merged_usr).unwrap_or_default(),
             Node::file(bundle, 0o644),
-        );
+        )?;
     }
     for d in &spec.directories {
         let mode = d.mode.as_deref().and_then(parse_mode).unwrap_or(0o755);
-        tree.insert(
-            normalise(&d.path, merged_usr).unwrap_or_default(),
+        put(
+            &mut tree,
+            &normalise(&d.path, merged_usr).unwrap_or_default(),
             Node::dir(mode),
-        );
+        )?;
     }
     for f in &spec.files {
         let src = p.pkg.dir.join(&f.src);
         let data = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
         let mode = f.mode.as_deref().and_then(parse_mode).unwrap_or(0o644);
-        tree.insert(
-            normalise(&f.dest, merged_usr).unwrap_or_default(),
+        put(
+            &mut tree,
+            &normalise(&f.dest, merged_usr).unwrap_or_default(),
             Node::file(data, mode),
-        );
+        )?;
     }
     for (dest, data) in &p.binaries {
-        tree.insert(
-            normalise(dest, merged_usr).unwrap_or_default(),
+        put(
+            &mut tree,
+            &normalise(dest, merged_usr).unwrap_or_default(),
             Node::file(data.clone(), 0o755),
-        );
+        )?;
     }
     for s in &spec.symlinks {
-        tree.insert(
-            normalise(&s.path, merged_usr).unwrap_or_default(),
+        put(
+            &mut tree,
+            &normalise(&s.path, merged_usr).unwrap_or_default(),
             Node::symlink(&s.target),
-        );
+        )?;
     }
     Ok(tree)
 }

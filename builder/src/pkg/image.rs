@@ -9,8 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::tree::{Kind, Tree};
+use super::tree::Tree;
 use super::Error;
+use crate::assemble::Kind;
 
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -55,19 +56,29 @@ impl Image {
 pub fn layer_tar(tree: &Tree, mtime: u64) -> Result<Vec<u8>, std::io::Error> {
     let mut b = tar::Builder::new(Vec::new());
     b.mode(tar::HeaderMode::Deterministic);
-    for (path, node) in &tree.entries {
+    for (path, id) in tree.walk_by_path() {
+        let node = tree.node(id);
+        let path = OsStr::from_bytes(&path);
         let mut h = tar::Header::new_gnu();
+        // A file's owner and mode are its inode's (a hard link's are its target's).
+        let meta = match node.kind {
+            Kind::File(ino) => tree.inode(ino).meta,
+            _ => node.meta,
+        };
         h.set_mtime(mtime);
-        h.set_uid(node.meta.uid.into());
-        h.set_gid(node.meta.gid.into());
-        h.set_mode(node.meta.mode);
+        h.set_uid(meta.uid.into());
+        h.set_gid(meta.gid.into());
+        h.set_mode(meta.mode);
         match &node.kind {
-            Kind::Dir(()) => {
+            Kind::Dir(_) => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+                let mut dir = path.to_owned();
+                dir.push("/");
+                b.append_data(&mut h, dir, std::io::empty())?;
             }
-            Kind::File(data) => {
+            Kind::File(ino) => {
+                let data = &tree.inode(*ino).data;
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(data.len() as u64);
                 b.append_data(&mut h, path, data.as_slice())?;
@@ -167,11 +178,12 @@ mod tests {
     #[test]
     fn same_tree_same_bytes_and_sorted_entries() {
         let mut t = Tree::default();
-        t.insert("usr/bin/b".into(), Node::file(b"b".to_vec(), 0o755));
-        t.insert("etc/a".into(), Node::file(b"a".to_vec(), 0o644));
-        t.insert("bin".into(), Node::symlink("usr/bin"));
+        t.insert("usr/bin/b", Node::file(b"b".to_vec(), 0o755))
+            .unwrap();
+        t.insert("etc/a", Node::file(b"a".to_vec(), 0o644)).unwrap();
+        t.insert("bin", Node::symlink("usr/bin")).unwrap();
         // Path-string order, not a tree walk: `usr-x` comes between `usr` and `usr/bin`.
-        t.insert("usr-x".into(), Node::file(b"x".to_vec(), 0o600));
+        t.insert("usr-x", Node::file(b"x".to_vec(), 0o600)).unwrap();
         let run = RunConfig {
             cmd: Some(vec!["/usr/bin/b".into()]),
             label: Some(json!({"net": "host", "capabilities": ["all"]})),
@@ -208,6 +220,112 @@ mod tests {
         assert_eq!(
             cfg["config"]["Labels"][osk_layout::CONFIG_LABEL],
             r#"{"capabilities":["all"],"net":"host"}"#
+        );
+    }
+
+    /// Every kind of entry, owners, special bits and a directory given twice:
+    /// the layer's entry list and digest are pinned, so a change to the tree
+    /// or the writer shows here before it changes a package's digest.
+    #[test]
+    fn every_entry_kind_is_written_in_path_order_with_pinned_bytes() {
+        use crate::assemble::Meta;
+        let mut t = Tree::default();
+        let mut owned = Node::dir(0o750);
+        owned.meta.uid = 100;
+        owned.meta.gid = 101;
+        t.insert("var/lib/app", owned).unwrap();
+        // Shipped again by a later package: the first owner stays.
+        t.insert("var/lib/app", Node::dir(0o755)).unwrap();
+        t.insert("usr/bin/tool", Node::file(b"#!/bin/sh\n".to_vec(), 0o4755))
+            .unwrap();
+        t.insert("usr/bin/tool.d", Node::dir(0o755)).unwrap();
+        t.insert("usr/bin/tool-x", Node::symlink("tool")).unwrap();
+        t.insert("tmp", Node::dir(0o1777)).unwrap();
+        // Path order puts `lib-extra` between `lib` and `lib/x`.
+        t.insert("usr/lib/x", Node::file(b"x".to_vec(), 0o644))
+            .unwrap();
+        t.insert("usr/lib-extra", Node::file(b"y".to_vec(), 0o644))
+            .unwrap();
+        t.insert(
+            "dev/null",
+            Node {
+                kind: Kind::Char(1, 3),
+                meta: Meta::root(0o666),
+            },
+        )
+        .unwrap();
+        t.insert(
+            "dev/sda",
+            Node {
+                kind: Kind::Block(8, 0),
+                meta: Meta::root(0o660),
+            },
+        )
+        .unwrap();
+        t.insert(
+            "run/fifo",
+            Node {
+                kind: Kind::Fifo,
+                meta: Meta::root(0o600),
+            },
+        )
+        .unwrap();
+        // Replaced: the last file wins.
+        t.insert("etc/motd", Node::file(b"old".to_vec(), 0o644))
+            .unwrap();
+        t.insert("etc/motd", Node::file(b"new\n".to_vec(), 0o644))
+            .unwrap();
+        assert_eq!(t.content_size(), 10 + 4 + 2);
+        let tar = layer_tar(&t, 1_700_000_000).unwrap();
+        let mut ar = tar::Archive::new(tar.as_slice());
+        let entries: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                format!(
+                    "{} {:?} {:o} {}:{}",
+                    e.path().unwrap().display(),
+                    h.entry_type(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "dev/ Directory 755 0:0",
+                "dev/null Char 666 0:0",
+                "dev/sda Block 660 0:0",
+                "etc/ Directory 755 0:0",
+                "etc/motd Regular 644 0:0",
+                "run/ Directory 755 0:0",
+                "run/fifo Fifo 600 0:0",
+                "tmp/ Directory 1777 0:0",
+                "usr/ Directory 755 0:0",
+                "usr/bin/ Directory 755 0:0",
+                "usr/bin/tool Regular 4755 0:0",
+                "usr/bin/tool-x Symlink 777 0:0",
+                "usr/bin/tool.d/ Directory 755 0:0",
+                "usr/lib/ Directory 755 0:0",
+                "usr/lib-extra Regular 644 0:0",
+                "usr/lib/x Regular 644 0:0",
+                "var/ Directory 755 0:0",
+                "var/lib/ Directory 755 0:0",
+                "var/lib/app/ Directory 750 100:101",
+            ]
+        );
+        let image = build(&t, &RunConfig::default(), 1_700_000_000).unwrap();
+        assert_eq!(
+            image.diff_id,
+            "sha256:011e39c087632c0865842a1db63d5842a660446a1bed403e055f45d66885a4ba"
+        );
+        assert_eq!(
+            image.layer_digest(),
+            "sha256:1121c3cc1bd9e62762952ac9ed3963b7b2cb24e4351917489c9e822c3c403610"
         );
     }
 }

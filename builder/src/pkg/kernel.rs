@@ -135,6 +135,10 @@ pub fn kernel_tree(
     let boot_order: Vec<&String> = order.iter().filter(|m| at_boot.contains(*m)).collect();
 
     // Pass 2: the kernel and the kept modules' bytes.
+    let put = |t: &mut Tree, path: &str, node: Node| {
+        t.insert(path, node)
+            .map_err(|e| bad(format!("cannot put {path} in the image: it {e}")))
+    };
     let mut modtree = Tree::default();
     let mut vmlinuz = None;
     let moddir = format!("lib/modules/{version}");
@@ -150,7 +154,11 @@ pub fn kernel_tree(
             vmlinuz = Some(read()?);
         } else if keep.contains(path) || meta.iter().any(|m| m == path) {
             // Modules live under /usr/lib on a merged-/usr root.
-            modtree.insert(format!("usr/{path}"), Node::file(read()?, 0o644));
+            put(
+                &mut modtree,
+                &format!("usr/{path}"),
+                Node::file(read()?, 0o644),
+            )?;
         }
         Ok(())
     })?;
@@ -174,12 +182,14 @@ pub fn kernel_tree(
             deps.join(" ")
         ));
     }
-    modtree.insert(
-        format!("usr/{moddir}/modules.dep"),
+    put(
+        &mut modtree,
+        &format!("usr/{moddir}/modules.dep"),
         Node::file(dep.into_bytes(), 0o644),
-    );
-    modtree.insert(
-        MODULES_LIST.to_string(),
+    )?;
+    put(
+        &mut modtree,
+        MODULES_LIST,
         Node::file(
             boot_order
                 .iter()
@@ -188,18 +198,19 @@ pub fn kernel_tree(
                 .into_bytes(),
             0o644,
         ),
-    );
+    )?;
 
     let mut tree = Tree::default();
-    tree.insert(
-        KERNEL_BINARY.to_string(),
+    put(
+        &mut tree,
+        KERNEL_BINARY,
         Node::file(
             vmlinuz.ok_or_else(|| bad("vmlinuz vanished".into()))?,
             0o644,
         ),
-    );
+    )?;
     let tar = super::image::layer_tar(&modtree, mtime).map_err(|e| bad(e.to_string()))?;
-    tree.insert(KERNEL_TAR.to_string(), Node::file(tar, 0o644));
+    put(&mut tree, KERNEL_TAR, Node::file(tar, 0o644))?;
     tracing::info!(
         "kernel {version}: {} modules ({} requested)",
         order.len(),
@@ -268,7 +279,7 @@ mod tests {
         let deb = fake_deb(dir.path());
         let wanted = ["a".to_string(), "c_d".to_string()];
         let tree = kernel_tree(&deb, &wanted, &["a".into()], 0).unwrap();
-        let tar = tree.file(KERNEL_TAR).unwrap();
+        let tar = tree.bytes(KERNEL_TAR).unwrap();
         let mut list = String::new();
         let mut shipped = Vec::new();
         for e in tar::Archive::new(tar).entries().unwrap() {
@@ -285,7 +296,7 @@ mod tests {
         assert_eq!(list, "b\na\n");
         // Nothing at boot: an empty list, every module still shipped.
         let tree = kernel_tree(&deb, &wanted, &[], 0).unwrap();
-        let n = tar::Archive::new(tree.file(KERNEL_TAR).unwrap())
+        let n = tar::Archive::new(tree.bytes(KERNEL_TAR).unwrap())
             .entries()
             .unwrap()
             .filter(|e| e.as_ref().unwrap().path().unwrap().ends_with(MODULES_LIST))

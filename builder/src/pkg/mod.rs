@@ -85,6 +85,14 @@ pub enum Error {
     },
     #[error("{file}: {message}")]
     Deb { file: String, message: String },
+    /// A path the package's tree cannot hold; `from` is the .deb or build.yml giving it.
+    #[error("{from}: cannot put {path} in the image: it {cause}")]
+    Path {
+        from: String,
+        path: String,
+        #[source]
+        cause: crate::assemble::PathError,
+    },
     #[error("kernel package {file}: {message}")]
     Kernel { file: String, message: String },
     #[error("cargo build of `{package}`: {message}")]

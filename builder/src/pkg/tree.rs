@@ -1,18 +1,17 @@
 //! An in-memory root filesystem: what the single image layer will contain.
 
-use std::collections::BTreeMap;
-
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::assemble::Meta;
+use crate::assemble::{Kind as ArenaKind, Meta, PathError};
 
-/// What a path is: the builder's one [`assemble::Kind`](crate::assemble::Kind),
-/// with nothing in a directory (paths are the keys) and the bytes in a file.
-/// Device nodes and FIFOs come only from a base image (`from:` an OCI image).
+/// What a package puts at a path: the builder's one [`assemble::Kind`](crate::assemble::Kind),
+/// with nothing in a directory and the bytes in a file. Device nodes and
+/// FIFOs come only from a base image (`from:` an OCI image).
 pub type Kind = crate::assemble::Kind<(), Vec<u8>>;
 
-/// One filesystem entry: the builder's one [`assemble::Node`](crate::assemble::Node)
-/// over [`Kind`]. Owners are numeric: names are normalised away.
+/// One entry a package puts in its [`Tree`]: the builder's one
+/// [`assemble::Node`](crate::assemble::Node) over [`Kind`]. Owners are
+/// numeric: names are normalised away.
 pub type Node = crate::assemble::Node<(), Vec<u8>>;
 
 impl Node {
@@ -35,6 +34,18 @@ impl Node {
         }
     }
 }
+
+/// A regular file of a package's tree: its bytes, owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bytes {
+    pub data: Vec<u8>,
+    pub meta: Meta,
+}
+
+/// A package's root filesystem, what its single layer will contain: the
+/// builder's one [`assemble::Tree`](crate::assemble::Tree), its files holding
+/// their bytes.
+pub type Tree = crate::assemble::Tree<Bytes>;
 
 /// Top-level directories Debian's merged-/usr layout turns into symlinks.
 pub const MERGED_USR_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
@@ -82,57 +93,65 @@ impl Patterns {
     }
 }
 
-/// The filesystem being assembled, sorted by path.
-#[derive(Debug, Clone, Default)]
-pub struct Tree {
-    pub entries: BTreeMap<String, Node>,
-}
-
+/// How a package fills its tree: paths are normalised text (see
+/// [`normalise`]), `""` the root.
 impl Tree {
-    /// Inserts (or replaces) an entry, creating missing parent directories.
-    pub fn insert(&mut self, path: String, node: Node) {
-        let mut parent = path.as_str();
-        while let Some((p, _)) = parent.rsplit_once('/') {
-            self.entries
-                .entry(p.to_string())
-                .or_insert_with(|| Node::dir(0o755));
-            parent = p;
-        }
-        // A directory shipped twice keeps the first owner/mode; anything else is replaced.
-        if node.kind == Kind::Dir(()) {
-            if let Some(existing) = self.entries.get(&path) {
-                if existing.kind == Kind::Dir(()) {
-                    return;
+    /// Puts `node` at `path`, creating missing parent directories (root,
+    /// 0755). A directory shipped twice keeps the first owner and mode;
+    /// anything else replaces what was there (a replaced directory goes with
+    /// its contents). A path through a symlink is refused: dpkg would write
+    /// through it, but the layer would then hold a path below a symlink,
+    /// which `osk build` refuses to unpack; with merged /usr, [`normalise`]
+    /// has already moved `bin/`, `lib/` ... under `usr/`.
+    pub fn insert(&mut self, path: &str, node: Node) -> Result<(), PathError> {
+        let p = path.as_bytes();
+        let parents = Meta::root(0o755);
+        match node.kind {
+            Kind::Dir(()) => {
+                if self.is_dir(path) {
+                    return Ok(());
                 }
+                self.add_dir(p, node.meta, parents).map(|_| ())
             }
+            Kind::File(data) => {
+                let meta = node.meta;
+                self.add_inode(p, Bytes { data, meta }, meta, parents)
+            }
+            Kind::Symlink(t) => self.add_leaf(p, arena(node.meta, ArenaKind::Symlink(t)), parents),
+            Kind::Char(a, b) => self.add_leaf(p, arena(node.meta, ArenaKind::Char(a, b)), parents),
+            Kind::Block(a, b) => {
+                self.add_leaf(p, arena(node.meta, ArenaKind::Block(a, b)), parents)
+            }
+            Kind::Fifo => self.add_leaf(p, arena(node.meta, ArenaKind::Fifo), parents),
         }
-        self.entries.insert(path, node);
     }
 
-    /// Drops `path` and everything below it.
-    pub fn remove_all(&mut self, path: &str) {
-        let prefix = format!("{path}/");
-        self.entries
-            .retain(|k, _| k != path && !k.starts_with(&prefix));
+    /// Whether `path` is a directory (not a symlink to one).
+    pub fn is_dir(&self, path: &str) -> bool {
+        self.lookup(path.as_bytes())
+            .is_some_and(|id| matches!(self.node(id).kind, ArenaKind::Dir(_)))
     }
 
-    /// Total bytes of file contents.
+    /// The bytes of the regular file at `path`.
+    pub fn bytes(&self, path: &str) -> Option<&[u8]> {
+        self.file(path.as_bytes()).map(|b| b.data.as_slice())
+    }
+
+    /// Total bytes of file contents; a hard-linked file counts once per link,
+    /// as the layer holds it.
     pub fn content_size(&self) -> u64 {
-        self.entries
-            .values()
-            .map(|n| match &n.kind {
-                Kind::File(d) => d.len() as u64,
+        self.walk()
+            .iter()
+            .map(|(_, id)| match self.node(*id).kind {
+                ArenaKind::File(ino) => self.inode(ino).data.len() as u64,
                 _ => 0,
             })
             .sum()
     }
+}
 
-    pub fn file(&self, path: &str) -> Option<&[u8]> {
-        match &self.entries.get(path)?.kind {
-            Kind::File(d) => Some(d),
-            _ => None,
-        }
-    }
+fn arena(meta: Meta, kind: ArenaKind) -> crate::assemble::Node {
+    crate::assemble::Node { meta, kind }
 }
 
 #[cfg(test)]
@@ -163,13 +182,20 @@ mod tests {
         assert!(!p.matches("usr/share/docs"));
     }
 
+    fn paths(t: &Tree) -> Vec<String> {
+        t.walk_by_path()
+            .into_iter()
+            .map(|(p, _)| String::from_utf8(p).unwrap())
+            .collect()
+    }
+
     #[test]
-    fn insert_creates_parents() {
+    fn insert_creates_parents_and_a_replaced_directory_goes_with_its_contents() {
         let mut t = Tree::default();
-        t.insert("a/b/c".into(), Node::file(b"x".to_vec(), 0o644));
-        assert_eq!(t.entries.keys().collect::<Vec<_>>(), ["a", "a/b", "a/b/c"]);
-        t.remove_all("a/b");
-        assert_eq!(t.entries.keys().collect::<Vec<_>>(), ["a"]);
+        t.insert("a/b/c", Node::file(b"x".to_vec(), 0o644)).unwrap();
+        assert_eq!(paths(&t), ["a", "a/b", "a/b/c"]);
+        t.insert("a/b", Node::symlink("elsewhere")).unwrap();
+        assert_eq!(paths(&t), ["a", "a/b"]);
     }
 
     #[test]
@@ -177,19 +203,45 @@ mod tests {
         let mut t = Tree::default();
         let mut owned = Node::dir(0o700);
         owned.meta.uid = 7;
-        t.insert("d".into(), owned.clone());
-        t.insert("d".into(), Node::dir(0o755));
-        assert_eq!(t.entries["d"], owned);
-        t.insert("l".into(), Node::symlink("d"));
-        t.insert("l".into(), Node::symlink("e"));
-        assert_eq!(t.entries["l"].kind, Kind::Symlink(b"e".to_vec()));
-        t.insert("l".into(), Node::dir(0o755));
-        assert_eq!(t.entries["l"].kind, Kind::Dir(()));
-        // Paths are keys: a path below a symlink is stored as it is, never written through it.
-        t.insert("s".into(), Node::symlink("d"));
-        t.insert("s/f".into(), Node::file(b"x".to_vec(), 0o644));
-        assert_eq!(t.entries["s"].kind, Kind::Symlink(b"d".to_vec()));
-        assert_eq!(t.file("s/f"), Some(&b"x"[..]));
-        assert_eq!(t.file("d/f"), None);
+        t.insert("d", owned.clone()).unwrap();
+        t.insert("d", Node::dir(0o755)).unwrap();
+        let d = t.node(t.lookup(b"d").unwrap());
+        assert_eq!(d.meta, owned.meta);
+        t.insert("l", Node::symlink("d")).unwrap();
+        t.insert("l", Node::symlink("e")).unwrap();
+        let kind = |t: &Tree, p: &str| t.node(t.lookup(p.as_bytes()).unwrap()).kind.clone();
+        assert_eq!(kind(&t, "l"), ArenaKind::Symlink(b"e".to_vec()));
+        t.insert("l", Node::dir(0o755)).unwrap();
+        assert!(t.is_dir("l"));
+        t.insert("f", Node::file(b"1".to_vec(), 0o644)).unwrap();
+        t.insert("f", Node::file(b"22".to_vec(), 0o600)).unwrap();
+        assert_eq!(t.bytes("f"), Some(&b"22"[..]));
+        assert_eq!(t.content_size(), 2);
+    }
+
+    #[test]
+    fn a_path_below_a_symlink_is_refused_naming_the_link() {
+        let mut t = Tree::default();
+        t.insert("d", Node::dir(0o755)).unwrap();
+        t.insert("s", Node::symlink("d")).unwrap();
+        let err = t
+            .insert("s/sub/f", Node::file(b"x".to_vec(), 0o644))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PathError::ThroughSymlink {
+                path: "s".into(),
+                target: "d".into()
+            }
+        );
+        assert!(
+            err.to_string().contains("goes through s, a symlink to d"),
+            "{err}"
+        );
+        // Nothing was written, through the link or beside it.
+        assert_eq!(paths(&t), ["d", "s"]);
+        assert_eq!(t.bytes("d/sub/f"), None);
+        let err = t.insert("s/x", Node::dir(0o755)).unwrap_err();
+        assert!(matches!(err, PathError::ThroughSymlink { .. }), "{err}");
     }
 }

@@ -1,3 +1,6 @@
+//! The store: blobs verified on write and read, images tagged and removed, platform
+//! indexes, and import/export round trips.
+
 use super::*;
 use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder, PlatformBuilder};
 

@@ -2,11 +2,14 @@
 //! them (boot, switchroot, bundle host actions, volumes, shutdown) are
 //! unit-tested against a recording double.
 //!
+//! Process-level calls that are not a plan's steps sit beside it as free
+//! functions of the real side: the debug shell's controlling terminal, a
+//! child's signal reset and non-blocking reaping (used by [`crate::reaper`]).
+//!
 //! Leaves that keep their own raw calls: kernel modules
 //! ([`crate::kmod::modules::Kmod`]), rtnetlink ([`crate::net::Links`]),
-//! uevents ([`crate::kmod::uevent`]), child reaping ([`crate::reaper`]), the
-//! shim front's descriptors (`containerd/shimstart/fds.rs`) and evdev
-//! ([`crate::power::button`]).
+//! uevents ([`crate::kmod::uevent`]), the shim front's descriptors
+//! (`containerd/shimstart/fds.rs`) and evdev ([`crate::power::button`]).
 
 mod real;
 #[cfg(test)]
@@ -17,7 +20,7 @@ use std::path::Path;
 
 pub use nix::mount::{MntFlags, MsFlags};
 pub use nix::sys::signal::Signal;
-pub use real::{set_controlling_tty, RealSys};
+pub use real::{reap_any_child, reset_signals_on_exec, set_controlling_tty, RealSys};
 
 /// What `reboot(2)` should do at the very end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

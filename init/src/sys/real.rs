@@ -134,3 +134,34 @@ pub fn set_controlling_tty(cmd: &mut Command) {
         });
     }
 }
+
+/// Makes the child `cmd` starts begin with PID 1's blocked signals cleared
+/// and ignored dispositions back to default (exec resets only handlers).
+pub fn reset_signals_on_exec(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe calls (sigemptyset, sigprocmask, signal) on a zeroed
+    // local sigset, touching no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Reaps one exited child of this process without blocking: its pid and
+/// status, or `None` when no child has exited.
+pub fn reap_any_child() -> Option<(i32, std::process::ExitStatus)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: waitpid writes only to the provided status integer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then(|| (pid, std::process::ExitStatus::from_raw(status)))
+}

@@ -103,20 +103,22 @@ pub fn unpack(deb: &Path, filter: &Filter, tree: &mut Tree) -> Result<(), Error>
                         .map_err(|e| bad(e.to_string()))?
                         .and_then(|t| normalise(&t.to_string_lossy(), filter.merged_usr))
                         .ok_or_else(|| bad(format!("{raw}: hard link without target")))?;
-                    match tree.file(&target) {
+                    match tree.bytes(&target) {
                         Some(d) => Kind::File(d.to_vec()),
                         None => continue,
                     }
                 }
                 other => return Err(bad(format!("{raw}: unsupported entry type {other:?}"))),
             };
-            tree.insert(
-                path,
-                Node {
-                    kind,
-                    meta: Meta { mode, uid, gid },
-                },
-            );
+            let node = Node {
+                kind,
+                meta: Meta { mode, uid, gid },
+            };
+            tree.insert(&path, node).map_err(|cause| Error::Path {
+                from: deb.display().to_string(),
+                path: path.clone(),
+                cause,
+            })?;
         }
         Ok(())
     })
