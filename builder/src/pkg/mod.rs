@@ -87,6 +87,14 @@ pub enum Error {
     Deb { file: String, message: String },
     #[error("kernel package {file}: {message}")]
     Kernel { file: String, message: String },
+    /// What went wrong resolving one package for one architecture.
+    #[error("package {package} for {arch}")]
+    ForArch {
+        package: String,
+        arch: crate::arch::Arch,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("cargo build of `{package}`: {message}")]
     Cargo { package: String, message: String },
     #[error(transparent)]
