@@ -22,7 +22,7 @@ use crate::arch::Arch;
 use crate::assemble::{self, Spool};
 use crate::reference::Reference;
 use crate::store::{self, Store};
-use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
+use oci_spec::image::{Descriptor, ImageConfiguration, MediaType, PlatformBuilder};
 
 /// Bumped when the builder's output for the same inputs changes.
 const FORMAT: &str = "osk-pkg-1";
@@ -776,6 +776,50 @@ pub fn write_to_store(store: &Store, built: &Built) -> Result<Descriptor, Error>
         .map_err(|e| Error::Image(format!("config does not parse as OCI: {e}")))?;
     let reference = Reference::parse(&built.reference).map_err(|e| Error::Image(e.to_string()))?;
     Ok(store.write_image(&reference, &config, vec![layer])?)
+}
+
+/// Names one multi-platform index over a package's per-architecture images
+/// (`osk pkg build --arch amd64,arm64`): a manifest naming it resolves to
+/// the image of its build's `--arch`. Its tag hashes the images' tags, so
+/// the same builds give the same index. Returns the index's reference.
+pub fn write_index(store: &Store, images: &[(Arch, &Built)]) -> Result<Reference, Error> {
+    let name = match images.first() {
+        Some((_, b)) => b
+            .reference
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        None => return Err(Error::Image("an index needs at least one image".into())),
+    };
+    let mut h = Sha256::new();
+    h.update(b"osk-pkg-index-1");
+    let mut manifests = Vec::new();
+    for (arch, built) in images {
+        let reference =
+            Reference::parse(&built.reference).map_err(|e| Error::Image(e.to_string()))?;
+        let mut d = store
+            .resolve(&reference)?
+            .ok_or_else(|| Error::Image(format!("{} is not in the store", built.reference)))?;
+        d.set_annotations(None);
+        d.set_platform(Some(
+            PlatformBuilder::default()
+                .os("linux")
+                .architecture(arch.oci())
+                .build()
+                .expect("os and architecture are set"),
+        ));
+        h.update(built.reference.as_bytes());
+        h.update(b"\n");
+        manifests.push(d);
+    }
+    let index = store::index_of(manifests);
+    let desc = store.put_bytes(MediaType::ImageIndex, &store::to_json(&index))?;
+    let tag = hex::encode(&h.finalize()[..16]);
+    let reference =
+        Reference::parse(&format!("{name}:{tag}")).map_err(|e| Error::Image(e.to_string()))?;
+    store.tag(&reference, &desc)?;
+    Ok(reference)
 }
 
 /// Returns the package's reference, building it into `store` only if the

@@ -18,7 +18,7 @@ pub mod tree;
 
 mod build;
 
-pub use build::{build, ensure_built, lock, show_tag, write_to_store, Built, Options};
+pub use build::{build, ensure_built, lock, show_tag, write_index, write_to_store, Built, Options};
 
 use std::path::Path;
 

@@ -409,3 +409,78 @@ fn copy_tree(src: &Path, dst: &Path) {
         }
     }
 }
+
+fn skopeo(args: &[&str]) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo must be installed (apt-get install skopeo; .ci/run does it)");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn both_arches_make_one_index_that_resolves_per_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, amd64) = fixture_package(tmp.path());
+    lock_arm64(&dir, &amd64);
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let mut built = Vec::new();
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let opts = Options {
+            arch,
+            ..amd64.clone()
+        };
+        let b = pkg::build(&dir, &store, &opts).unwrap();
+        let desc = pkg::write_to_store(&store, &b).unwrap();
+        built.push((arch, b, desc));
+    }
+    let refs: Vec<_> = built.iter().map(|(a, b, _)| (*a, b)).collect();
+    let index = pkg::write_index(&store, &refs).unwrap();
+    assert!(index.familiar().starts_with("osk/hello:"), "{index}");
+    // The same builds name the same index.
+    assert_eq!(pkg::write_index(&store, &refs).unwrap(), index);
+    for (arch, _, desc) in &built {
+        let img = store.image(&index, "linux", arch.oci()).unwrap();
+        assert_eq!(img.manifest_digest.as_str(), desc.digest().to_string());
+    }
+    let err = store
+        .image(&index, "linux", "riscv64")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linux/amd64, linux/arm64"), "{err}");
+
+    // skopeo sees an index with both platforms, and picks each one.
+    let oci = format!("oci:{}:{}", store.root().display(), index);
+    let raw: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &oci])).unwrap();
+    let platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for arch in ["amd64", "arm64"] {
+        let seen: serde_json::Value = serde_json::from_str(&skopeo(&[
+            "--override-os",
+            "linux",
+            "--override-arch",
+            arch,
+            "inspect",
+            &oci,
+        ]))
+        .unwrap();
+        assert_eq!(seen["Architecture"], arch);
+    }
+}

@@ -18,7 +18,8 @@ pub enum PkgCommand {
         #[command(flatten)]
         opts: PkgOpts,
     },
-    /// Build package images from their locks into the local store.
+    /// Build package images from their locks into the local store; several
+    /// `--arch`es also tag one multi-platform index over them.
     Build {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
@@ -110,17 +111,27 @@ pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
             let all = opts.per_arch(&store_dir);
             let store = Store::open(&store_dir)?;
             for d in dirs {
+                let mut images = Vec::new();
                 for opts in &all {
                     let built = pkg::build(&d, &store, opts)
                         .with_context(|| format!("building {} for {}", d.display(), opts.arch))?;
                     let desc = pkg::write_to_store(&store, &built)?;
                     println!(
-                        "{}\t{}\tcompressed {}\tcontent {}",
+                        "{}\t{}\t{}\tcompressed {}\tcontent {}",
                         built.reference,
+                        opts.arch,
                         desc.digest(),
                         human(built.image.layer.len()),
                         human(built.content_size as usize)
                     );
+                    images.push((opts.arch, built));
+                }
+                if images.len() > 1 {
+                    let refs: Vec<_> = images.iter().map(|(a, b)| (*a, b)).collect();
+                    let index = pkg::write_index(&store, &refs)
+                        .with_context(|| format!("indexing {}", d.display()))?;
+                    let arches: Vec<String> = images.iter().map(|(a, _)| a.to_string()).collect();
+                    println!("{}\tindex\t{}", index.familiar(), arches.join(","));
                 }
             }
         }
