@@ -45,7 +45,7 @@ pub enum ResolveError {
         stored: StoreError,
         pulled: Box<ResolveError>,
     },
-    #[error("image {image} has no {wanted} image: {source}")]
+    #[error("image {image} has no {wanted} image")]
     PackagePlatform {
         image: String,
         wanted: String,
@@ -62,8 +62,13 @@ pub trait ImageProvider {
     fn load(&self, reference: &Reference, arch: &str) -> Result<Image, ResolveError>;
     /// Fetches `reference` for `arch` from its registry into the store.
     fn pull(&self, reference: &Reference, arch: &str) -> Result<Image, ResolveError>;
-    /// Builds the package in `dir` into the store unless it is there; returns its reference.
-    fn build_package(&self, image: &ImageRef, dir: &Path) -> Result<Reference, ResolveError>;
+    /// Builds the package in `dir` for `arch` into the store unless it is there; returns its reference.
+    fn build_package(
+        &self,
+        image: &ImageRef,
+        dir: &Path,
+        arch: Arch,
+    ) -> Result<Reference, ResolveError>;
 }
 
 /// Turns the manifest's image references into images for one architecture.
@@ -145,7 +150,7 @@ impl<P: ImageProvider> Resolver<P> {
                 })
             }
             ImageSource::Package(dir) => {
-                let r = self.provider.build_package(image, dir)?;
+                let r = self.provider.build_package(image, dir, self.arch)?;
                 self.provider
                     .load(&r, arch)
                     .map_err(|source| ResolveError::PackagePlatform {
@@ -197,9 +202,15 @@ impl ImageProvider for StoreRegistry<'_> {
         Ok(pull::pull(self.store, reference, &opts)?.image)
     }
 
-    fn build_package(&self, image: &ImageRef, dir: &Path) -> Result<Reference, ResolveError> {
+    fn build_package(
+        &self,
+        image: &ImageRef,
+        dir: &Path,
+        arch: Arch,
+    ) -> Result<Reference, ResolveError> {
         let opts = pkg::Options {
             cache_dir: self.deb_cache.clone(),
+            arch,
             ..Default::default()
         };
         pkg::ensure_built(dir, self.store, &opts).map_err(|e| ResolveError::Package {
@@ -308,10 +319,15 @@ mod tests {
             self.stored.borrow_mut().insert(r.familiar());
             Ok(self.made(r, arch))
         }
-        fn build_package(&self, _: &ImageRef, dir: &Path) -> Result<Reference, ResolveError> {
+        fn build_package(
+            &self,
+            _: &ImageRef,
+            dir: &Path,
+            arch: Arch,
+        ) -> Result<Reference, ResolveError> {
             self.calls
                 .borrow_mut()
-                .push(format!("build {}", dir.display()));
+                .push(format!("build {} {arch}", dir.display()));
             let name = format!("osk/{}:0", dir.file_name().unwrap().to_str().unwrap());
             self.stored.borrow_mut().insert(name.clone());
             Ok(Reference::parse(&name).unwrap())
@@ -383,7 +399,7 @@ mod tests {
         // `--pull` never sends a package image to a registry.
         assert_eq!(
             r.provider.calls(),
-            ["build /src/pkgs/getty", "load osk/getty:0 amd64"]
+            ["build /src/pkgs/getty amd64", "load osk/getty:0 amd64"]
         );
     }
 

@@ -14,14 +14,15 @@ use super::debian::index::{parse_atom, parse_packages};
 use super::debian::release::{Keyring, Release, ALLOW_EXPIRED_ENV, DEFAULT_KEYRING};
 use super::debian::resolve::{resolve, Universe};
 use super::image::{self, Image, RunConfig};
-use super::lock::{inputs_hash, Lock, Locked, LOCK_FILE};
+use super::lock::{inputs_hash, Lock, Locked, Locks, LOCK_FILE};
 use super::spec::{parse_mode, Base, Spec};
 use super::tree::{normalise, Bytes, Node, Patterns, Tree, MERGED_USR_DIRS};
 use super::{kernel, Error};
+use crate::arch::Arch;
 use crate::assemble::{self, Spool};
 use crate::reference::Reference;
-use crate::store::{self, host_arch, Store};
-use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
+use crate::store::{self, Store};
+use oci_spec::image::{Descriptor, ImageConfiguration, MediaType, PlatformBuilder};
 
 /// Bumped when the builder's output for the same inputs changes.
 const FORMAT: &str = "osk-pkg-1";
@@ -45,6 +46,8 @@ pub struct Options {
     pub allow_expired_release: bool,
     /// Registries reached over plain HTTP when a `from:` image must be pulled.
     pub insecure_registries: Vec<String>,
+    /// The architecture to lock and build for (`--arch`; default: the host's).
+    pub arch: Arch,
 }
 
 impl Default for Options {
@@ -60,20 +63,23 @@ impl Default for Options {
                 .unwrap_or(0),
             allow_expired_release: std::env::var(ALLOW_EXPIRED_ENV).as_deref() == Ok("1"),
             insecure_registries: Vec::new(),
+            arch: Arch::host(),
         }
     }
 }
 
-/// A package folder, read and checked.
+/// A package folder, read and checked, as built for one architecture.
 struct Package {
     dir: PathBuf,
     name: String,
+    /// build.yml with its variables expanded for `arch`.
     spec: Spec,
-    lock: Option<(Lock, String)>,
+    arch: Arch,
+    locks: Option<Locks>,
 }
 
 impl Package {
-    fn load(dir: &Path) -> Result<Package, Error> {
+    fn load(dir: &Path, arch: Arch) -> Result<Package, Error> {
         let dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         let name = dir
             .file_name()
@@ -82,37 +88,42 @@ impl Package {
             .to_string();
         let path = dir.join("build.yml");
         let spec_text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let spec = Spec::parse(&spec_text, &path)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = match std::fs::read_to_string(&lock_path) {
-            Ok(t) => Some((Lock::parse(&t, &lock_path)?, t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&lock_path, e)),
-        };
+        let spec = Spec::parse(&spec_text, &path)?.for_arch(arch, &path)?;
+        let locks = Locks::read(&dir)?;
         Ok(Package {
             dir,
             name,
             spec,
-            lock,
+            arch,
+            locks,
         })
     }
 
-    /// The lock, which must exist and match build.yml.
-    fn checked_lock(&self) -> Result<Option<&Lock>, Error> {
+    /// This architecture's lock, which must exist and match build.yml.
+    fn checked_lock(&self) -> Result<Option<Lock>, Error> {
         if self.spec.debian.is_none() {
             return Ok(None);
         }
+        let arch = self.arch;
         let path = self.dir.join(LOCK_FILE).display().to_string();
-        let (lock, _) = self.lock.as_ref().ok_or_else(|| Error::Lock {
-            path: path.clone(),
-            message: format!("missing; run `osk pkg lock {}`", self.dir.display()),
-        })?;
-        if lock.inputs != inputs_hash(&self.spec) {
+        let relock = format!("osk pkg lock --arch {arch} {}", self.dir.display());
+        let lock = match &self.locks {
+            None => {
+                return Err(Error::Lock {
+                    path,
+                    message: format!("missing; run `{relock}`"),
+                })
+            }
+            Some(l) => l.get(arch).ok_or_else(|| Error::Lock {
+                path: path.clone(),
+                message: format!("has no {arch} resolution; run `{relock}`"),
+            })?,
+        };
+        if lock.inputs != inputs_hash(&self.spec, arch) {
             return Err(Error::Lock {
                 path,
                 message: format!(
-                    "stale: build.yml's debian/kernel sections changed since it was written; run `osk pkg lock {}`",
-                    self.dir.display()
+                    "stale for {arch}: build.yml's debian/kernel sections changed since it was written; run `{relock}`"
                 ),
             });
         }
@@ -127,7 +138,13 @@ impl Package {
 /// Resolves build.yml's Debian packages against the signed archive and
 /// writes `build.lock`. Returns the lock.
 pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
-    let pkg = Package::load(dir)?;
+    let pkg = Package::load(dir, opts.arch)?;
+    let arch = opts.arch;
+    let for_arch = |e: Error| Error::ForArch {
+        package: pkg.name.clone(),
+        arch,
+        source: Box::new(e),
+    };
     let debian = pkg.spec.debian.as_ref().ok_or_else(|| Error::Spec {
         at: pkg.dir.join("build.yml").display().to_string(),
         message: "no `debian` section: nothing to lock".into(),
@@ -143,7 +160,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
         let release = Release::parse(&text, &origin)?;
         release.check_valid_until(unix_now(), opts.allow_expired_release, suite, &mirror)?;
         for comp in &debian.components {
-            let base = format!("{comp}/binary-{}/Packages", debian.architecture);
+            let base = format!("{comp}/binary-{}/Packages", arch.debian());
             let (key, entry) = ["xz", "gz"]
                 .iter()
                 .find_map(|ext| {
@@ -174,7 +191,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
             all.extend(parse_packages(&text, &name)?);
         }
     }
-    let universe = Universe::new(all, &debian.architecture);
+    let universe = Universe::new(all, arch.debian());
     let requests = debian
         .packages
         .iter()
@@ -184,7 +201,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
             at: pkg.dir.join("build.yml").display().to_string(),
             message: m.to_string(),
         })?;
-    let mut chosen = resolve(&universe, &requests, &debian.skip)?;
+    let mut chosen = resolve(&universe, &requests, &debian.skip).map_err(for_arch)?;
     if let Some(k) = &pkg.spec.kernel {
         // The kernel's own dependencies (kmod, initramfs tools) serve the
         // host's boot scripts, not an image: take the package alone.
@@ -195,11 +212,12 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
                 dependency: k.package.clone(),
                 chain: "kernel.package".into(),
                 detail: "not in the indexes (the ABI name changes with each kernel update)".into(),
-            })?;
+            })
+            .map_err(for_arch)?;
         chosen.push(p.clone());
     }
     let lock = Lock::new(
-        inputs_hash(&pkg.spec),
+        inputs_hash(&pkg.spec, arch),
         chosen
             .into_iter()
             .map(|p| Locked {
@@ -212,7 +230,9 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
             })
             .collect(),
     );
-    lock.write(&pkg.dir)?;
+    let mut locks = pkg.locks.clone().unwrap_or_default();
+    locks.set(arch, lock.clone());
+    locks.write(&pkg.dir)?;
     Ok(lock)
 }
 
@@ -278,6 +298,16 @@ fn workspace_root(dir: &Path) -> Result<PathBuf, Error> {
 fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
     if pkg.spec.binaries.is_empty() {
         return Ok(Vec::new());
+    }
+    if pkg.arch != Arch::Amd64 {
+        return Err(Error::Cargo {
+            package: pkg.spec.binaries[0].package.clone(),
+            message: format!(
+                "{}: cross-compiling osk's binaries for {} is not supported yet",
+                pkg.spec_path(),
+                pkg.arch
+            ),
+        });
     }
     let root = workspace_root(&pkg.dir)?;
     const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -385,8 +415,6 @@ struct Prepared {
     pkg: Package,
     binaries: Vec<(String, Vec<u8>)>,
     base: Option<PreparedBase>,
-    /// OCI architecture of the image.
-    arch: String,
     tag: String,
 }
 
@@ -394,18 +422,6 @@ enum PreparedBase {
     Package(Box<Prepared>),
     /// An image from the store, resolved to one platform.
     Image(Box<store::Image>),
-}
-
-/// Debian's architecture names as OCI spells them.
-fn oci_arch(debian: &str) -> String {
-    match debian {
-        "armhf" | "armel" => "arm",
-        "i386" => "386",
-        "ppc64el" => "ppc64le",
-        "mips64el" => "mips64le",
-        other => other,
-    }
-    .to_string()
 }
 
 /// The `from:` image, from the store; pulled only when the store lacks it,
@@ -446,9 +462,8 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
             dir.display()
         )));
     }
-    let pkg = Package::load(dir)?;
-    pkg.checked_lock()?;
-    let debian_arch = pkg.spec.debian.as_ref().map(|d| oci_arch(&d.architecture));
+    let pkg = Package::load(dir, opts.arch)?;
+    let lock = pkg.checked_lock()?;
     let base = match pkg.spec.base() {
         Some(Base::Package(p)) => Some(PreparedBase::Package(Box::new(prepare(
             &pkg.dir.join(p),
@@ -456,21 +471,15 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
             opts,
             depth + 1,
         )?))),
-        Some(Base::Image(r)) => {
-            let arch = debian_arch.as_deref().unwrap_or(host_arch());
-            Some(PreparedBase::Image(Box::new(base_image(
-                &pkg, &r, store, arch, opts,
-            )?)))
-        }
+        Some(Base::Image(r)) => Some(PreparedBase::Image(Box::new(base_image(
+            &pkg,
+            &r,
+            store,
+            opts.arch.oci(),
+            opts,
+        )?))),
         None => None,
     };
-    let arch = debian_arch
-        .or_else(|| match &base {
-            Some(PreparedBase::Package(b)) => Some(b.arch.clone()),
-            Some(PreparedBase::Image(i)) => Some(i.config.architecture().to_string()),
-            None => None,
-        })
-        .unwrap_or_else(|| "amd64".into());
     let binaries = build_binaries(&pkg)?;
     let mut h = Sha256::new();
     let mut field = |k: &str, v: &[u8]| {
@@ -484,11 +493,20 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
         field("kernel-format", KERNEL_FORMAT.as_bytes());
     }
     field("name", pkg.name.as_bytes());
+    // amd64 tags stay what they were before other architectures.
+    if pkg.arch != Arch::Amd64 {
+        field("arch", pkg.arch.oci().as_bytes());
+    }
     field(
         "source-date-epoch",
         opts.source_date_epoch.to_string().as_bytes(),
     );
     for (rel, exec, data) in folder_files(&pkg.dir)? {
+        // Only this architecture's resolution: locking another one keeps this tag.
+        let data = match (&rel[..], &pkg.locks, &lock) {
+            (LOCK_FILE, Some(all), Some(_)) => all.only(pkg.arch).to_text()?.into_bytes(),
+            _ => data,
+        };
         field(&format!("file:{rel}:{exec:o}"), &data);
     }
     for (dest, data) in &binaries {
@@ -505,7 +523,6 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
         pkg,
         binaries,
         base,
-        arch,
         tag,
     })
 }
@@ -563,7 +580,7 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
     let spec = &p.pkg.spec;
     let lock = p.pkg.checked_lock()?;
     let debs = match lock {
-        Some(l) => fetch_debs(&p.pkg, l, opts)?,
+        Some(l) => fetch_debs(&p.pkg, &l, opts)?,
         None => BTreeMap::new(),
     };
     if let Some(k) = &spec.kernel {
@@ -595,8 +612,8 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
             message: format!("bad pattern: {e}"),
         })
     };
-    let exclude = pat(spec.excludes())?;
-    let keep = pat(spec.keeps())?;
+    let exclude = pat(spec.excludes(p.pkg.arch))?;
+    let keep = pat(spec.keeps(p.pkg.arch))?;
     let merged_usr = spec.debian.as_ref().is_none_or(|d| d.merged_usr);
     let filter = Filter {
         exclude: &exclude,
@@ -730,7 +747,7 @@ fn run_config(p: &Prepared) -> RunConfig {
             .unwrap_or_default()
             .into_iter()
             .collect(),
-        architecture: Some(p.arch.clone()),
+        architecture: Some(p.pkg.arch.oci().to_string()),
     }
 }
 
@@ -770,6 +787,50 @@ pub fn write_to_store(store: &Store, built: &Built) -> Result<Descriptor, Error>
         .map_err(|e| Error::Image(format!("config does not parse as OCI: {e}")))?;
     let reference = Reference::parse(&built.reference).map_err(|e| Error::Image(e.to_string()))?;
     Ok(store.write_image(&reference, &config, vec![layer])?)
+}
+
+/// Names one multi-platform index over a package's per-architecture images
+/// (`osk pkg build --arch amd64,arm64`): a manifest naming it resolves to
+/// the image of its build's `--arch`. Its tag hashes the images' tags, so
+/// the same builds give the same index. Returns the index's reference.
+pub fn write_index(store: &Store, images: &[(Arch, &Built)]) -> Result<Reference, Error> {
+    let name = match images.first() {
+        Some((_, b)) => b
+            .reference
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        None => return Err(Error::Image("an index needs at least one image".into())),
+    };
+    let mut h = Sha256::new();
+    h.update(b"osk-pkg-index-1");
+    let mut manifests = Vec::new();
+    for (arch, built) in images {
+        let reference =
+            Reference::parse(&built.reference).map_err(|e| Error::Image(e.to_string()))?;
+        let mut d = store
+            .resolve(&reference)?
+            .ok_or_else(|| Error::Image(format!("{} is not in the store", built.reference)))?;
+        d.set_annotations(None);
+        d.set_platform(Some(
+            PlatformBuilder::default()
+                .os("linux")
+                .architecture(arch.oci())
+                .build()
+                .expect("os and architecture are set"),
+        ));
+        h.update(built.reference.as_bytes());
+        h.update(b"\n");
+        manifests.push(d);
+    }
+    let index = store::index_of(manifests);
+    let desc = store.put_bytes(MediaType::ImageIndex, &store::to_json(&index))?;
+    let tag = hex::encode(&h.finalize()[..16]);
+    let reference =
+        Reference::parse(&format!("{name}:{tag}")).map_err(|e| Error::Image(e.to_string()))?;
+    store.tag(&reference, &desc)?;
+    Ok(reference)
 }
 
 /// Returns the package's reference, building it into `store` only if the

@@ -1,6 +1,7 @@
-//! `build.lock`: the exact Debian package set a package image is built from.
-//! `osk pkg lock` writes it; `osk pkg build` only reads it.
+//! `build.lock`: the exact Debian package set a package image is built from,
+//! one per architecture. `osk pkg lock` writes it; `osk pkg build` only reads it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::spec::Spec;
 use super::Error;
+use crate::arch::Arch;
 
 pub const LOCK_FILE: &str = "build.lock";
 const HEADER: &str =
@@ -26,6 +28,7 @@ pub struct Locked {
     pub filename: String,
 }
 
+/// One architecture's resolution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lock {
@@ -35,10 +38,16 @@ pub struct Lock {
     pub packages: Vec<Locked>,
 }
 
-/// What in a spec determines the locked set.
-pub fn inputs_hash(spec: &Spec) -> String {
+/// What in a spec (as built for `arch`) determines the locked set.
+pub fn inputs_hash(spec: &Spec, arch: Arch) -> String {
+    let mut debian = serde_json::to_value(&spec.debian).unwrap_or_default();
+    // Keys are sorted, so this hashes as the `architecture: amd64` field of
+    // locks written before `--arch` did: those stay fresh.
+    if let Some(d) = debian.as_object_mut() {
+        d.insert("architecture".into(), arch.debian().into());
+    }
     let relevant = serde_json::json!({
-        "debian": spec.debian,
+        "debian": debian,
         "kernel": spec.kernel.as_ref().map(|k| &k.package),
     });
     hex::encode(Sha256::digest(
@@ -52,6 +61,79 @@ impl Lock {
         Lock { inputs, packages }
     }
 
+    fn check_sorted(&self, path: &Path, arch: Arch) -> Result<(), Error> {
+        let mut sorted = self.packages.clone();
+        sorted.sort();
+        sorted.dedup_by(|a, b| a.name == b.name);
+        if sorted != self.packages {
+            return Err(Error::Lock {
+                path: path.display().to_string(),
+                message: format!(
+                    "{arch}: packages are not sorted or a name repeats; regenerate it with `osk pkg lock --arch {arch}`"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The whole `build.lock`: a [`Lock`] per architecture. amd64's sits at the
+/// top level, where locks written before arm64 support have it, so they stay
+/// valid byte for byte; the others under `architectures`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inputs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packages: Option<Vec<Locked>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    architectures: BTreeMap<String, Lock>,
+}
+
+impl Locks {
+    /// `arch`'s resolution, if it was locked.
+    pub fn get(&self, arch: Arch) -> Option<Lock> {
+        match arch {
+            Arch::Amd64 => Some(Lock {
+                inputs: self.inputs.clone()?,
+                packages: self.packages.clone()?,
+            }),
+            _ => self.architectures.get(arch.oci()).cloned(),
+        }
+    }
+
+    /// Records `lock` as `arch`'s resolution, keeping the others.
+    pub fn set(&mut self, arch: Arch, lock: Lock) {
+        match arch {
+            Arch::Amd64 => {
+                self.inputs = Some(lock.inputs);
+                self.packages = Some(lock.packages);
+            }
+            _ => {
+                self.architectures.insert(arch.oci().to_string(), lock);
+            }
+        }
+    }
+
+    /// A lock of `arch`'s resolution alone: what a package's tag hashes,
+    /// so locking another architecture does not rename this one's image.
+    pub fn only(&self, arch: Arch) -> Locks {
+        let mut out = Locks::default();
+        if let Some(l) = self.get(arch) {
+            out.set(arch, l);
+        }
+        out
+    }
+
+    /// The architectures locked, in [`Arch::ALL`] order.
+    pub fn arches(&self) -> Vec<Arch> {
+        Arch::ALL
+            .into_iter()
+            .filter(|a| self.get(*a).is_some())
+            .collect()
+    }
+
     pub fn to_text(&self) -> Result<String, Error> {
         let body = serde_saphyr::to_string(self).map_err(|e| Error::Lock {
             path: LOCK_FILE.to_string(),
@@ -60,27 +142,39 @@ impl Lock {
         Ok(format!("{HEADER}{body}"))
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Lock, Error> {
-        let lock: Lock =
+    pub fn parse(text: &str, path: &Path) -> Result<Locks, Error> {
+        let locks: Locks =
             serde_saphyr::from_str(text).map_err(|e| super::spec::yaml_error(path, &e))?;
-        let mut sorted = lock.packages.clone();
-        sorted.sort();
-        sorted.dedup_by(|a, b| a.name == b.name);
-        if sorted != lock.packages {
-            return Err(Error::Lock {
+        let bad = |message: String| {
+            Err(Error::Lock {
                 path: path.display().to_string(),
-                message:
-                    "packages are not sorted or a name repeats; regenerate it with `osk pkg lock`"
-                        .into(),
-            });
+                message,
+            })
+        };
+        if locks.inputs.is_some() != locks.packages.is_some() {
+            return bad("`inputs` and `packages` (amd64's resolution) go together; regenerate it with `osk pkg lock`".into());
         }
-        Ok(lock)
+        for name in locks.architectures.keys() {
+            match name.parse::<Arch>() {
+                Ok(Arch::Amd64) => {
+                    return bad("architectures: amd64's resolution belongs at the top level; regenerate it with `osk pkg lock`".into())
+                }
+                Ok(_) => {}
+                Err(e) => return bad(format!("architectures: {e}")),
+            }
+        }
+        for arch in locks.arches() {
+            if let Some(l) = locks.get(arch) {
+                l.check_sorted(path, arch)?;
+            }
+        }
+        Ok(locks)
     }
 
-    pub fn read(dir: &Path) -> Result<Option<Lock>, Error> {
+    pub fn read(dir: &Path) -> Result<Option<Locks>, Error> {
         let path = dir.join(LOCK_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(t) => Lock::parse(&t, &path).map(Some),
+            Ok(t) => Locks::parse(&t, &path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(&path, e)),
         }
@@ -101,6 +195,12 @@ impl Lock {
 mod tests {
     use super::*;
 
+    fn sample_locks() -> Locks {
+        let mut l = Locks::default();
+        l.set(Arch::Amd64, sample());
+        l
+    }
+
     fn sample() -> Lock {
         let p = |n: &str| Locked {
             name: n.into(),
@@ -115,10 +215,11 @@ mod tests {
 
     #[test]
     fn round_trip_is_sorted_and_stable() {
-        let lock = sample();
-        assert_eq!(lock.packages[0].name, "libc6");
+        let lock = sample_locks();
+        assert_eq!(lock.get(Arch::Amd64).unwrap().packages[0].name, "libc6");
         let text = lock.to_text().unwrap();
-        let back = Lock::parse(&text, Path::new("build.lock")).unwrap();
+        assert!(text.contains("\ninputs: "), "{text}");
+        let back = Locks::parse(&text, Path::new("build.lock")).unwrap();
         assert_eq!(back, lock);
         assert_eq!(back.to_text().unwrap(), text);
     }
@@ -127,7 +228,56 @@ mod tests {
     fn unsorted_lock_is_rejected() {
         let mut lock = sample();
         lock.packages.reverse();
-        let text = lock.to_text().unwrap();
-        assert!(Lock::parse(&text, Path::new("build.lock")).is_err());
+        let mut locks = Locks::default();
+        locks.set(Arch::Arm64, lock);
+        let text = locks.to_text().unwrap();
+        let err = Locks::parse(&text, Path::new("build.lock"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("arm64"), "{err}");
+    }
+
+    #[test]
+    fn another_arch_is_kept_apart_and_leaves_amd64_as_it_was() {
+        let mut locks = sample_locks();
+        let amd64_text = locks.to_text().unwrap();
+        locks.set(Arch::Arm64, Lock::new("ef".repeat(32), vec![]));
+        assert_eq!(locks.arches(), [Arch::Amd64, Arch::Arm64]);
+        let text = locks.to_text().unwrap();
+        assert!(text.contains("architectures:\n  arm64:\n"), "{text}");
+        let back = Locks::parse(&text, Path::new("build.lock")).unwrap();
+        assert_eq!(back.get(Arch::Arm64).unwrap().inputs, "ef".repeat(32));
+        assert_eq!(back.only(Arch::Amd64).to_text().unwrap(), amd64_text);
+        assert!(back.only(Arch::Arm64).get(Arch::Amd64).is_none());
+    }
+
+    /// Every lock in pkgs/ reads back to its own bytes, and is fresh for its
+    /// build.yml: old amd64 locks stay valid without a re-lock.
+    #[test]
+    fn the_repository_locks_round_trip_and_stay_fresh() {
+        let pkgs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pkgs");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&pkgs).unwrap() {
+            let dir = e.unwrap().path();
+            let Ok(text) = std::fs::read_to_string(dir.join(LOCK_FILE)) else {
+                continue;
+            };
+            let locks = Locks::parse(&text, &dir.join(LOCK_FILE)).unwrap();
+            assert_eq!(locks.to_text().unwrap(), text, "{}", dir.display());
+            let spec_path = dir.join("build.yml");
+            let spec =
+                Spec::parse(&std::fs::read_to_string(&spec_path).unwrap(), &spec_path).unwrap();
+            for arch in locks.arches() {
+                let spec = spec.for_arch(arch, &spec_path).unwrap();
+                assert_eq!(
+                    locks.get(arch).unwrap().inputs,
+                    inputs_hash(&spec, arch),
+                    "{} {arch}",
+                    dir.display()
+                );
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "{seen}");
     }
 }

@@ -18,7 +18,7 @@ pub mod tree;
 
 mod build;
 
-pub use build::{build, ensure_built, lock, show_tag, write_to_store, Built, Options};
+pub use build::{build, ensure_built, lock, show_tag, write_index, write_to_store, Built, Options};
 
 use std::path::Path;
 
@@ -95,6 +95,14 @@ pub enum Error {
     },
     #[error("kernel package {file}: {message}")]
     Kernel { file: String, message: String },
+    /// What went wrong resolving one package for one architecture.
+    #[error("package {package} for {arch}")]
+    ForArch {
+        package: String,
+        arch: crate::arch::Arch,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("cargo build of `{package}`: {message}")]
     Cargo { package: String, message: String },
     #[error(transparent)]

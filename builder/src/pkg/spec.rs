@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use crate::arch::Arch;
 
 /// Paths a minimal OS never needs; `default-excludes: false` turns them off.
 pub const DEFAULT_EXCLUDES: &[&str] = &[
@@ -36,7 +37,7 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "etc/cron.*",
     "etc/default",
     "lib/systemd",
-    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/${triplet}/gconv",
     "usr/share/debconf",
     "usr/share/initramfs-tools",
     "etc/initramfs-tools",
@@ -57,7 +58,9 @@ pub struct Spec {
     pub debian: Option<Debian>,
     #[serde(default)]
     pub kernel: Option<Kernel>,
-    /// Extra path patterns to drop (root-relative globs; a match drops the subtree).
+    /// Extra path patterns to drop (root-relative globs; a match drops the
+    /// subtree). Here and in `keep`, `${triplet}` is the target's Debian
+    /// multiarch triplet (`x86_64-linux-gnu`) and `${arch}` its Debian name.
     #[serde(default)]
     pub exclude: Vec<String>,
     /// Patterns kept even when excluded.
@@ -101,10 +104,6 @@ fn main_component() -> Vec<String> {
     vec!["main".to_string()]
 }
 
-fn amd64() -> String {
-    "amd64".to_string()
-}
-
 /// Debian packages to install with their dependency closure.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -113,8 +112,10 @@ pub struct Debian {
     pub suites: Vec<String>,
     #[serde(default = "main_component")]
     pub components: Vec<String>,
-    #[serde(default = "amd64")]
-    pub architecture: String,
+    /// The one architecture this package exists for (content that only one
+    /// has); none: any, chosen by `--arch`.
+    #[serde(default)]
+    pub architecture: Option<String>,
     /// Requested packages, `name` or `name (>= version)`.
     #[serde(default)]
     pub packages: Vec<String>,
@@ -188,6 +189,35 @@ pub enum Base {
     Image(crate::reference::Reference),
 }
 
+/// The variables `build.yml` patterns and package names may use.
+pub const VARIABLES: &str = "${arch}, ${triplet}";
+
+/// `text` with `${arch}` and `${triplet}` replaced for `arch`; an unknown
+/// variable or a `${` left open is an error naming it.
+pub fn expand(text: &str, arch: Arch) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{text}`: `${{` without a closing `}}`"))?;
+        out.push_str(match &after[..end] {
+            "arch" => arch.debian(),
+            "triplet" => arch.triplet(),
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown variable `${{{other}}}` (known: {VARIABLES})"
+                ))
+            }
+        });
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Parses an octal mode string ("0755", "755", "1777").
 pub fn parse_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -257,7 +287,23 @@ impl Spec {
                 return bad("a `kernel` package holds only /kernel and /kernel.tar (no files, binaries or from)".into());
             }
         }
+        let templated = self
+            .exclude
+            .iter()
+            .chain(&self.keep)
+            .chain(self.debian.iter().flat_map(|d| &d.packages))
+            .chain(self.kernel.iter().map(|k| &k.package));
+        for t in templated {
+            if let Err(m) = expand(t, Arch::Amd64) {
+                return bad(m);
+            }
+        }
         if let Some(d) = &self.debian {
+            if let Some(a) = &d.architecture {
+                if let Err(e) = a.parse::<Arch>() {
+                    return bad(format!("debian.architecture: {e}"));
+                }
+            }
             if d.suites.is_empty() {
                 return bad("`debian.suites` is empty".into());
             }
@@ -315,22 +361,59 @@ impl Spec {
         self.from.as_deref().and_then(|f| parse_base(f).ok())
     }
 
-    /// All exclude patterns in force.
-    pub fn excludes(&self) -> Vec<String> {
-        let mut v: Vec<String> = if self.default_excludes {
-            DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect()
-        } else {
-            Vec::new()
-        };
-        v.extend(self.exclude.iter().cloned());
-        v
+    /// This spec as built for `arch`: package names expanded, or an error
+    /// when the package is for another architecture only.
+    pub fn for_arch(&self, arch: Arch, path: &Path) -> Result<Spec, Error> {
+        let mut s = self.clone();
+        // validate() expanded every template once: they all expand.
+        let ex = |t: &mut String| *t = expand(t, arch).unwrap_or_else(|_| t.clone());
+        if let Some(d) = &mut s.debian {
+            if let Some(only) = &d.architecture {
+                if only != arch.debian() {
+                    return Err(Error::Spec {
+                        at: path.display().to_string(),
+                        message: format!(
+                            "this package is for {only} only (debian.architecture), not {arch}"
+                        ),
+                    });
+                }
+            }
+            d.packages.iter_mut().for_each(ex);
+        }
+        if let Some(k) = &mut s.kernel {
+            ex(&mut k.package);
+        }
+        Ok(s)
     }
 
-    pub fn keeps(&self) -> Vec<String> {
-        let mut v: Vec<String> = DEFAULT_KEEPS.iter().map(|s| s.to_string()).collect();
-        v.extend(self.keep.iter().cloned());
-        v
+    /// All exclude patterns in force for `arch`.
+    pub fn excludes(&self, arch: Arch) -> Vec<String> {
+        let defaults = DEFAULT_EXCLUDES.iter().filter(|_| self.default_excludes);
+        expand_all(
+            defaults
+                .copied()
+                .chain(self.exclude.iter().map(String::as_str)),
+            arch,
+        )
     }
+
+    /// All keep patterns for `arch`.
+    pub fn keeps(&self, arch: Arch) -> Vec<String> {
+        expand_all(
+            DEFAULT_KEEPS
+                .iter()
+                .copied()
+                .chain(self.keep.iter().map(String::as_str)),
+            arch,
+        )
+    }
+}
+
+fn expand_all<'a>(patterns: impl Iterator<Item = &'a str>, arch: Arch) -> Vec<String> {
+    // validate() expanded every template once: they all expand.
+    patterns
+        .map(|p| expand(p, arch).unwrap_or_else(|_| p.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -354,10 +437,15 @@ mod tests {
         let s = Spec::parse(text, Path::new("b.yml")).unwrap();
         let d = s.debian.as_ref().unwrap();
         assert_eq!(d.components, ["main"]);
-        assert_eq!(d.architecture, "amd64");
+        assert_eq!(d.architecture, None);
         assert!(d.merged_usr);
         assert_eq!(s.config.as_ref().unwrap()["net"], "host");
-        assert!(s.excludes().contains(&"usr/share/doc".to_string()));
+        assert!(s
+            .excludes(Arch::Amd64)
+            .contains(&"usr/share/doc".to_string()));
+        assert!(s
+            .excludes(Arch::Arm64)
+            .contains(&"usr/lib/aarch64-linux-gnu/gconv".to_string()));
     }
 
     #[test]
@@ -402,5 +490,59 @@ mod tests {
         assert_eq!(parse_mode("0755"), Some(0o755));
         assert_eq!(parse_mode("1777"), Some(0o1777));
         assert_eq!(parse_mode("8"), None);
+    }
+
+    #[test]
+    fn variables_expand_per_arch_and_unknown_ones_are_named() {
+        assert_eq!(
+            expand("usr/lib/${triplet}/libm.so.6", Arch::Arm64).unwrap(),
+            "usr/lib/aarch64-linux-gnu/libm.so.6"
+        );
+        assert_eq!(
+            expand("linux-image-6.1.0-37-${arch}", Arch::Amd64).unwrap(),
+            "linux-image-6.1.0-37-amd64"
+        );
+        let text =
+            "debian:\n  suites: [bookworm]\n  packages: [a]\nexclude: [usr/lib/${tripel}/x]\n";
+        let err = Spec::parse(text, Path::new("p/build.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p/build.yml") && err.contains("${tripel}"),
+            "{err}"
+        );
+        assert!(expand("a${arch", Arch::Amd64)
+            .unwrap_err()
+            .contains("closing"));
+    }
+
+    #[test]
+    fn a_package_for_one_arch_refuses_the_other() {
+        let text =
+            "debian:\n  suites: [bookworm]\n  architecture: amd64\n  packages: [grub-pc-bin]\n";
+        let s = Spec::parse(text, Path::new("p/build.yml")).unwrap();
+        s.for_arch(Arch::Amd64, Path::new("p/build.yml")).unwrap();
+        let err = s
+            .for_arch(Arch::Arm64, Path::new("p/build.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p/build.yml") && err.contains("amd64 only"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn init_excludes_expand_to_each_triplet() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pkgs/init/build.yml");
+        let s = Spec::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        let amd64 = s.excludes(Arch::Amd64);
+        // The patterns amd64 layers were built with, to the letter.
+        assert!(amd64.contains(&"usr/lib/x86_64-linux-gnu/libm.so.6".to_string()));
+        assert!(amd64.contains(&"usr/lib/x86_64-linux-gnu/gconv".to_string()));
+        assert!(s
+            .excludes(Arch::Arm64)
+            .contains(&"usr/lib/aarch64-linux-gnu/libm.so.6".to_string()));
+        assert!(!amd64.iter().any(|p| p.contains("${")), "{amd64:?}");
     }
 }

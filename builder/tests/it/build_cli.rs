@@ -266,3 +266,75 @@ fn osk_build_refuses_images_of_another_arch_and_writes_nothing() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("node-kernel").is_file());
 }
+
+/// A manifest naming a multi-platform index gets each build's own platform.
+#[test]
+fn osk_build_takes_the_arch_of_an_index() {
+    use oci_spec::image::{MediaType, PlatformBuilder};
+    let d = tempfile::tempdir().unwrap();
+    let store_dir = d.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    for name in ["kernel", "init"] {
+        let mut manifests = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let modules = support::layer(&[E::File("lib/modules/6.1.0/x.ko", b"ko", 0o644)]);
+            let kernel = format!("{name} for {arch}");
+            let file = if name == "kernel" { "kernel" } else { "init" };
+            let img = support::image_for(
+                &store,
+                &format!("test/{name}-{arch}:1"),
+                arch,
+                vec![(
+                    support::layer(&[
+                        E::File(file, kernel.as_bytes(), 0o755),
+                        E::File("kernel.tar", &modules, 0o644),
+                    ]),
+                    MediaType::ImageLayer,
+                )],
+            );
+            let mut desc = store.resolve(&img.reference).unwrap().unwrap();
+            desc.set_annotations(None);
+            desc.set_platform(Some(
+                PlatformBuilder::default()
+                    .os("linux")
+                    .architecture(arch)
+                    .build()
+                    .unwrap(),
+            ));
+            manifests.push(desc);
+        }
+        let index = osk_builder::store::index_of(manifests);
+        let desc = store
+            .put_bytes(MediaType::ImageIndex, &osk_builder::store::to_json(&index))
+            .unwrap();
+        let r = osk_builder::reference::Reference::parse(&format!("test/{name}:multi")).unwrap();
+        store.tag(&r, &desc).unwrap();
+    }
+    let manifest = d.path().join("node.yml");
+    std::fs::write(
+        &manifest,
+        "kernel:\n  image: test/kernel:multi\n  cmdline: console=ttyS0\ninit:\n  - test/init:multi\n",
+    )
+    .unwrap();
+    for arch in ["amd64", "arm64"] {
+        let out = d.path().join(arch);
+        let o = osk(
+            &store_dir,
+            d.path(),
+            d.path(),
+            &[
+                "build",
+                "--arch",
+                arch,
+                "--dir",
+                out.to_str().unwrap(),
+                manifest.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            std::fs::read_to_string(out.join("node-kernel")).unwrap(),
+            format!("kernel for {arch}")
+        );
+    }
+}

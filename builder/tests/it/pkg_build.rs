@@ -3,12 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use osk_builder::pkg::{self, lock::Lock, lock::Locked, Options};
+use osk_builder::arch::Arch;
+use osk_builder::pkg::{self, lock::Lock, lock::Locked, lock::Locks, Options};
 use osk_builder::store::Store;
 use sha2::{Digest, Sha256};
 
-/// A minimal .deb: `debian-binary`, `control.tar.gz`, `data.tar.gz`.
+/// A minimal amd64 .deb: `debian-binary`, `control.tar.gz`, `data.tar.gz`.
 fn make_deb(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    make_deb_for("amd64", files)
+}
+
+fn make_deb_for(arch: &str, files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let tar_gz = |entries: &[(&str, &[u8], u32)]| {
         let mut b = tar::Builder::new(Vec::new());
         for (path, data, mode) in entries {
@@ -26,11 +31,8 @@ fn make_deb(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
         std::io::Write::write_all(&mut gz, &tar).unwrap();
         gz.finish().unwrap()
     };
-    let control = tar_gz(&[(
-        "./control",
-        b"Package: hello\nVersion: 1.0\nArchitecture: amd64\n",
-        0o644,
-    )]);
+    let control_text = format!("Package: hello\nVersion: 1.0\nArchitecture: {arch}\n");
+    let control = tar_gz(&[("./control", control_text.as_bytes(), 0o644)]);
     let data = tar_gz(files);
     let mut ar = ar::Builder::new(Vec::new());
     for (name, bytes) in [
@@ -73,7 +75,7 @@ fn fixture_package(root: &Path) -> (PathBuf, Options) {
     )
     .unwrap();
     let lock = Lock::new(
-        osk_builder::pkg::lock::inputs_hash(&spec),
+        osk_builder::pkg::lock::inputs_hash(&spec, Arch::Amd64),
         vec![Locked {
             name: "hello".into(),
             version: "1.0".into(),
@@ -83,12 +85,15 @@ fn fixture_package(root: &Path) -> (PathBuf, Options) {
             filename: "pool/main/h/hello/hello_1.0_amd64.deb".into(),
         }],
     );
-    lock.write(&dir).unwrap();
+    let mut locks = Locks::default();
+    locks.set(Arch::Amd64, lock);
+    locks.write(&dir).unwrap();
     let opts = Options {
         // Never used: everything is cached. A mirror that cannot answer
         // proves no download is attempted.
         mirror: Some("http://127.0.0.1:9/debian".into()),
         cache_dir: cache,
+        arch: Arch::Amd64,
         ..Options::default()
     };
     (dir, opts)
@@ -227,4 +232,255 @@ fn network_lock_and_build_demo() {
     let store2 = Store::open(tmp.path().join("store2")).unwrap();
     let r2 = pkg::ensure_built(&dir, &store2, &opts).unwrap();
     assert_eq!(d1.digest(), store2.resolve(&r2).unwrap().unwrap().digest());
+}
+
+/// Adds an arm64 resolution (a .deb of its own, cached) to the fixture's lock.
+fn lock_arm64(dir: &Path, opts: &Options) {
+    let deb = make_deb_for("arm64", &[("./bin/hello", b"#!/bin/sh\necho arm\n", 0o755)]);
+    let sha = hex::encode(Sha256::digest(&deb));
+    std::fs::write(opts.cache_dir.join(&sha), &deb).unwrap();
+    let path = dir.join("build.yml");
+    let spec = osk_builder::pkg::spec::Spec::parse(&std::fs::read_to_string(&path).unwrap(), &path)
+        .unwrap()
+        .for_arch(Arch::Arm64, &path)
+        .unwrap();
+    let mut locks = Locks::read(dir).unwrap().unwrap();
+    locks.set(
+        Arch::Arm64,
+        Lock::new(
+            osk_builder::pkg::lock::inputs_hash(&spec, Arch::Arm64),
+            vec![Locked {
+                name: "hello".into(),
+                version: "1.0".into(),
+                architecture: "arm64".into(),
+                sha256: sha,
+                size: deb.len() as u64,
+                filename: "pool/main/h/hello/hello_1.0_arm64.deb".into(),
+            }],
+        ),
+    );
+    locks.write(dir).unwrap();
+}
+
+#[test]
+fn arm64_builds_from_its_own_lock_and_leaves_the_amd64_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, amd64) = fixture_package(tmp.path());
+    let arm64 = Options {
+        arch: Arch::Arm64,
+        ..amd64.clone()
+    };
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let amd64_tag = pkg::show_tag(&dir, &store, &amd64).unwrap();
+
+    let err = pkg::ensure_built(&dir, &store, &arm64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no arm64 resolution") && err.contains("osk pkg lock --arch arm64"),
+        "{err}"
+    );
+
+    lock_arm64(&dir, &amd64);
+    // Locking another architecture renames nothing already built.
+    assert_eq!(pkg::show_tag(&dir, &store, &amd64).unwrap(), amd64_tag);
+    let r = pkg::ensure_built(&dir, &store, &arm64).unwrap();
+    assert_ne!(r.familiar(), amd64_tag);
+    let img = store.image(&r, "linux", "arm64").unwrap();
+    assert_eq!(img.config.architecture().to_string(), "arm64");
+    let err = store.image(&r, "linux", "amd64").unwrap_err().to_string();
+    assert!(err.contains("linux/arm64"), "{err}");
+    // Reproducible, as amd64 is.
+    let again = Store::open(tmp.path().join("store2")).unwrap();
+    let r2 = pkg::ensure_built(&dir, &again, &arm64).unwrap();
+    assert_eq!(
+        store.resolve(&r).unwrap().unwrap().digest(),
+        again.resolve(&r2).unwrap().unwrap().digest()
+    );
+}
+
+fn network() -> bool {
+    let on = std::env::var("OSK_TEST_NETWORK").as_deref() == Ok("1");
+    if !on {
+        eprintln!("skipped: set OSK_TEST_NETWORK=1 to reach the Debian mirror");
+    }
+    on
+}
+
+/// Locks and builds the real `sysctl` package for arm64 from the host's mirror.
+#[test]
+fn network_lock_and_build_sysctl_for_arm64() {
+    if !network() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pkgs/sysctl");
+    let dir = tmp.path().join("sysctl");
+    copy_tree(&src, &dir);
+    let opts = Options {
+        cache_dir: tmp.path().join("debs"),
+        arch: Arch::Arm64,
+        ..Options::default()
+    };
+    let amd64 = Options {
+        arch: Arch::Amd64,
+        ..opts.clone()
+    };
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let amd64_tag = pkg::show_tag(&dir, &store, &amd64).unwrap();
+    let lock = pkg::lock(&dir, &opts).unwrap();
+    let busybox = lock
+        .packages
+        .iter()
+        .find(|p| p.name == "busybox-static")
+        .unwrap();
+    assert_eq!(busybox.architecture, "arm64");
+    assert!(
+        busybox.filename.ends_with("_arm64.deb"),
+        "{}",
+        busybox.filename
+    );
+    // The amd64 resolution and tag are as they were.
+    assert_eq!(pkg::show_tag(&dir, &store, &amd64).unwrap(), amd64_tag);
+    let r = pkg::ensure_built(&dir, &store, &opts).unwrap();
+    let img = store.image(&r, "linux", "arm64").unwrap();
+    assert_eq!(img.config.architecture().to_string(), "arm64");
+    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    let r2 = pkg::ensure_built(&dir, &store2, &opts).unwrap();
+    assert_eq!(
+        store.resolve(&r).unwrap().unwrap().digest(),
+        store2.resolve(&r2).unwrap().unwrap().digest()
+    );
+    // busybox's ELF header says AArch64 (e_machine 183).
+    let layer = store.read_blob(&img.layers().unwrap()[0].0).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&layer[..]));
+    let mut found = false;
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("usr/bin/busybox") {
+            let mut head = [0u8; 20];
+            std::io::Read::read_exact(&mut e, &mut head).unwrap();
+            assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183);
+            found = true;
+        }
+    }
+    assert!(found, "usr/bin/busybox not in the layer");
+}
+
+/// A package that exists for amd64 only fails to lock for arm64, naming both.
+#[test]
+fn network_a_package_missing_for_arm64_names_package_and_arch() {
+    if !network() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pcboot");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("build.yml"),
+        "debian:\n  suites: [bookworm]\n  packages: [grub-pc-bin]\n",
+    )
+    .unwrap();
+    let opts = Options {
+        cache_dir: tmp.path().join("debs"),
+        arch: Arch::Arm64,
+        ..Options::default()
+    };
+    let err = format!(
+        "{:#}",
+        anyhow::Error::from(pkg::lock(&dir, &opts).unwrap_err())
+    );
+    assert!(
+        err.contains("package pcboot for arm64") && err.contains("grub-pc-bin"),
+        "{err}"
+    );
+    assert!(!dir.join("build.lock").exists());
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+fn skopeo(args: &[&str]) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo must be installed (apt-get install skopeo; .ci/run does it)");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn both_arches_make_one_index_that_resolves_per_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, amd64) = fixture_package(tmp.path());
+    lock_arm64(&dir, &amd64);
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let mut built = Vec::new();
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let opts = Options {
+            arch,
+            ..amd64.clone()
+        };
+        let b = pkg::build(&dir, &store, &opts).unwrap();
+        let desc = pkg::write_to_store(&store, &b).unwrap();
+        built.push((arch, b, desc));
+    }
+    let refs: Vec<_> = built.iter().map(|(a, b, _)| (*a, b)).collect();
+    let index = pkg::write_index(&store, &refs).unwrap();
+    assert!(index.familiar().starts_with("osk/hello:"), "{index}");
+    // The same builds name the same index.
+    assert_eq!(pkg::write_index(&store, &refs).unwrap(), index);
+    for (arch, _, desc) in &built {
+        let img = store.image(&index, "linux", arch.oci()).unwrap();
+        assert_eq!(img.manifest_digest.as_str(), desc.digest().to_string());
+    }
+    let err = store
+        .image(&index, "linux", "riscv64")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linux/amd64, linux/arm64"), "{err}");
+
+    // skopeo sees an index with both platforms, and picks each one.
+    let oci = format!("oci:{}:{}", store.root().display(), index);
+    let raw: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &oci])).unwrap();
+    let platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for arch in ["amd64", "arm64"] {
+        let seen: serde_json::Value = serde_json::from_str(&skopeo(&[
+            "--override-os",
+            "linux",
+            "--override-arch",
+            arch,
+            "inspect",
+            &oci,
+        ]))
+        .unwrap();
+        assert_eq!(seen["Architecture"], arch);
+    }
 }

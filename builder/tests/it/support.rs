@@ -89,21 +89,31 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
 }
 
-/// Stores an image made of `layers` (bytes + media type) under `name`.
+/// Stores an amd64 image made of `layers` (bytes + media type) under `name`.
 pub fn image(store: &Store, name: &str, layers: Vec<(Vec<u8>, MediaType)>) -> Image {
+    image_for(store, name, "amd64", layers)
+}
+
+/// The same for the architecture `arch`.
+pub fn image_for(
+    store: &Store,
+    name: &str,
+    arch: &str,
+    layers: Vec<(Vec<u8>, MediaType)>,
+) -> Image {
     let descs = layers
         .into_iter()
         .map(|(bytes, media)| store.put_bytes(media, &bytes).unwrap())
         .collect();
     let config = ImageConfigurationBuilder::default()
-        .architecture("amd64")
+        .architecture(arch)
         .os("linux")
         .config(ConfigBuilder::default().build().unwrap())
         .build()
         .unwrap();
     let r = Reference::parse(name).unwrap();
     store.write_image(&r, &config, descs).unwrap();
-    store.image(&r, "linux", "amd64").unwrap()
+    store.image(&r, "linux", arch).unwrap()
 }
 
 /// An image with one plain tar layer.

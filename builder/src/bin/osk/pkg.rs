@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use osk_builder::arch::Arch;
 use osk_builder::pkg;
 use osk_builder::store::Store;
 
@@ -17,7 +18,8 @@ pub enum PkgCommand {
         #[command(flatten)]
         opts: PkgOpts,
     },
-    /// Build package images from their locks into the local store.
+    /// Build package images from their locks into the local store; several
+    /// `--arch`es also tag one multi-platform index over them.
     Build {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
@@ -35,6 +37,9 @@ pub enum PkgCommand {
 
 #[derive(Args)]
 pub struct PkgOpts {
+    /// Architectures to lock or build for, comma-separated: amd64, arm64 (default: the host's).
+    #[arg(long, value_delimiter = ',', default_values_t = [Arch::host()])]
+    arch: Vec<Arch>,
     /// Debian mirror base URL (default: $OSK_DEBIAN_MIRROR, then the host's apt sources).
     #[arg(long)]
     mirror: Option<String>,
@@ -55,6 +60,19 @@ pub struct PkgOpts {
 }
 
 impl PkgOpts {
+    /// The options for each architecture asked for.
+    fn per_arch(self, store: &std::path::Path) -> Vec<pkg::Options> {
+        let arches = self.arch.clone();
+        let base = self.options(store);
+        arches
+            .into_iter()
+            .map(|arch| pkg::Options {
+                arch,
+                ..base.clone()
+            })
+            .collect()
+    }
+
     fn options(self, store: &std::path::Path) -> pkg::Options {
         let mut o = pkg::Options {
             mirror: self.mirror,
@@ -75,39 +93,60 @@ fn human(bytes: usize) -> String {
 pub fn run(cmd: PkgCommand, store_dir: PathBuf) -> anyhow::Result<()> {
     match cmd {
         PkgCommand::Lock { dirs, opts } => {
-            let opts = opts.options(&store_dir);
+            let all = opts.per_arch(&store_dir);
             for d in dirs {
-                let lock =
-                    pkg::lock(&d, &opts).with_context(|| format!("locking {}", d.display()))?;
-                println!("{}: {} packages locked", d.display(), lock.packages.len());
+                for opts in &all {
+                    let lock = pkg::lock(&d, opts)
+                        .with_context(|| format!("locking {} for {}", d.display(), opts.arch))?;
+                    println!(
+                        "{}: {} packages locked for {}",
+                        d.display(),
+                        lock.packages.len(),
+                        opts.arch
+                    );
+                }
             }
         }
         PkgCommand::Build { dirs, opts } => {
-            let opts = opts.options(&store_dir);
+            let all = opts.per_arch(&store_dir);
             let store = Store::open(&store_dir)?;
             for d in dirs {
-                let built = pkg::build(&d, &store, &opts)
-                    .with_context(|| format!("building {}", d.display()))?;
-                let desc = pkg::write_to_store(&store, &built)?;
-                println!(
-                    "{}\t{}\tcompressed {}\tcontent {}",
-                    built.reference,
-                    desc.digest(),
-                    human(built.image.layer.len()),
-                    human(built.content_size as usize)
-                );
+                let mut images = Vec::new();
+                for opts in &all {
+                    let built = pkg::build(&d, &store, opts)
+                        .with_context(|| format!("building {} for {}", d.display(), opts.arch))?;
+                    let desc = pkg::write_to_store(&store, &built)?;
+                    println!(
+                        "{}\t{}\t{}\tcompressed {}\tcontent {}",
+                        built.reference,
+                        opts.arch,
+                        desc.digest(),
+                        human(built.image.layer.len()),
+                        human(built.content_size as usize)
+                    );
+                    images.push((opts.arch, built));
+                }
+                if images.len() > 1 {
+                    let refs: Vec<_> = images.iter().map(|(a, b)| (*a, b)).collect();
+                    let index = pkg::write_index(&store, &refs)
+                        .with_context(|| format!("indexing {}", d.display()))?;
+                    let arches: Vec<String> = images.iter().map(|(a, _)| a.to_string()).collect();
+                    println!("{}\tindex\t{}", index.familiar(), arches.join(","));
+                }
             }
         }
         PkgCommand::ShowTag { dirs, opts } => {
-            let opts = opts.options(&store_dir);
+            let all = opts.per_arch(&store_dir);
             // A `from:` image's digest is an input of the tag.
             let store = Store::open(&store_dir)?;
             for d in dirs {
-                println!(
-                    "{}",
-                    pkg::show_tag(&d, &store, &opts)
-                        .with_context(|| format!("tagging {}", d.display()))?
-                );
+                for opts in &all {
+                    println!(
+                        "{}",
+                        pkg::show_tag(&d, &store, opts)
+                            .with_context(|| format!("tagging {}", d.display()))?
+                    );
+                }
             }
         }
     }
