@@ -35,6 +35,12 @@ pub const METADATA_DIR: &str = "/run/config";
 pub const METADATA_HOSTNAME: &str = "/run/config/hostname";
 /// The hostname init set, for containers to bind.
 pub const HOSTNAME_FILE: &str = "/etc/hostname.osk";
+/// The image's own hostname, if it ships one.
+pub const ETC_HOSTNAME: &str = "/etc/hostname";
+/// The files runc binds into host-networked containers; init creates them
+/// when the image has none.
+pub const ETC_HOSTS: &str = "/etc/hosts";
+pub const ETC_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Logs of onboot containers.
 pub const ONBOOT_LOG_DIR: &str = "/var/log/onboot";

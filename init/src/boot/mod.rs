@@ -100,10 +100,10 @@ fn early_setup(sys: &dyn Sys, cmd: &Cmdline) {
 /// host-networked containers, one sealed copy of itself, loopback. Runs
 /// while containerd starts, which needs none of it.
 fn prepare_runc() {
-    for f in ["/etc/hosts", "/etc/resolv.conf"] {
+    for f in [paths::ETC_HOSTS, paths::ETC_RESOLV_CONF] {
         if !Path::new(f).exists() {
             let _ = std::fs::create_dir_all("/etc");
-            let content = if f == "/etc/hosts" {
+            let content = if f == paths::ETC_HOSTS {
                 "127.0.0.1 localhost\n::1 localhost\n"
             } else {
                 ""

@@ -34,7 +34,7 @@ pub fn read_hostname(path: &std::path::Path) -> Option<String> {
 
 /// The hostname to set: /etc/hostname, else from the first non-loopback MAC.
 pub fn pick_hostname() -> String {
-    if let Some(h) = read_hostname(std::path::Path::new("/etc/hostname")) {
+    if let Some(h) = read_hostname(std::path::Path::new(crate::paths::ETC_HOSTNAME)) {
         return h;
     }
     interfaces()

@@ -12,10 +12,8 @@ use crate::bundle::prepare::{self, Bundle};
 use crate::containerd::client as containerd;
 use crate::log::rotating::{self, RotatingLog};
 use crate::log::sink::{pump, SharedSink, Sink};
+use crate::paths;
 use crate::sys::{RealSys, Sys};
-
-/// Where the services' log FIFOs are made.
-pub const IO_DIR: &str = "/run/osk/io";
 
 /// What the supervisor needs from the machine, apart from containerd.
 pub trait ServiceHost: Send + Sync + 'static {
@@ -52,7 +50,7 @@ impl ServiceHost for RealHost {
     }
 
     fn open_io(&self, service: &str, sink: &SharedSink) -> Result<TaskIo, Error> {
-        let dir = Path::new(IO_DIR);
+        let dir = Path::new(paths::IO_DIR);
         open_fifos(&RealSys, dir, service, sink).map_err(|cause| Error::Fifos {
             service: service.to_string(),
             dir: dir.to_path_buf(),
