@@ -35,6 +35,21 @@ case "${1:-}" in
 --check) check=1 ;;
 esac
 
+# Rust targets, and why each is needed (rustup, not apt):
+#   aarch64-unknown-linux-musl  osk's own binaries in arm64 images (osk pkg build --arch arm64),
+#                               static musl linked by the toolchain's rust-lld: no cross gcc
+RUST_TARGETS=(aarch64-unknown-linux-musl)
+if command -v rustup >/dev/null; then
+  for t in "${RUST_TARGETS[@]}"; do
+    rustup target list --installed | grep -qx "$t" && continue
+    if [ -n "$check" ]; then
+      echo "missing Rust target: $t (run rustup target add $t)" >&2
+      exit 1
+    fi
+    rustup target add "$t"
+  done
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

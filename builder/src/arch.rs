@@ -52,6 +52,15 @@ impl Arch {
         }
     }
 
+    /// The Rust target osk's own binaries are built for: static either way;
+    /// musl for arm64, so cross-building needs no C toolchain (rust-lld links).
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
     /// The supported names, comma-separated, for messages.
     pub fn supported() -> String {
         Arch::ALL.map(Arch::oci).join(", ")

@@ -299,18 +299,12 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
     if pkg.spec.binaries.is_empty() {
         return Ok(Vec::new());
     }
-    if pkg.arch != Arch::Amd64 {
-        return Err(Error::Cargo {
-            package: pkg.spec.binaries[0].package.clone(),
-            message: format!(
-                "{}: cross-compiling osk's binaries for {} is not supported yet",
-                pkg.spec_path(),
-                pkg.arch
-            ),
-        });
-    }
     let root = workspace_root(&pkg.dir)?;
-    const TARGET: &str = "x86_64-unknown-linux-gnu";
+    let target = pkg.arch.rust_target();
+    let linker_env = cross_linker(&root, pkg.arch).map_err(|message| Error::Cargo {
+        package: pkg.spec.binaries[0].package.clone(),
+        message,
+    })?;
     // The workspace's `[profile.image]`: fat LTO, one codegen unit, size-optimised.
     const PROFILE: &str = "image";
     let mut packages: Vec<&str> = pkg
@@ -333,8 +327,10 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
         cargo_home.display()
     );
     for p in &packages {
-        tracing::info!("cargo build --profile {PROFILE} -p {p} --target {TARGET}");
-        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        tracing::info!("cargo build --profile {PROFILE} -p {p} --target {target}");
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.envs(linker_env.clone());
+        let out = cargo
             .current_dir(&root)
             .env("RUSTFLAGS", &rustflags)
             .args([
@@ -346,7 +342,7 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
                 p,
                 "--bins",
                 "--target",
-                TARGET,
+                target,
             ])
             .output()
             .map_err(|e| Error::Cargo {
@@ -375,12 +371,71 @@ fn build_binaries(pkg: &Package) -> Result<Vec<(String, Vec<u8>)>, Error> {
         .binaries
         .iter()
         .map(|b| {
-            let path = target_dir.join(TARGET).join(PROFILE).join(&b.bin);
+            let path = target_dir.join(target).join(PROFILE).join(&b.bin);
             std::fs::read(&path)
                 .map(|d| (b.dest.clone(), d))
                 .map_err(|e| Error::io(&path, e))
         })
         .collect()
+}
+
+/// What cargo needs to link for `arch` on this host, as environment
+/// variables; or what to run when the Rust target is missing.
+fn cross_linker(root: &Path, arch: Arch) -> Result<Vec<(String, String)>, String> {
+    let target = arch.rust_target();
+    if target == host_rust_target() {
+        return Ok(Vec::new());
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .current_dir(root)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("{rustc} --print sysroot: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    linker_env(&sysroot, arch, |v| std::env::var_os(v).is_some())
+}
+
+/// [`cross_linker`] for the toolchain at `sysroot`; `is_set` tells whether
+/// the user already chose a linker through an environment variable.
+fn linker_env(
+    sysroot: &Path,
+    arch: Arch,
+    is_set: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, String> {
+    let target = arch.rust_target();
+    let rustlib = sysroot.join("lib/rustlib");
+    if !rustlib.join(target).join("lib").is_dir() {
+        return Err(format!(
+            "the Rust target {target} (osk's binaries for {arch}) is not installed: run `rustup target add {target}`"
+        ));
+    }
+    let var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        target.to_uppercase().replace('-', "_")
+    );
+    if is_set(&var) {
+        return Ok(Vec::new());
+    }
+    // The toolchain's own lld links a static musl binary with the target's
+    // self-contained C runtime: no cross gcc needed.
+    let lld = rustlib.join(host_rust_target()).join("bin/rust-lld");
+    if !lld.is_file() {
+        return Err(format!(
+            "no linker for {target}: this Rust toolchain has no rust-lld ({}); install a rustup toolchain, \
+             or Debian's cross linker (`apt-get install gcc-aarch64-linux-gnu`) and set {var}=aarch64-linux-gnu-gcc",
+            lld.display()
+        ));
+    }
+    Ok(vec![(var, "rust-lld".into())])
+}
+
+/// The Rust target of the machine building.
+fn host_rust_target() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => Arch::Arm64.rust_target(),
+        _ => Arch::Amd64.rust_target(),
+    }
 }
 
 /// Every file in the package folder, sorted, for the tag.
@@ -849,4 +904,41 @@ pub fn ensure_built(dir: &Path, store: &Store, opts: &Options) -> Result<Referen
     };
     write_to_store(store, &built)?;
     Ok(reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_rust_target_or_linker_says_what_to_run() {
+        let root = tempfile::tempdir().unwrap();
+        let never = |_: &str| false;
+        let err = linker_env(root.path(), Arch::Arm64, never).unwrap_err();
+        assert!(
+            err.contains("run `rustup target add aarch64-unknown-linux-musl`"),
+            "{err}"
+        );
+        let rustlib = root.path().join("lib/rustlib");
+        std::fs::create_dir_all(rustlib.join("aarch64-unknown-linux-musl/lib")).unwrap();
+        let err = linker_env(root.path(), Arch::Arm64, never).unwrap_err();
+        assert!(
+            err.contains("apt-get install gcc-aarch64-linux-gnu"),
+            "{err}"
+        );
+        let bin = rustlib.join(host_rust_target()).join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("rust-lld"), b"").unwrap();
+        assert_eq!(
+            linker_env(root.path(), Arch::Arm64, never).unwrap(),
+            [(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".to_string(),
+                "rust-lld".to_string()
+            )]
+        );
+        // A linker the user chose is left alone.
+        assert!(linker_env(root.path(), Arch::Arm64, |_| true)
+            .unwrap()
+            .is_empty());
+    }
 }

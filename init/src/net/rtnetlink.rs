@@ -34,13 +34,18 @@ fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
 pub fn link_up(name: &str) -> io::Result<()> {
     let sock = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     let mut ifr = ifreq(name);
+    // The request's C type differs by libc (glibc: unsigned long, musl: int).
+    let (get, set) = (
+        libc::SIOCGIFFLAGS as libc::Ioctl,
+        libc::SIOCSIFFLAGS as libc::Ioctl,
+    );
     // SAFETY: the ioctls read/write the ifreq we own, sized as the kernel expects.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+        if libc::ioctl(sock.as_raw_fd(), get, &mut ifr) < 0 {
             return Err(io::Error::last_os_error());
         }
         ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+        if libc::ioctl(sock.as_raw_fd(), set, &ifr) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
