@@ -27,6 +27,8 @@ pub struct BootOpts {
     pub uefi: bool,
     /// Reuse this state directory (to boot again with the same disks).
     pub state_dir: Option<PathBuf>,
+    /// `--metadata-server`: a server on the host the guest reaches as 169.254.169.254.
+    pub metadata_server: Option<String>,
 }
 
 impl Default for BootOpts {
@@ -41,6 +43,7 @@ impl Default for BootOpts {
             reboot: false,
             uefi: false,
             state_dir: None,
+            metadata_server: None,
         }
     }
 }
@@ -90,6 +93,9 @@ impl Machine {
         }
         if let Some(d) = &opts.data {
             cmd.arg("--data").arg(d);
+        }
+        if let Some(m) = &opts.metadata_server {
+            cmd.arg("--metadata-server").arg(m);
         }
         if let Some(a) = &opts.append {
             cmd.arg(format!("--append={a}"));

@@ -70,13 +70,17 @@ fn main() -> anyhow::Result<()> {
         return from_service(&cli);
     };
     tracing::info!("metadata: {kind:?} volume on {}", device.display());
-    let written = metadata::extract(&file, &device, kind, &cli.config_dir)
-        .with_context(|| format!("writing metadata to {}", cli.config_dir.display()))?;
-    tracing::info!(
-        "wrote {} under {}",
-        written.join(", "),
-        cli.config_dir.display()
-    );
+    written(
+        &cli,
+        metadata::extract(&file, &device, kind, &cli.config_dir),
+    )
+}
+
+/// Logs what was written, or says where writing failed.
+fn written(cli: &Cli, result: Result<Vec<String>, metadata::MetadataError>) -> anyhow::Result<()> {
+    let dir = cli.config_dir.display();
+    let files = result.with_context(|| format!("writing metadata to {dir}"))?;
+    tracing::info!("wrote {} under {dir}", files.join(", "));
     Ok(())
 }
 
@@ -116,12 +120,5 @@ fn from_service(cli: &Cli) -> anyhow::Result<()> {
         meta.source,
         service::Link::elapsed(&link).as_secs_f64()
     );
-    let written = metadata::write_cloud(&meta, &origin, &cli.config_dir)
-        .with_context(|| format!("writing metadata to {}", cli.config_dir.display()))?;
-    tracing::info!(
-        "wrote {} under {}",
-        written.join(", "),
-        cli.config_dir.display()
-    );
-    Ok(())
+    written(cli, metadata::write_cloud(&meta, &origin, &cli.config_dir))
 }
