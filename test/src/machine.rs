@@ -29,6 +29,8 @@ pub struct BootOpts {
     pub state_dir: Option<PathBuf>,
     /// More `osk run qemu` arguments, passed as they are (e.g. `--share`).
     pub extra: Vec<String>,
+    /// `--metadata-server`: a server on the host the guest reaches as 169.254.169.254.
+    pub metadata_server: Option<String>,
 }
 
 impl Default for BootOpts {
@@ -44,6 +46,7 @@ impl Default for BootOpts {
             uefi: false,
             state_dir: None,
             extra: Vec::new(),
+            metadata_server: None,
         }
     }
 }
@@ -93,6 +96,9 @@ impl Machine {
         }
         if let Some(d) = &opts.data {
             cmd.arg("--data").arg(d);
+        }
+        if let Some(m) = &opts.metadata_server {
+            cmd.arg("--metadata-server").arg(m);
         }
         if let Some(a) = &opts.append {
             cmd.arg(format!("--append={a}"));

@@ -219,6 +219,70 @@ impl Publish {
     }
 }
 
+/// The user network's range when a metadata server is forwarded: libslirp
+/// forwards guest connections only to addresses inside its network, and
+/// the clouds' metadata service is at 169.254.169.254.
+pub const METADATA_NET: &str = "169.254.169.0/24";
+/// Where clouds serve metadata, as the guest sees it.
+pub const METADATA_ADDR: &str = "169.254.169.254:80";
+
+/// One `--metadata-server http://HOST[:PORT][/]` or `HOST:PORT`: a server on
+/// the host the guest reaches as the cloud metadata service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataServer {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for MetadataServer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<MetadataServer> {
+        let bad = |why: &str| invalid("--metadata-server", s, why);
+        let (authority, default_port) =
+            match s.split_once("://") {
+                Some(("http", rest)) => (rest.strip_suffix('/').unwrap_or(rest), Some(80)),
+                Some(_) => return Err(bad(
+                    "only http:// is forwarded (the guest speaks plain HTTP to 169.254.169.254)",
+                )),
+                None => (s, None),
+            };
+        if authority.contains(['/', '?', '#', '@', ','])
+            || authority.chars().any(char::is_whitespace)
+        {
+            return Err(bad(
+                "give the server's root: http://HOST[:PORT]/ or HOST:PORT, without a path",
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad("port must be 1-65535"))?,
+            ),
+            _ => (
+                authority,
+                default_port.ok_or_else(|| bad("expected HOST:PORT or http://HOST[:PORT]/"))?,
+            ),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(MetadataServer {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl MetadataServer {
+    /// `HOST:PORT`, as the relay connects to it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
 /// Firmware the VM starts with.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Firmware {
@@ -270,6 +334,11 @@ pub struct QemuConfig {
     pub reboot: bool,
     /// Boot this disk image or UKI through the firmware instead of `artifacts`.
     pub image: Option<super::BootImage>,
+    /// Forward the guest's 169.254.169.254:80 to this server on the host.
+    pub metadata_server: Option<MetadataServer>,
+    /// The program QEMU runs per forwarded connection: this `osk`, as
+    /// `osk run metadata-relay HOST:PORT`.
+    pub relay_program: PathBuf,
 }
 
 impl QemuConfig {
@@ -294,7 +363,21 @@ impl QemuConfig {
             detach: false,
             reboot: true,
             image: None,
+            metadata_server: None,
+            relay_program: PathBuf::from("osk"),
         }
+    }
+
+    /// Forwards the guest's metadata service to `server`, through
+    /// `relay_program` (the running `osk`).
+    pub fn metadata_server(
+        mut self,
+        server: MetadataServer,
+        relay_program: impl Into<PathBuf>,
+    ) -> Self {
+        self.metadata_server = Some(server);
+        self.relay_program = relay_program.into();
+        self
     }
 
     pub fn image(mut self, image: super::BootImage) -> Self {
@@ -394,6 +477,15 @@ impl QemuConfig {
         parts.join(" ")
     }
 
+    /// The command line libslirp runs per forwarded connection. It splits
+    /// it as a shell would (without running one), so the path is quoted.
+    fn relay_command(&self, server: &MetadataServer) -> OsString {
+        let mut c = OsString::from(shell_quote(&self.relay_program.to_string_lossy()));
+        c.push(" run metadata-relay ");
+        c.push(shell_quote(&server.address()));
+        c
+    }
+
     /// The QEMU arguments (without the program).
     pub fn argv(&self) -> Vec<OsString> {
         let mut a = Argv::default();
@@ -474,10 +566,16 @@ impl QemuConfig {
 
         a.0.extend(super::share::argv(&self.shares, &self.share_table()));
 
-        let mut netdev = String::from("user,id=net0");
+        let mut netdev = OsString::from("user,id=net0");
+        if let Some(server) = &self.metadata_server {
+            netdev.push(format!(
+                ",net={METADATA_NET},guestfwd=tcp:{METADATA_ADDR}-cmd:"
+            ));
+            netdev.push(escape_commas(Path::new(&self.relay_command(server))));
+        }
         for p in &self.publish {
-            netdev.push(',');
-            netdev.push_str(&p.hostfwd());
+            netdev.push(",");
+            netdev.push(p.hostfwd());
         }
         a.arg("-netdev").arg(netdev);
         a.args(["-device", "virtio-net-pci,netdev=net0"]);
@@ -500,6 +598,11 @@ impl QemuConfig {
         }
         a.0
     }
+}
+
+/// `s` in single quotes, as a POSIX shell (and GLib's argv parser) reads them.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn invalid(flag: &'static str, value: &str, reason: &str) -> Error {
@@ -681,6 +784,48 @@ mod tests {
             values(&v, "-netdev"),
             ["user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53"]
         );
+    }
+
+    #[test]
+    fn metadata_server_moves_the_network_and_forwards_the_service() {
+        let c = base()
+            .publish("2222:22".parse().unwrap())
+            .metadata_server("http://127.0.0.1:8775/".parse().unwrap(), "/opt/my osk/osk");
+        assert_eq!(
+            values(&argv(&c), "-netdev"),
+            ["user,id=net0,net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:'/opt/my osk/osk' run metadata-relay '127.0.0.1:8775',hostfwd=tcp:127.0.0.1:2222-:22"]
+        );
+        let c = base().metadata_server("h:1".parse().unwrap(), "/a,b/it's");
+        assert_eq!(
+            values(&argv(&c), "-netdev"),
+            [
+                r"user,id=net0,net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:'/a,,b/it'\''s' run metadata-relay 'h:1'"
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_metadata_servers() {
+        let m = |s: &str| s.parse::<MetadataServer>().map(|m| m.address());
+        assert_eq!(m("127.0.0.1:8775").unwrap(), "127.0.0.1:8775");
+        assert_eq!(m("http://localhost").unwrap(), "localhost:80");
+        assert_eq!(m("http://10.1.2.3:8080/").unwrap(), "10.1.2.3:8080");
+        assert_eq!(m("http://[::1]:81").unwrap(), "[::1]:81");
+        for bad in [
+            "localhost",
+            "https://x:443",
+            "http://x/openstack",
+            "x:0",
+            "x:http",
+            ":80",
+            "http://a,b:1",
+        ] {
+            let e = m(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--metadata-server") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

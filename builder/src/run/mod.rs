@@ -10,12 +10,13 @@ mod config;
 mod iso;
 mod medium;
 mod names;
+mod relay;
 mod share;
 mod spawn;
 
 pub use config::{
-    parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, Protocol, Publish, QemuConfig,
-    OVMF_CODE, OVMF_VARS,
+    parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
+    Publish, QemuConfig, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
 };
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};
@@ -23,6 +24,7 @@ pub use names::{
     ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY, SHARE_TABLE,
     UEFI_VARS,
 };
+pub use relay::relay;
 pub use share::{guest_table, Share};
 pub use spawn::{
     detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, AttachedExit,

@@ -8,12 +8,17 @@
 //!   gives `hostname` and `ssh/authorized_keys`; `openstack/latest/user_data`
 //!   is handled by [`payload`].
 //!
+//! Without either, [`service`] asks the metadata service at
+//! 169.254.169.254 (OpenStack's, then EC2's) and the same tree is written.
+//!
 //! osk-init sets the hostname from `/run/config/hostname` after onboot.
 
 pub mod devices;
+pub mod http;
 pub mod iso;
 pub mod openstack;
 pub mod payload;
+pub mod service;
 pub mod write;
 
 #[cfg(test)]
@@ -42,9 +47,10 @@ pub enum MetadataError {
         file: &'static str,
         cause: serde_json::Error,
     },
-    #[error("{device}: {cause}")]
+    /// `origin` is the device or URL the user data came from.
+    #[error("{origin}: {cause}")]
     Payload {
-        device: PathBuf,
+        origin: String,
         cause: payload::PayloadError,
     },
     #[error(transparent)]
@@ -79,35 +85,102 @@ pub fn extract<M: Medium + ?Sized>(
                         file: OPENSTACK_META,
                         cause,
                     })?;
-                if let Some(h) = meta.hostname() {
-                    write::file(
-                        &config_dir.join(HOSTNAME),
-                        format!("{h}\n").as_bytes(),
-                        0o644,
-                    )?;
-                    written.push(HOSTNAME.to_string());
-                }
-                if let Some(keys) = meta.authorized_keys() {
-                    write::dir(&config_dir.join("ssh"), 0o755)?;
-                    write::file(&config_dir.join(AUTHORIZED_KEYS), keys.as_bytes(), 0o600)?;
-                    written.push(AUTHORIZED_KEYS.to_string());
-                }
+                let keys = meta.authorized_keys();
+                write_identity(config_dir, meta.hostname(), keys.as_deref(), &mut written)?;
             }
             iso.read(OPENSTACK_USER).map_err(iso_err)?
         }
     };
     if let Some(data) = user {
-        let applied =
-            payload::apply(config_dir, &data).map_err(|cause| MetadataError::Payload {
-                device: device.to_path_buf(),
-                cause,
-            })?;
-        written.push(payload::USERDATA.to_string());
-        if let payload::Applied::Tree(files) = applied {
-            written.extend(files);
-        }
+        write_user_data(
+            config_dir,
+            &data,
+            &device.display().to_string(),
+            &mut written,
+        )?;
     }
     Ok(written)
+}
+
+/// Writes what the metadata service gave under `config_dir`, as
+/// [`extract`] does for a config drive; `origin` names it in errors.
+pub fn write_cloud(
+    meta: &service::CloudMeta,
+    origin: &str,
+    config_dir: &Path,
+) -> Result<Vec<String>, MetadataError> {
+    write::dir(config_dir, 0o755)?;
+    let mut written = Vec::new();
+    write_identity(
+        config_dir,
+        meta.hostname.as_deref(),
+        meta.authorized_keys.as_deref(),
+        &mut written,
+    )?;
+    if let Some(data) = &meta.user_data {
+        write_user_data(config_dir, data, origin, &mut written)?;
+    }
+    Ok(written)
+}
+
+/// The hostname and the ssh keys a cloud gives outside the user data.
+fn write_identity(
+    config_dir: &Path,
+    hostname: Option<&str>,
+    keys: Option<&str>,
+    written: &mut Vec<String>,
+) -> Result<(), write::WriteError> {
+    match hostname {
+        Some(h) if valid_hostname(h) => {
+            write::file(
+                &config_dir.join(HOSTNAME),
+                format!("{h}\n").as_bytes(),
+                0o644,
+            )?;
+            written.push(HOSTNAME.to_string());
+        }
+        Some(h) => {
+            // Escaped and cut: the name is untrusted and goes to the console.
+            let shown: String = h.chars().take(64).collect();
+            tracing::warn!("ignoring hostname {shown:?}: not a valid host name");
+        }
+        None => {}
+    }
+    if let Some(keys) = keys {
+        write::dir(&config_dir.join("ssh"), 0o755)?;
+        write::file(&config_dir.join(AUTHORIZED_KEYS), keys.as_bytes(), 0o600)?;
+        written.push(AUTHORIZED_KEYS.to_string());
+    }
+    Ok(())
+}
+
+fn write_user_data(
+    config_dir: &Path,
+    data: &[u8],
+    origin: &str,
+    written: &mut Vec<String>,
+) -> Result<(), MetadataError> {
+    let applied = payload::apply(config_dir, data).map_err(|cause| MetadataError::Payload {
+        origin: origin.to_string(),
+        cause,
+    })?;
+    written.push(payload::USERDATA.to_string());
+    if let payload::Applied::Tree(files) = applied {
+        written.extend(files);
+    }
+    Ok(())
+}
+
+/// A name `sethostname` takes and resolvers agree on: dot-separated labels
+/// of letters, digits and `-`, 253 bytes at most.
+fn valid_hostname(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -178,6 +251,49 @@ mod tests {
         assert_eq!(read(d.path(), HOSTNAME), "web1.novalocal\n");
         assert_eq!(read(d.path(), AUTHORIZED_KEYS), "ssh-rsa AAA me\n");
         assert_eq!(read(d.path(), "motd"), "hi");
+    }
+
+    #[test]
+    fn cloud_metadata_lands_like_a_config_drive() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = service::CloudMeta {
+            source: service::Source::Ec2,
+            hostname: Some("ip-10-0-0-5".into()),
+            authorized_keys: Some("ssh-rsa AAA me\n".into()),
+            user_data: Some(br#"{"motd": {"content": "hi"}}"#.to_vec()),
+        };
+        let w = write_cloud(&meta, "http://169.254.169.254", d.path()).unwrap();
+        assert_eq!(w, ["hostname", "ssh/authorized_keys", "userdata", "motd"]);
+        assert_eq!(read(d.path(), HOSTNAME), "ip-10-0-0-5\n");
+        assert_eq!(read(d.path(), AUTHORIZED_KEYS), "ssh-rsa AAA me\n");
+        let bad = service::CloudMeta {
+            hostname: Some("evil\x1b[2J name".into()),
+            authorized_keys: None,
+            user_data: Some(br#"{"../x": {"content": "x"}}"#.to_vec()),
+            ..meta
+        };
+        let d = tempfile::tempdir().unwrap();
+        let e = write_cloud(&bad, "http://169.254.169.254", d.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("http://169.254.169.254: user data entry \"../x\""),
+            "{e}"
+        );
+        assert!(
+            !d.path().join(HOSTNAME).exists(),
+            "an invalid hostname is not written"
+        );
+    }
+
+    #[test]
+    fn hostnames() {
+        for good in ["web1", "web1.novalocal", "ip-10-0-0-5.ec2.internal", "a"] {
+            assert!(valid_hostname(good), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "a..b", "a b", "a/b", "é", long.as_str(), "x.\n"] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use osk_builder::run::{
-    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, Publish, QemuConfig, Share,
+    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, MetadataServer, Publish, QemuConfig,
+    Share,
 };
 
 #[derive(Subcommand)]
@@ -21,6 +22,13 @@ pub enum RunCommand {
     /// QEMU runs in the background: the console goes to STATE/console.log, the
     /// monitor listens on STATE/monitor.sock, the pid is in STATE/qemu.pid.
     Qemu(Box<QemuArgs>),
+    /// Internal: QEMU runs this per guest connection to the metadata
+    /// service (`--metadata-server`), the connection on stdin and stdout.
+    #[command(hide = true)]
+    MetadataRelay {
+        /// The server on the host, HOST:PORT.
+        address: String,
+    },
 }
 
 #[derive(Args)]
@@ -56,6 +64,11 @@ pub struct QemuArgs {
     /// Like --data, read from a file.
     #[arg(long)]
     data_file: Option<PathBuf>,
+    /// Be a cloud: the guest reaches this server on the host (http://HOST[:PORT]/ or
+    /// HOST:PORT) as the metadata service at 169.254.169.254, and its network moves
+    /// to 169.254.169.0/24. See docs/openstack.md.
+    #[arg(long, value_parser = parse_from::<MetadataServer>, value_name = "URL")]
+    metadata_server: Option<MetadataServer>,
     /// Directory for disks, the monitor socket, console log and pid file [default: NAME-state].
     #[arg(long)]
     state: Option<PathBuf>,
@@ -95,6 +108,12 @@ fn parse_mem(s: &str) -> anyhow::Result<u64> {
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::Qemu(args) => qemu(*args),
+        RunCommand::MetadataRelay { address } => {
+            // stderr is the guest's connection too: nothing may be logged.
+            let _ = run::relay(&address, std::io::stdin(), std::io::stdout().lock());
+            // The guest's half may stay open: do not wait for it.
+            std::process::exit(0)
+        }
     }
 }
 
@@ -154,6 +173,11 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = args.append {
         cfg = cfg.append(a);
+    }
+    if let Some(server) = args.metadata_server {
+        let me =
+            std::env::current_exe().context("locating this osk binary (the metadata relay)")?;
+        cfg = cfg.metadata_server(server, me);
     }
     if let Some(d) = args.data {
         cfg = cfg.data(d.into_bytes());
