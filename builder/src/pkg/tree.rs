@@ -1,4 +1,5 @@
-//! An in-memory root filesystem: what the single image layer will contain.
+//! How a package fills its root filesystem, the builder's one tree holding file bytes:
+//! normalised paths, merged /usr, path patterns and dpkg's rules for entries given twice.
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 

@@ -46,7 +46,7 @@ pub fn load_at_boot() {
             osk_layout::MODULES_LIST
         );
     }
-    let kmod = modules::RealKmod;
+    let kmod = crate::sys::RealKmod;
     let listed = modules::load(&kmod, &index, &order);
     let mut tried = order.into_iter().collect();
     // Subscribed before the first walk, so no device added after it is

@@ -11,8 +11,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::kmod::modalias::modules_for;
-use crate::kmod::modules::{self, Index, Kmod, RealKmod};
+use crate::kmod::modules::{self, Index, Kmod};
 use crate::paths;
+use crate::sys::RealKmod;
 
 /// The helper's path: a link to the init binary named `modprobe`.
 const KERNEL_KNOB: &str = "/proc/sys/kernel/modprobe";

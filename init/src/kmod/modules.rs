@@ -15,45 +15,12 @@ use std::path::{Path, PathBuf};
 use osk_layout::modinfo;
 
 /// Loading modules. `Sync`: independent modules load on parallel threads.
+/// The real one is [`crate::sys::RealKmod`].
 pub trait Kmod: Sync {
     /// finit_module(2) with the module's parameters (`""` for none).
     fn finit_module(&self, path: &Path, params: &str) -> io::Result<()>;
     /// The module is live in the kernel already.
     fn is_loaded(&self, name: &str) -> bool;
-}
-
-/// The real kernel.
-pub struct RealKmod;
-
-impl Kmod for RealKmod {
-    fn finit_module(&self, path: &Path, params: &str) -> io::Result<()> {
-        let f = File::open(path)?;
-        let params = std::ffi::CString::new(params)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module parameters"))?;
-        let started = std::time::Instant::now();
-        let result = nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty())
-            .map_err(|e| io::Error::from_raw_os_error(e as i32));
-        // Which driver holds up a boot: the load includes its device probes.
-        tracing::debug!(
-            "finit_module {}: {} ms{}",
-            path.display(),
-            started.elapsed().as_millis(),
-            result
-                .as_ref()
-                .err()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        );
-        result
-    }
-
-    fn is_loaded(&self, name: &str) -> bool {
-        // Built-in modules have a /sys/module entry too, but no initstate.
-        Path::new("/sys/module")
-            .join(name)
-            .join("initstate")
-            .exists()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,9 @@
 //! functions of the real side: the debug shell's controlling terminal, a
 //! child's signal reset and non-blocking reaping (used by [`crate::reaper`]).
 //!
-//! Leaves that keep their own raw calls: kernel modules
-//! ([`crate::kmod::modules::Kmod`]), rtnetlink ([`crate::net::Links`]),
+//! Module loading has its own small trait ([`crate::kmod::modules::Kmod`]),
+//! its real side here ([`RealKmod`]). Leaves that keep their own raw calls:
+//! rtnetlink ([`crate::net::Links`]),
 //! uevents ([`crate::kmod::uevent`]), the shim front's descriptors
 //! (`containerd/shimstart/fds.rs`) and evdev ([`crate::power::button`]).
 
@@ -20,7 +21,7 @@ use std::path::Path;
 
 pub use nix::mount::{MntFlags, MsFlags};
 pub use nix::sys::signal::Signal;
-pub use real::{reap_any_child, reset_signals_on_exec, set_controlling_tty, RealSys};
+pub use real::{reap_any_child, reset_signals_on_exec, set_controlling_tty, RealKmod, RealSys};
 
 /// What `reboot(2)` should do at the very end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

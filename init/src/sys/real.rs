@@ -1,5 +1,6 @@
 //! [`Sys`] on the running kernel: the one place its calls are made.
 
+use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -9,6 +10,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 
 use super::{PowerAction, Sys};
+use crate::kmod::modules::Kmod;
 
 fn errno(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -164,4 +166,38 @@ pub fn reap_any_child() -> Option<(i32, std::process::ExitStatus)> {
     // SAFETY: waitpid writes only to the provided status integer.
     let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
     (pid > 0).then(|| (pid, std::process::ExitStatus::from_raw(status)))
+}
+
+/// Kernel modules loaded for real: the one `finit_module(2)` of init.
+pub struct RealKmod;
+
+impl Kmod for RealKmod {
+    fn finit_module(&self, path: &Path, params: &str) -> io::Result<()> {
+        let f = File::open(path)?;
+        let params = std::ffi::CString::new(params)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module parameters"))?;
+        let started = std::time::Instant::now();
+        let result = nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty())
+            .map_err(|e| io::Error::from_raw_os_error(e as i32));
+        // Which driver holds up a boot: the load includes its device probes.
+        tracing::debug!(
+            "finit_module {}: {} ms{}",
+            path.display(),
+            started.elapsed().as_millis(),
+            result
+                .as_ref()
+                .err()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        result
+    }
+
+    fn is_loaded(&self, name: &str) -> bool {
+        // Built-in modules have a /sys/module entry too, but no initstate.
+        Path::new("/sys/module")
+            .join(name)
+            .join("initstate")
+            .exists()
+    }
 }
