@@ -22,4 +22,5 @@ pub mod paths;
 pub mod power;
 pub mod reaper;
 pub mod service;
+pub mod sockfwd;
 pub mod sys;

@@ -5,6 +5,7 @@
 //! what `runtime.json` holds, how boot markers look on the console, how a
 //! kernel module's metadata is read.
 
+pub mod forward;
 pub mod marker;
 pub mod modinfo;
 pub mod runtime;

@@ -56,19 +56,29 @@ pub fn cache_dir() -> Result<PathBuf> {
 pub fn osk_bin() -> Result<PathBuf> {
     // anyhow::Error is not Clone: every caller gets the first failure's text.
     static BIN: OnceLock<Result<PathBuf, std::sync::Arc<anyhow::Error>>> = OnceLock::new();
-    BIN.get_or_init(|| build_osk().map_err(std::sync::Arc::new))
+    BIN.get_or_init(|| build_bin("osk-builder", "osk", "OSK_BIN").map_err(std::sync::Arc::new))
         .clone()
         .map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
-fn build_osk() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("OSK_BIN") {
+/// The host's `oskctl` (`OSKCTL_BIN`, else built like [`osk_bin`]), for
+/// talking to a guest's control socket forwarded to the host.
+pub fn oskctl_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, std::sync::Arc<anyhow::Error>>> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("osk-init", "oskctl", "OSKCTL_BIN").map_err(std::sync::Arc::new))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// `$env` if set, else `cargo build -p package --bin bin` into this test's profile.
+fn build_bin(package: &str, bin: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let profile = profile_dir()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "osk-builder", "--bin", "osk"])
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
         .current_dir(workspace_root());
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
@@ -76,14 +86,20 @@ fn build_osk() -> Result<PathBuf> {
     if let Some(target) = profile.parent() {
         cmd.env("CARGO_TARGET_DIR", target);
     }
-    let status = cmd.status().context("running cargo build -p osk-builder")?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo build -p {package}"))?;
     ensure!(
         status.success(),
-        "cargo build -p osk-builder --bin osk failed ({status})"
+        "cargo build -p {package} --bin {bin} failed ({status})"
     );
-    let bin = profile.join("osk");
-    ensure!(bin.is_file(), "{} missing after cargo build", bin.display());
-    Ok(bin)
+    let path = profile.join(bin);
+    ensure!(
+        path.is_file(),
+        "{} missing after cargo build",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Runs `osk ARGS...` to completion and returns its output (stdout, stderr, status).

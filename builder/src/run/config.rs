@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::names::{CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, SHARE_TABLE, UEFI_VARS};
+use super::names::{
+    CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, SHARE_TABLE, SOCKET_TABLE, UEFI_VARS,
+};
 use super::{Error, Result};
 
 /// The CPU under TCG: every extension QEMU emulates (so x86-64-v2/v3
@@ -327,6 +329,10 @@ pub struct QemuConfig {
     pub publish: Vec<Publish>,
     /// Host folders over virtio-9p (`--share`).
     pub shares: Vec<super::Share>,
+    /// Guest unix sockets on the host (`--forward-socket`).
+    pub forwards: Vec<super::ForwardSocket>,
+    /// The host loopback port of each forward; chosen by `prepare`.
+    pub forward_ports: Vec<u16>,
     /// Metadata for the guest, written to `STATE/metadata.iso` and attached as a CD-ROM.
     pub data: Option<Vec<u8>>,
     pub detach: bool,
@@ -359,6 +365,8 @@ impl QemuConfig {
             disks: Vec::new(),
             publish: Vec::new(),
             shares: Vec::new(),
+            forwards: Vec::new(),
+            forward_ports: Vec::new(),
             data: None,
             detach: false,
             reboot: true,
@@ -412,6 +420,20 @@ impl QemuConfig {
     pub fn share(mut self, s: super::Share) -> Self {
         self.shares.push(s);
         self
+    }
+
+    pub fn forward_socket(mut self, f: super::ForwardSocket) -> Self {
+        self.forwards.push(f);
+        self
+    }
+
+    /// Each forward's host socket and loopback port, once `prepare` chose the ports.
+    pub fn forward_pairs(&self) -> Vec<(PathBuf, u16)> {
+        self.forwards
+            .iter()
+            .map(|f| f.host.clone())
+            .zip(self.forward_ports.iter().copied())
+            .collect()
     }
 
     /// The file holding the guest's share table (see `osk_layout::share`).
@@ -565,6 +587,9 @@ impl QemuConfig {
         }
 
         a.0.extend(super::share::argv(&self.shares, &self.share_table()));
+        if !self.forwards.is_empty() {
+            a.0.extend(super::forward::fw_cfg(&self.state_dir.join(SOCKET_TABLE)));
+        }
 
         let mut netdev = OsString::from("user,id=net0");
         if let Some(server) = &self.metadata_server {
@@ -576,6 +601,10 @@ impl QemuConfig {
         for p in &self.publish {
             netdev.push(",");
             netdev.push(p.hostfwd());
+        }
+        for f in super::forward::hostfwds(&self.forward_ports) {
+            netdev.push(",");
+            netdev.push(f);
         }
         a.arg("-netdev").arg(netdev);
         a.args(["-device", "virtio-net-pci,netdev=net0"]);

@@ -7,6 +7,7 @@
 //! / [`run_detached`] start QEMU.
 
 mod config;
+mod forward;
 mod iso;
 mod medium;
 mod names;
@@ -18,11 +19,12 @@ pub use config::{
     parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
     Publish, QemuConfig, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
 };
+pub use forward::{parse_helper_table, ForwardSocket, Forwarder};
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};
 pub use names::{
-    ACCEL_ENV, CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, QEMU_BINARY, SHARE_TABLE,
-    UEFI_VARS,
+    ACCEL_ENV, CONSOLE_LOG, FORWARD_LOG, FORWARD_PID, FORWARD_TABLE, METADATA_ISO, MONITOR_SOCKET,
+    PID_FILE, QEMU_BINARY, SHARE_TABLE, SOCKET_TABLE, UEFI_VARS,
 };
 pub use relay::relay;
 pub use share::{guest_table, Share};

@@ -12,3 +12,10 @@ pub const METADATA_ISO: &str = "metadata.iso";
 pub const UEFI_VARS: &str = "OVMF_VARS.fd";
 /// The guest's `--share` table, handed over through fw_cfg.
 pub const SHARE_TABLE: &str = "shares";
+/// The guest's `--forward-socket` table, handed over through fw_cfg.
+pub const SOCKET_TABLE: &str = "sockets";
+/// The forwards a detached VM's helper serves: `PORT<TAB>HOST_PATH` per line.
+pub const FORWARD_TABLE: &str = "forwards";
+/// The pid and log of that helper.
+pub const FORWARD_PID: &str = "forward.pid";
+pub const FORWARD_LOG: &str = "forward.log";

@@ -134,6 +134,25 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
     if let Some(data) = &config.data {
         iso::write_metadata_iso(&state.join(METADATA_ISO), data)?;
     }
+    if !config.forwards.is_empty() {
+        for f in &config.forwards {
+            super::forward::claim(&f.host)?;
+        }
+        config.forward_ports = config
+            .forwards
+            .iter()
+            .map(|_| super::forward::free_loopback_port())
+            .collect::<Result<_>>()?;
+        let table = state.join(super::SOCKET_TABLE);
+        fs::write(&table, super::forward::guest_table(&config.forwards))
+            .map_err(Error::io(&table))?;
+        let helper = state.join(super::FORWARD_TABLE);
+        fs::write(
+            &helper,
+            super::forward::helper_table(&config.forward_pairs()),
+        )
+        .map_err(Error::io(&helper))?;
+    }
     if !config.shares.is_empty() {
         for s in &config.shares {
             s.check()?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use osk_builder::run::{
-    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, MetadataServer, Publish, QemuConfig,
-    Share,
+    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, ForwardSocket, Forwarder,
+    MetadataServer, Publish, QemuConfig, Share,
 };
 
 #[derive(Subcommand)]
@@ -22,6 +22,14 @@ pub enum RunCommand {
     /// QEMU runs in the background: the console goes to STATE/console.log, the
     /// monitor listens on STATE/monitor.sock, the pid is in STATE/qemu.pid.
     Qemu(Box<QemuArgs>),
+    /// Internal: the host half of a detached VM's --forward-socket; ends,
+    /// removing its sockets, when the VM's QEMU does.
+    #[command(hide = true)]
+    Forward {
+        /// The VM's state directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
     /// Internal: QEMU runs this per guest connection to the metadata
     /// service (`--metadata-server`), the connection on stdin and stdout.
     #[command(hide = true)]
@@ -48,6 +56,10 @@ pub struct QemuArgs {
     /// Forward a host port to the guest: [HOSTIP:]HOST:GUEST[/tcp|/udp] (HOSTIP defaults to 127.0.0.1). Repeatable.
     #[arg(long, value_parser = parse_from::<Publish>)]
     publish: Vec<Publish>,
+    /// Make a guest unix socket a unix socket on the host, mode 0600:
+    /// HOST_PATH:GUEST_PATH. The guest runs the `sockfwd` package. Repeatable.
+    #[arg(long, value_parser = parse_from::<ForwardSocket>, value_name = "HOST_PATH:GUEST_PATH")]
+    forward_socket: Vec<ForwardSocket>,
     /// Share a host folder: HOST_DIR[:GUEST_DIR][,ro], over virtio-9p. It is
     /// mounted in the guest at GUEST_DIR, by default the host path itself. Repeatable.
     #[arg(long, value_parser = parse_from::<Share>, value_name = "HOST_DIR[:GUEST_DIR][,ro]")]
@@ -108,6 +120,7 @@ fn parse_mem(s: &str) -> anyhow::Result<u64> {
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::Qemu(args) => qemu(*args),
+        RunCommand::Forward { state } => forward_helper(&state),
         RunCommand::MetadataRelay { address } => {
             // stderr is the guest's connection too: nothing may be logged.
             let _ = run::relay(&address, std::io::stdin(), std::io::stdout().lock());
@@ -171,6 +184,9 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     for s in args.share {
         cfg = cfg.share(s);
     }
+    for f in args.forward_socket {
+        cfg = cfg.forward_socket(f);
+    }
     if let Some(a) = args.append {
         cfg = cfg.append(a);
     }
@@ -202,14 +218,111 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         println!("pid {}", vm.pid);
         println!("console {}", vm.console_log.display());
         println!("monitor {}", vm.monitor_socket.display());
+        if !prepared.config.forwards.is_empty() {
+            start_forward_helper(&prepared.config)?;
+        }
+        for (f, (_, port)) in prepared
+            .config
+            .forwards
+            .iter()
+            .zip(prepared.config.forward_pairs())
+        {
+            println!(
+                "socket {} -> {} (127.0.0.1:{port})",
+                f.host.display(),
+                f.guest
+            );
+        }
+        for p in &prepared.config.publish {
+            println!("port {}:{} -> {}", p.host_ip, p.host_port, p.guest_port);
+        }
         return Ok(());
     }
-    let exit = run::run_attached(&prepared, args.timeout.map(Duration::from_secs))?;
+    // In the foreground the forwards are threads of this process.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = if prepared.config.forwards.is_empty() {
+        None
+    } else {
+        let f = Forwarder::bind(&prepared.config.forward_pairs())?;
+        let d = done.clone();
+        Some(std::thread::spawn(move || {
+            f.serve_while(|| !d.load(std::sync::atomic::Ordering::SeqCst))
+        }))
+    };
+    let exit = run::run_attached(&prepared, args.timeout.map(Duration::from_secs));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(t) = forwarder {
+        let _ = t.join();
+    }
+    let exit = exit?;
     anyhow::ensure!(
         !exit.timed_out,
         "VM stopped after --timeout {} s",
         args.timeout.unwrap_or_default()
     );
     anyhow::ensure!(exit.status.success(), "QEMU exited with {}", exit.status);
+    Ok(())
+}
+
+/// Starts `osk run forward` for a detached VM, and returns once its sockets
+/// answer, so that the caller can use them at once.
+fn start_forward_helper(cfg: &QemuConfig) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().context("locating this osk binary (the forward helper)")?;
+    let log_path = cfg.state_dir.join(run::FORWARD_LOG);
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = std::process::Command::new(me)
+        .args(["run", "forward", "--state"])
+        .arg(&cfg.state_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for this command spares it.
+        .process_group(0)
+        .spawn()
+        .context("starting the forward helper")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for f in &cfg.forwards {
+        while std::os::unix::net::UnixStream::connect(&f.host).is_err() {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "the forward helper exited ({status}) before {} answered; see {}",
+                    f.host.display(),
+                    log_path.display()
+                );
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{} did not answer within 10 s; see {}",
+                f.host.display(),
+                log_path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// `osk run forward`: serves a detached VM's forwards while its QEMU runs.
+fn forward_helper(state: &std::path::Path) -> anyhow::Result<()> {
+    let table_path = state.join(run::FORWARD_TABLE);
+    let text = std::fs::read_to_string(&table_path)
+        .with_context(|| format!("reading {}", table_path.display()))?;
+    let pairs = run::parse_helper_table(&text)
+        .with_context(|| format!("{} is not a forward table", table_path.display()))?;
+    let pid_path = state.join(run::PID_FILE);
+    let pid: u32 = std::fs::read_to_string(&pid_path)
+        .with_context(|| format!("reading {}", pid_path.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", pid_path.display()))?;
+    let forwarder = Forwarder::bind(&pairs)?;
+    let own = state.join(run::FORWARD_PID);
+    std::fs::write(&own, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing {}", own.display()))?;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    forwarder.serve_while(|| proc.exists());
+    let _ = std::fs::remove_file(&own);
     Ok(())
 }

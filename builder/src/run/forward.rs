@@ -1,0 +1,322 @@
+//! `--forward-socket HOST_PATH:GUEST_PATH`: a unix socket in the guest
+//! appears as a unix socket on the host, mode 0600.
+//!
+//! This host has no vsock, so the way is QEMU's user network: each forward
+//! gets a free port on the host's loopback, forwarded to a guest port where
+//! the `sockfwd` service joins it to the guest socket (see
+//! `osk_layout::forward`). Nothing listens on a non-loopback address. The
+//! host half is a [`Forwarder`]: threads of `osk run` in the foreground, or
+//! a helper process that `--detach` leaves behind and that ends, removing
+//! its sockets, when QEMU does.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::thread;
+use std::time::Duration;
+
+use osk_layout::forward::{self as table, Forward};
+
+use super::{Error, Result};
+
+/// One `--forward-socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSocket {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+fn invalid(value: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidFlag {
+        flag: "--forward-socket",
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl FromStr for ForwardSocket {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ForwardSocket> {
+        // The guest path is absolute, so it starts at the last ":/".
+        let (host, guest) = s
+            .rfind(":/")
+            .map(|i| (&s[..i], &s[i + 1..]))
+            .ok_or_else(|| invalid(s, "wants HOST_PATH:GUEST_PATH, the guest path absolute"))?;
+        if host.is_empty() {
+            return Err(invalid(s, "the host path is empty"));
+        }
+        if let Some(reason) = table::path_problem(guest) {
+            return Err(invalid(s, reason));
+        }
+        let host = std::path::absolute(host).map_err(|e| invalid(s, e.to_string()))?;
+        // sockaddr_un: 108 bytes with the NUL.
+        if host.as_os_str().len() > 107 {
+            return Err(invalid(
+                s,
+                "the host path is longer than a unix socket allows (107 bytes)",
+            ));
+        }
+        Ok(ForwardSocket {
+            host,
+            guest: guest.to_string(),
+        })
+    }
+}
+
+/// The guest port of the `index`th forward.
+pub fn guest_port(index: usize) -> u16 {
+    table::FIRST_PORT + index as u16
+}
+
+/// The table the guest reads.
+pub fn guest_table(forwards: &[ForwardSocket]) -> String {
+    let rows: Vec<Forward> = forwards
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Forward {
+            port: guest_port(i),
+            path: f.guest.clone(),
+        })
+        .collect();
+    table::encode(&rows)
+}
+
+/// `hostfwd` options of the user network: host loopback port → guest port.
+pub fn hostfwds(host_ports: &[u16]) -> Vec<String> {
+    host_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("hostfwd=tcp:127.0.0.1:{p}-:{}", guest_port(i)))
+        .collect()
+}
+
+/// The fw_cfg argument carrying the table in `table_file`.
+pub fn fw_cfg(table_file: &Path) -> Vec<OsString> {
+    let mut fw = OsString::from(format!("name={},file=", table::FW_CFG_NAME));
+    fw.push(super::config::escape_commas(table_file));
+    vec!["-fw_cfg".into(), fw]
+}
+
+/// A free port on the host's loopback (free now; QEMU binds it next).
+pub fn free_loopback_port() -> Result<u16> {
+    let l =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::io(Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr()
+        .map_err(Error::io(Path::new("127.0.0.1:0")))?
+        .port())
+}
+
+/// Makes `path` free for a new socket: a socket nobody answers on is
+/// removed; one that answers, or anything that is not a socket, is an error.
+pub fn claim(path: &Path) -> Result<()> {
+    let in_use = |reason: &str| invalid(&path.display().to_string(), reason);
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(path)(e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(in_use(
+                "it exists and is not a socket; remove it or choose another path",
+            ))
+        }
+        Ok(_) if UnixStream::connect(path).is_ok() => {
+            return Err(in_use(
+                "a socket there is in use (another VM?); stop it or choose another path",
+            ))
+        }
+        Ok(_) => fs::remove_file(path).map_err(Error::io(path))?,
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(Error::io(dir))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(Error::io(dir))?;
+        }
+    }
+    Ok(())
+}
+
+/// The host half: one listening socket per forward.
+pub struct Forwarder {
+    sockets: Vec<(PathBuf, UnixListener, u16)>,
+}
+
+impl Forwarder {
+    /// Binds each host socket, mode 0600 from the start: bound under a
+    /// temporary name, restricted, then renamed into place.
+    pub fn bind(pairs: &[(PathBuf, u16)]) -> Result<Forwarder> {
+        let mut sockets = Vec::new();
+        for (path, port) in pairs {
+            claim(path)?;
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".osk-tmp");
+            let tmp = PathBuf::from(tmp);
+            let _ = fs::remove_file(&tmp);
+            let l = UnixListener::bind(&tmp).map_err(Error::io(&tmp))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+                .map_err(Error::io(&tmp))?;
+            fs::rename(&tmp, path).map_err(Error::io(path))?;
+            sockets.push((path.clone(), l, *port));
+        }
+        Ok(Forwarder { sockets })
+    }
+
+    /// Serves until `alive` says false (checked every 500 ms), then removes
+    /// the sockets.
+    pub fn serve_while(self, alive: impl Fn() -> bool) {
+        let paths: Vec<PathBuf> = self.sockets.iter().map(|(p, _, _)| p.clone()).collect();
+        for (path, listener, port) in self.sockets {
+            thread::spawn(move || accept_loop(&path, listener, port));
+        }
+        while alive() {
+            thread::sleep(Duration::from_millis(500));
+        }
+        for p in paths {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn accept_loop(path: &Path, listener: UnixListener, port: u16) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(unix) => {
+                thread::spawn(move || {
+                    if let Err(e) = join(unix, port) {
+                        tracing::debug!("forward to guest port {port}: {e}");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("accepting on {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Copies both ways until each side has said all it had to.
+fn join(unix: UnixStream, port: u16) -> io::Result<()> {
+    let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    let (mut unix_r, mut tcp_w) = (unix.try_clone()?, tcp.try_clone()?);
+    let up = thread::spawn(move || {
+        let r = io::copy(&mut unix_r, &mut tcp_w);
+        let _ = tcp_w.shutdown(Shutdown::Write);
+        r
+    });
+    let (mut tcp_r, mut unix_w) = (tcp, unix);
+    let down = io::copy(&mut tcp_r, &mut unix_w);
+    let _ = unix_w.shutdown(Shutdown::Write);
+    let _ = up.join();
+    down.map(|_| ())
+}
+
+/// What a detached VM's helper needs: `PORT<TAB>HOST_PATH` per line.
+pub fn helper_table(pairs: &[(PathBuf, u16)]) -> String {
+    pairs
+        .iter()
+        .map(|(p, port)| format!("{port}\t{}\n", p.display()))
+        .collect()
+}
+
+/// Reads [`helper_table`] back.
+pub fn parse_helper_table(text: &str) -> Option<Vec<(PathBuf, u16)>> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (port, path) = l.split_once('\t')?;
+            Some((PathBuf::from(path), port.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn parses_host_and_guest_paths() {
+        let f: ForwardSocket = "/home/me/.osk/docker.sock:/var/run/docker.sock"
+            .parse()
+            .unwrap();
+        assert_eq!(f.host, Path::new("/home/me/.osk/docker.sock"));
+        assert_eq!(f.guest, "/var/run/docker.sock");
+        let e = "/a.sock".parse::<ForwardSocket>().unwrap_err().to_string();
+        assert!(e.contains("HOST_PATH:GUEST_PATH"), "{e}");
+        assert!(":/var/run/docker.sock".parse::<ForwardSocket>().is_err());
+        let long = format!("/{}:/g.sock", "x".repeat(120));
+        assert!(long
+            .parse::<ForwardSocket>()
+            .unwrap_err()
+            .to_string()
+            .contains("107"));
+    }
+
+    #[test]
+    fn ports_and_table_match_row_for_row() {
+        let f: Vec<ForwardSocket> = ["/h/a.sock:/run/a.sock", "/h/b.sock:/run/b.sock"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(guest_table(&f), "2390\t/run/a.sock\n2391\t/run/b.sock\n");
+        assert_eq!(
+            hostfwds(&[40001, 40002]),
+            [
+                "hostfwd=tcp:127.0.0.1:40001-:2390",
+                "hostfwd=tcp:127.0.0.1:40002-:2391"
+            ]
+        );
+        let pairs = vec![(PathBuf::from("/h/a b.sock"), 40001)];
+        assert_eq!(parse_helper_table(&helper_table(&pairs)), Some(pairs));
+    }
+
+    #[test]
+    fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.sock");
+        let live = UnixListener::bind(&path).unwrap();
+        let e = claim(&path).unwrap_err().to_string();
+        assert!(e.contains("in use") && e.contains("x.sock"), "{e}");
+        drop(live);
+        // The file of a closed listener is stale: claimed.
+        claim(&path).unwrap();
+        assert!(!path.exists());
+        fs::write(&path, "not a socket").unwrap();
+        assert!(claim(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a socket"));
+    }
+
+    #[test]
+    fn forwards_a_connection_to_the_port_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = echo.local_addr().unwrap().port();
+        thread::spawn(move || {
+            let (mut s, _) = echo.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+            s.write_all(&[b"guest:".as_slice(), &buf].concat()).unwrap();
+        });
+        let path = dir.path().join("sub/fwd.sock");
+        let fwd = Forwarder::bind(&[(path.clone(), port)]).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let server = thread::spawn(move || {
+            fwd.serve_while(|| !s2.load(std::sync::atomic::Ordering::SeqCst))
+        });
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"hello").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"guest:hello");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.join().unwrap();
+        assert!(!path.exists(), "the socket outlived the forwarder");
+    }
+}

@@ -1,0 +1,157 @@
+//! `osk-sockfwd`, the guest half of `osk run qemu --forward-socket`: for each
+//! row of the fw_cfg table (see `osk_layout::forward`) it listens on the
+//! row's TCP port and joins each connection to the row's unix socket.
+//!
+//! Only QEMU's user network reaches those ports from the host, and every
+//! forwarded connection comes from that network's gateway. A container on a
+//! bridge, or a process on the machine itself, has another address and is
+//! refused, so the socket (Docker's API is root) is not opened to the guest's
+//! own workloads.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::thread;
+
+use osk_layout::forward::Forward;
+
+/// The default route's gateway in `/proc/net/route`'s text, if there is one.
+pub fn default_gateway(route: &str) -> Option<Ipv4Addr> {
+    route.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags ...; the words are little-endian hex.
+        if f.len() < 4 || f[1] != "00000000" {
+            return None;
+        }
+        let gw = u32::from_str_radix(f[2], 16).ok()?;
+        (gw != 0).then(|| Ipv4Addr::from(gw.swap_bytes()))
+    })
+}
+
+/// Whether a connection from `peer` may use the socket: only from the gateway.
+pub fn allowed(peer: IpAddr, gateway: Option<Ipv4Addr>) -> bool {
+    matches!((peer, gateway), (IpAddr::V4(p), Some(g)) if p == g)
+}
+
+/// Serves every forward until the process is stopped. Reads the gateway
+/// at each connection: DHCP may set it after the service starts.
+pub fn serve(forwards: Vec<Forward>, read_route: fn() -> String) -> io::Result<()> {
+    let mut listeners = Vec::new();
+    for f in forwards {
+        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, f.port)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listening on port {} for {}: {e}", f.port, f.path),
+            )
+        })?;
+        tracing::info!("forwarding port {} to {}", f.port, f.path);
+        listeners.push((l, f));
+    }
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, f)| thread::spawn(move || accept_loop(l, f, read_route)))
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn accept_loop(listener: TcpListener, f: Forward, read_route: fn() -> String) {
+    for conn in listener.incoming() {
+        let tcp = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accepting on port {}: {e}", f.port);
+                continue;
+            }
+        };
+        let peer = match tcp.peer_addr() {
+            Ok(a) => a.ip(),
+            Err(_) => continue,
+        };
+        let gateway = default_gateway(&read_route());
+        if !allowed(peer, gateway) {
+            tracing::warn!(
+                "refused a connection to {} from {peer}: only the host (gateway {gateway:?}) may use it",
+                f.path
+            );
+            continue;
+        }
+        let path = f.path.clone();
+        thread::spawn(move || {
+            if let Err(e) = join(tcp, &path) {
+                tracing::warn!("forwarding to {path}: {e}");
+            }
+        });
+    }
+}
+
+/// Copies both ways until each side has said all it had to.
+fn join(tcp: TcpStream, path: &str) -> io::Result<()> {
+    let unix = UnixStream::connect(path)?;
+    let (mut tcp_r, mut unix_w) = (tcp.try_clone()?, unix.try_clone()?);
+    let up = thread::spawn(move || {
+        let r = io::copy(&mut tcp_r, &mut unix_w);
+        let _ = unix_w.shutdown(Shutdown::Write);
+        r
+    });
+    let (mut unix_r, mut tcp_w) = (unix, tcp);
+    let down = io::copy(&mut unix_r, &mut tcp_w);
+    let _ = tcp_w.shutdown(Shutdown::Write);
+    let _ = up.join();
+    down.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        eth0\t00000000\t0202000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+        eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+
+    #[test]
+    fn the_gateway_is_the_default_routes() {
+        assert_eq!(default_gateway(ROUTE), Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(default_gateway("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn only_the_gateway_may_connect() {
+        let gw = Some(Ipv4Addr::new(10, 0, 2, 2));
+        assert!(allowed("10.0.2.2".parse().unwrap(), gw));
+        // The machine itself, a container on Docker's bridge, no route yet.
+        assert!(!allowed("10.0.2.15".parse().unwrap(), gw));
+        assert!(!allowed("172.17.0.2".parse().unwrap(), gw));
+        assert!(!allowed("10.0.2.2".parse().unwrap(), None));
+    }
+
+    #[test]
+    fn joins_a_tcp_connection_to_a_unix_socket_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("echo.sock");
+        let server = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+            s.write_all(&[b"echo:".as_slice(), &buf].concat()).unwrap();
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let path = sock.to_str().unwrap().to_string();
+        thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            join(tcp, &path).unwrap();
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"ping").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"echo:ping");
+    }
+}
