@@ -1,0 +1,232 @@
+//! The host's side of a development VM, in one boot of examples/minimal.yml
+//! with an overlay (one build, one boot: CI runs on 2 cores):
+//!
+//! - `--share`: a host folder at its own path, read-write, and another at
+//!   `/ro`, read-only. An onboot container copies a read-only file into the
+//!   read-write share and fails to write the read-only one; the demo service
+//!   serves a page from the read-write share. Checked on the host's files.
+//! - `--forward-socket`: osk-init's control socket appears on the host (the
+//!   `sockfwd` service joins it to QEMU's user network), mode 0600, and the
+//!   host's `oskctl` lists the services through it. A second VM asking for
+//!   the same host path is refused, naming it; when QEMU exits, the helper
+//!   `--detach` left behind ends and removes the socket.
+//! - A `--share` of a missing folder is named, and no VM starts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use osk_e2e::{wait_http, BootOpts, Machine};
+use osk_layout::marker::Event;
+
+const BOOT: Duration = Duration::from_secs(400);
+
+/// The overlay: a writer onboot and demo serving the shared `www` folder
+/// (`rw` is the read-write share's path on both sides), and sockfwd.
+fn overlay(rw: &Path) -> String {
+    let pkgs = osk_e2e::workspace_root().join("pkgs");
+    let pkgs = pkgs.display();
+    let rw = rw.display();
+    format!(
+        r#"onboot:
+  - name: share-writer
+    image: "@pkg:{pkgs}/demo"
+    command:
+      - /bin/sh
+      - -c
+      - "cat /ro/in.txt > {rw}/copied.txt && echo written-by-guest >> {rw}/copied.txt; if echo x > /ro/forbidden; then touch {rw}/ro-was-writable; fi"
+    binds: ["{rw}:{rw}", "/ro:/ro"]
+services:
+  - name: demo
+    image: "@pkg:{pkgs}/demo"
+    binds.add: ["{rw}/www:/www:ro"]
+  - name: sockfwd
+    image: "@pkg:{pkgs}/sockfwd"
+    binds.add: ["/run/osk:/run/osk"]
+"#
+    )
+}
+
+fn osk(args: &[&std::ffi::OsStr]) -> Result<Output> {
+    Ok(Command::new(osk_e2e::osk_bin()?).args(args).output()?)
+}
+
+#[test]
+fn shared_folders_and_forwarded_sockets() -> Result<()> {
+    let cache = osk_e2e::cache_dir()?;
+    // Under /tmp: short paths, the same in the guest.
+    let work = tempfile::Builder::new().prefix("osk-host-").tempdir()?;
+    let rw = work.path().join("rw");
+    let ro = work.path().join("ro");
+    std::fs::create_dir_all(rw.join("www"))?;
+    std::fs::create_dir_all(&ro)?;
+    let page = format!("served from a host folder {}\n", std::process::id());
+    std::fs::write(rw.join("www/index.html"), &page)?;
+    std::fs::write(ro.join("in.txt"), "read-only input\n")?;
+    let manifest = work.path().join("host.yml");
+    std::fs::write(&manifest, overlay(&rw))?;
+
+    let out = work.path().join("out");
+    let o = Command::new(osk_e2e::osk_bin()?)
+        .arg("--cache")
+        .arg(cache.join("store"))
+        .args(["build", "--compress", "gzip", "--name", "host", "--dir"])
+        .arg(&out)
+        .arg(osk_e2e::workspace_root().join("examples/minimal.yml"))
+        .arg(&manifest)
+        .output()
+        .context("running osk build")?;
+    ensure!(
+        o.status.success(),
+        "osk build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let prefix = out.join("host");
+
+    // A folder that does not exist is named, and no VM starts.
+    let missing = work.path().join("no-such-folder");
+    let state = work.path().join("bad-state");
+    let o = osk(&[
+        "run".as_ref(),
+        "qemu".as_ref(),
+        "--detach".as_ref(),
+        "--share".as_ref(),
+        missing.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        prefix.as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(!o.status.success(), "--share of a missing folder succeeded");
+    ensure!(
+        err.contains(&missing.display().to_string()) && err.contains("no such folder"),
+        "the error does not name the missing folder: {err}"
+    );
+    ensure!(
+        !state.join(osk_builder::run::PID_FILE).exists(),
+        "a VM started anyway"
+    );
+
+    let sock = work.path().join("host/control.sock");
+    let forward = format!("{}:{}", sock.display(), osk_layout::CONTROL_SOCKET);
+    let mut vm = Machine::boot(
+        &prefix,
+        &BootOpts {
+            publish: vec![80],
+            extra: vec![
+                "--share".into(),
+                rw.display().to_string(),
+                "--share".into(),
+                format!("{}:/ro,ro", ro.display()),
+                "--forward-socket".into(),
+                forward.clone(),
+            ],
+            ..BootOpts::default()
+        },
+    )?;
+    let mode = std::fs::metadata(&sock)
+        .context("the host socket is missing after osk run --detach returned")?
+        .permissions()
+        .mode();
+    ensure!(mode & 0o777 == 0o600, "the host socket has mode {mode:o}");
+    vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
+
+    shares_work(&vm, &rw, &ro, &page)?;
+    oskctl_through(&sock)?;
+    second_vm_refused(&forward, &sock, &work.path().join("second"), &prefix)?;
+
+    // QEMU exits: the helper goes, and its socket with it.
+    let helper_pid: u32 =
+        std::fs::read_to_string(vm.state_dir().join(osk_builder::run::FORWARD_PID))?
+            .trim()
+            .parse()?;
+    vm.monitor("quit").ok();
+    vm.wait_exit(Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{helper_pid}")).exists() || sock.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "10 s after QEMU exited the forward helper (pid {helper_pid}) or {} is still there",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn shares_work(vm: &Machine, rw: &Path, ro: &Path, page: &str) -> Result<()> {
+    // Read through the share by a service, from the host's file.
+    let got = wait_http(vm.port(80), "/index.html", Duration::from_secs(60))?;
+    ensure!(
+        got == page,
+        "GET /index.html gave {got:?}, not the host's {page:?}"
+    );
+    // Written by the onboot container, from the read-only share's file.
+    let copied = std::fs::read_to_string(rw.join("copied.txt"))
+        .context("the guest's file did not appear in the host folder")?;
+    ensure!(
+        copied == "read-only input\nwritten-by-guest\n",
+        "copied.txt holds {copied:?}"
+    );
+    ensure!(
+        !ro.join("forbidden").exists() && !rw.join("ro-was-writable").exists(),
+        "the read-only share was writable from the guest"
+    );
+    Ok(())
+}
+
+/// The host's oskctl, through the forwarded socket, lists the services.
+fn oskctl_through(sock: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listing = loop {
+        let o = Command::new(osk_e2e::oskctl_bin()?)
+            .arg("--socket")
+            .arg(sock)
+            .arg("ps")
+            .output()?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() && text.contains("sockfwd") {
+            break text;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "oskctl ps through {} failed: {}{}",
+            sock.display(),
+            text,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    ensure!(
+        listing.contains("demo"),
+        "oskctl ps lists no demo: {listing}"
+    );
+    Ok(())
+}
+
+/// The same host path for a second VM is refused before it starts.
+fn second_vm_refused(forward: &str, sock: &Path, state: &Path, prefix: &Path) -> Result<()> {
+    let o = osk(&[
+        "run".as_ref(),
+        "qemu".as_ref(),
+        "--detach".as_ref(),
+        "--forward-socket".as_ref(),
+        forward.as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        prefix.as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(!o.status.success(), "a second VM took a socket in use");
+    ensure!(
+        err.contains(&sock.display().to_string()) && err.contains("in use"),
+        "the error does not name the socket in use: {err}"
+    );
+    ensure!(
+        !state.join(osk_builder::run::PID_FILE).exists(),
+        "a second VM started"
+    );
+    Ok(())
+}
