@@ -22,9 +22,10 @@ export DEBIAN_FRONTEND=noninteractive
 #   binutils           objdump -h: checks the UKI's PE sections (build --format uki)
 #   gdisk              sgdisk -v: checks the GPT of the disk formats
 #   dosfstools, mtools fsck.vfat -n, mcopy: check the ESP and read its UKI back
+#   xorriso            -report_el_torito and -extract: check the hybrid ISO (build --format iso)
 PACKAGES=(protobuf-compiler qemu-system-x86 qemu-utils ovmf cpio zstd lz4 busybox-static
   openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring
-  binutils gdisk dosfstools mtools)
+  binutils gdisk dosfstools mtools xorriso)
 
 # --update: refresh apt's lists even when nothing is missing (CI: the e2e
 # tests `apt-get download` Debian's current kernel package, so the lists must

@@ -22,7 +22,7 @@ const MINIMAL: &str = "examples/minimal.yml";
 const NAME: &str = "minimal";
 
 /// Every format the tests below boot, built once.
-const FORMATS: &[&str] = &["uki", "raw", "qcow2", "vmdk"];
+const FORMATS: &[&str] = &["uki", "iso", "raw", "qcow2", "vmdk"];
 
 /// `OSK_E2E_CACHE/images/minimal.*`, built on first use by one `osk build`.
 fn built(ext: &str) -> Result<PathBuf> {
@@ -72,12 +72,21 @@ fn build_all() -> Result<PathBuf> {
 
 /// Boots `image`, waits for every service, and fetches the demo page from the host.
 fn boots_and_serves(image: &Path, uefi: bool) -> Result<Machine> {
+    boot_with(
+        image,
+        BootOpts {
+            uefi,
+            ..BootOpts::default()
+        },
+    )
+}
+
+fn boot_with(image: &Path, opts: BootOpts) -> Result<Machine> {
     let mut vm = Machine::boot(
         image,
         &BootOpts {
             publish: vec![80],
-            uefi,
-            ..BootOpts::default()
+            ..opts
         },
     )?;
     vm.wait_for_marker(&Event::InitStart, BOOT)
@@ -106,6 +115,51 @@ fn firmware_booted(vm: &Machine) -> Result<()> {
         "no `BdsDxe: starting Boot...` line from OVMF on the console"
     );
     Ok(())
+}
+
+/// isolinux's banner on the serial console: SeaBIOS started isolinux.bin
+/// (from El Torito on a CD, or through the isohybrid MBR on a disk), which
+/// loaded the kernel and initrd from the ISO 9660 volume.
+fn isolinux_booted(vm: &Machine) -> Result<()> {
+    let console = vm.console();
+    ensure!(
+        console.contains("ISOLINUX 6.04") && console.contains("Loading /boot/initrd.img"),
+        "no isolinux banner and initrd load on the console"
+    );
+    Ok(())
+}
+
+#[test]
+fn iso_cd_under_seabios() -> Result<()> {
+    let vm = boots_and_serves(&built("iso")?, false)?;
+    isolinux_booted(&vm)
+}
+
+#[test]
+fn iso_cd_under_ovmf() -> Result<()> {
+    let vm = boots_and_serves(&built("iso")?, true)?;
+    firmware_booted(&vm)
+}
+
+/// The ISO written to a USB stick, under UEFI: the GPT's ESP.
+#[test]
+fn iso_as_disk_under_ovmf() -> Result<()> {
+    let vm = boot_with(
+        &built("iso")?,
+        BootOpts {
+            uefi: true,
+            extra: vec!["--as-disk".into()],
+            ..BootOpts::default()
+        },
+    )?;
+    firmware_booted(&vm)
+}
+
+/// The disk formats under legacy BIOS: the isohybrid MBR starts isolinux.
+#[test]
+fn raw_under_seabios() -> Result<()> {
+    let vm = boots_and_serves(&built("raw")?, false)?;
+    isolinux_booted(&vm)
 }
 
 #[test]

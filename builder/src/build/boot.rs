@@ -1,4 +1,4 @@
-//! The bootable outputs: the UKI and the GPT disk around it, in every container format.
+//! The bootable outputs: the UKI and the hybrid ISO/GPT disk around it, in every container format.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -7,28 +7,54 @@ use sha2::{Digest, Sha256};
 
 use super::{Assembled, BuildError, BuildOptions};
 use crate::assemble::{self, Spool};
-use crate::image::{self, Disk, FatFile, UkiParts};
+use crate::image::{self, Disk, UkiParts};
 use crate::store::{Image, Store};
 
 /// The EFI stub's path in the boot binaries image (`pkgs/bootloader`).
 pub const EFI_STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-/// Where UEFI firmware looks on removable media and disks without boot entries.
-const DEFAULT_EFI_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 
 /// Written when the root has no os-release; the stub shows it and sd-boot lists it.
 const DEFAULT_OSREL: &[u8] = b"ID=osk\nNAME=osk\nPRETTY_NAME=osk\n";
 
-/// Reads the EFI stub out of the boot binaries image.
-pub fn load_stub(store: &Store, spool: &Spool, boot: &Image) -> Result<Vec<u8>, BuildError> {
+/// syslinux's BIOS pieces in the boot binaries image: isolinux and its MBR code.
+pub const ISOLINUX_BIN: &str = "usr/lib/ISOLINUX/isolinux.bin";
+pub const ISOHDPFX_BIN: &str = "usr/lib/ISOLINUX/isohdpfx.bin";
+pub const LDLINUX_C32: &str = "usr/lib/syslinux/modules/bios/ldlinux.c32";
+
+/// The boot binaries the requested formats use.
+pub struct BootFiles {
+    pub stub: Vec<u8>,
+    /// isolinux.bin, ldlinux.c32 and isohdpfx.bin, for the ISO and disk formats.
+    pub bios: Option<[Vec<u8>; 3]>,
+}
+
+/// Reads the EFI stub (and with `bios`, syslinux's files) out of the boot binaries image.
+pub fn load(
+    store: &Store,
+    spool: &Spool,
+    boot: &Image,
+    bios: bool,
+) -> Result<BootFiles, BuildError> {
     let name = boot.reference.familiar();
     let tree = assemble::flatten(store, spool, boot)?;
-    let stub = tree
-        .file(EFI_STUB.as_bytes())
-        .ok_or_else(|| BuildError::Boot {
-            image: name.clone(),
-            reason: format!("has no EFI stub {EFI_STUB:?}; is it the pkgs/bootloader image?"),
-        })?;
-    read(spool, &stub.sha, &name)
+    let file = |path: &str| {
+        let f = tree
+            .file(path.as_bytes())
+            .ok_or_else(|| BuildError::Boot {
+                image: name.clone(),
+                reason: format!(
+                    "has no {path:?}; is it the pkgs/bootloader image? Rebuild it with `osk pkg build pkgs/bootloader`"
+                ),
+            })?;
+        read(spool, &f.sha, &name)
+    };
+    let stub = file(EFI_STUB)?;
+    let bios = if bios {
+        Some([file(ISOLINUX_BIN)?, file(LDLINUX_C32)?, file(ISOHDPFX_BIN)?])
+    } else {
+        None
+    };
+    Ok(BootFiles { stub, bios })
 }
 
 fn read(spool: &Spool, sha: &assemble::Sha, what: &str) -> Result<Vec<u8>, BuildError> {
@@ -79,23 +105,29 @@ pub fn uki(
     Ok(image::write_uki(stub, EFI_STUB, &parts)?)
 }
 
-/// The GPT disk with an ESP holding `uki` as the default boot path.
-pub fn disk(uki: &[u8], opts: &BuildOptions) -> Result<Disk, BuildError> {
+/// The hybrid image of `uki` for `medium`: the ISO, or the disk every disk format holds.
+pub fn hybrid(
+    uki: &[u8],
+    a: &Assembled,
+    boot: &BootFiles,
+    medium: image::Medium,
+    opts: &BuildOptions,
+) -> Result<Disk, BuildError> {
+    let [isolinux, ldlinux, mbr_code] = boot.bios.as_ref().expect("loaded for these formats");
     let mut h = Sha256::new();
     h.update(uki);
     h.update(opts.mtime.to_le_bytes());
     let seed = h.finalize();
-    let esp = image::write_fat(
-        &[FatFile {
-            path: DEFAULT_EFI_PATH,
-            data: uki,
-        }],
-        "ESP",
-        &seed,
-        opts.mtime,
-        image::ESP_START / 512,
-    )?;
-    Ok(image::efi_disk(esp, &seed, opts.disk_size)?)
+    let bios = image::BiosLoader {
+        isolinux,
+        ldlinux,
+        mbr_code: mbr_code
+            .get(..image::iso::hybrid::MBR_CODE_LEN)
+            .unwrap_or(mbr_code),
+    };
+    Ok(image::hybrid_image(
+        uki, &a.cmdline, &bios, medium, &seed, opts.mtime,
+    )?)
 }
 
 /// A content-derived 32-bit id (VMDK's CID).
@@ -137,6 +169,8 @@ pub fn write_disk(
             image::write_gcp(disk, opts.mtime, &mut w)?;
             w.flush()
         }
-        Format::KernelInitrd | Format::Tar | Format::Uki => unreachable!("not a disk format"),
+        Format::KernelInitrd | Format::Tar | Format::Uki | Format::Iso => {
+            unreachable!("not a disk format")
+        }
     }
 }

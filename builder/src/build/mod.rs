@@ -230,9 +230,10 @@ pub fn build(
             bootable.join(", ")
         )));
     }
-    let stub = match (&opts.boot, bootable.is_empty()) {
+    let bios = opts.formats.iter().any(|f| f.needs_bios());
+    let boot_files = match (&opts.boot, bootable.is_empty()) {
         (_, true) => None,
-        (Some(image), false) => Some(boot::load_stub(store, spool, image)?),
+        (Some(image), false) => Some(boot::load(store, spool, image, bios)?),
         (None, false) => {
             return Err(BuildError::Usage(format!(
                 "format {} needs the boot binaries image: build it with `osk pkg build pkgs/bootloader` and pass it as `--bootloader @pkg:PATH/pkgs/bootloader` (or a reference)",
@@ -252,7 +253,7 @@ pub fn build(
     let segments = crate::initramfs::SegmentCache::in_store(store.root());
     let attempt = || {
         assemble(store, spool, plan)
-            .and_then(|a| output::write_outputs(spool, &segments, &a, stub.as_deref(), opts))
+            .and_then(|a| output::write_outputs(spool, &segments, &a, boot_files.as_ref(), opts))
     };
     match attempt() {
         Err(e) if assemble::spool_damage(&e).is_some() => {

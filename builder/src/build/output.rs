@@ -64,7 +64,10 @@ pub enum Format {
     Tar,
     /// `NAME.efi`: a Unified Kernel Image (UEFI).
     Uki,
-    /// `NAME.raw`: a GPT disk whose ESP boots the UKI (UEFI).
+    /// `NAME.iso`: a hybrid ISO booting from CD or disk, under BIOS (isolinux) and UEFI (the UKI).
+    Iso,
+    /// `NAME.raw`: a GPT disk whose ESP boots the UKI (UEFI), in the ISO's
+    /// hybrid layout so that it also boots under BIOS.
     Raw,
     /// `NAME.qcow2`: the raw disk, sparse.
     Qcow2,
@@ -81,6 +84,7 @@ impl Format {
         "kernel+initrd",
         "tar",
         "uki",
+        "iso",
         "raw",
         "qcow2",
         "vhd",
@@ -94,6 +98,11 @@ impl Format {
     }
 
     fn is_disk(self) -> bool {
+        self.needs_boot() && !matches!(self, Format::Uki | Format::Iso)
+    }
+
+    /// Whether the format holds isolinux, and so needs the BIOS boot files too.
+    pub fn needs_bios(self) -> bool {
         self.needs_boot() && self != Format::Uki
     }
 
@@ -106,11 +115,9 @@ impl Format {
             "raw-efi" => Format::Raw,
             "qcow2-efi" => Format::Qcow2,
             "dynamic-vhd" => Format::Vhd,
-            "iso-bios" | "iso-efi" | "kernel+iso" | "raw-bios" | "qcow2-bios" => {
-                return Err(FormatError::NotYet {
-                    name: s.to_string(),
-                })
-            }
+            "iso-bios" | "iso-efi" | "kernel+iso" => Format::Iso,
+            "raw-bios" => Format::Raw,
+            "qcow2-bios" => Format::Qcow2,
             _ => {
                 return Err(FormatError::Unknown {
                     name: s.to_string(),
@@ -119,7 +126,12 @@ impl Format {
         };
         let note = match mapped {
             Format::Vhd => format!("{s} is written as vhd: a fixed VHD, the kind Azure requires"),
-            _ => format!("{s} is written as {mapped}: a GPT disk booting the UKI under UEFI"),
+            Format::Iso => format!(
+                "{s} is written as iso: one hybrid ISO that boots under BIOS and UEFI, from CD or USB stick"
+            ),
+            _ => format!(
+                "{s} is written as {mapped}: a GPT disk that boots under UEFI and legacy BIOS"
+            ),
         };
         Ok((mapped, Some(note)))
     }
@@ -138,16 +150,10 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     #[error(
-        "unknown output format {name:?} (expected one of: {}; or LinuxKit's raw-efi, qcow2-efi, dynamic-vhd)",
+        "unknown output format {name:?} (expected one of: {}; or LinuxKit's iso-bios, iso-efi, kernel+iso, raw-bios, raw-efi, qcow2-bios, qcow2-efi, dynamic-vhd)",
         Format::NAMES.join(", ")
     )]
     Unknown { name: String },
-    #[error(
-        "output format {name:?} (LinuxKit's) is not available yet: osk's ISO and BIOS boot are still to come; \
-         UEFI formats work now: {}",
-        Format::NAMES[2..].join(", ")
-    )]
-    NotYet { name: String },
 }
 
 impl FromStr for Format {
@@ -157,6 +163,7 @@ impl FromStr for Format {
             "kernel+initrd" => Ok(Format::KernelInitrd),
             "tar" => Ok(Format::Tar),
             "uki" => Ok(Format::Uki),
+            "iso" => Ok(Format::Iso),
             "raw" => Ok(Format::Raw),
             "qcow2" => Ok(Format::Qcow2),
             "vhd" => Ok(Format::Vhd),
@@ -175,6 +182,7 @@ impl fmt::Display for Format {
             Format::KernelInitrd => "kernel+initrd",
             Format::Tar => "tar",
             Format::Uki => "uki",
+            Format::Iso => "iso",
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
             Format::Vhd => "vhd",
@@ -300,7 +308,7 @@ pub(super) fn write_outputs(
     spool: &Spool,
     cache: &SegmentCache,
     a: &Assembled,
-    stub: Option<&[u8]>,
+    boot: Option<&super::boot::BootFiles>,
     opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>, BuildError> {
     std::fs::create_dir_all(&opts.dir).map_err(|source| BuildError::Io {
@@ -358,10 +366,10 @@ pub(super) fn write_outputs(
                 w.flush().map_err(io_at(&opts.dir, &out))?;
             }
             _ => {
-                let stub = stub.expect("checked by build()");
+                let boot = boot.expect("checked by build()");
                 if uki.is_none() {
                     let initrd = initrd.as_deref().expect("made above for bootable formats");
-                    uki = Some(super::boot::uki(spool, a, stub, initrd)?);
+                    uki = Some(super::boot::uki(spool, a, &boot.stub, initrd)?);
                 }
                 let uki = uki.as_deref().expect("set above");
                 let out = format.file_name(name);
@@ -370,9 +378,15 @@ pub(super) fn write_outputs(
                     f.write_all(uki).map_err(io_at(&opts.dir, &out))?;
                     continue;
                 }
+                if *format == Format::Iso {
+                    let iso = super::boot::hybrid(uki, a, boot, crate::image::Medium::Cd, opts)?;
+                    iso.write_sparse(&mut f).map_err(io_at(&opts.dir, &out))?;
+                    continue;
+                }
                 debug_assert!(format.is_disk());
                 if disk.is_none() {
-                    disk = Some(super::boot::disk(uki, opts)?);
+                    let medium = crate::image::Medium::Disk(opts.disk_size);
+                    disk = Some(super::boot::hybrid(uki, a, boot, medium, opts)?);
                 }
                 let disk = disk.as_ref().expect("set above");
                 super::boot::write_disk(disk, *format, &out, opts, &mut f)

@@ -19,13 +19,25 @@ pub struct FatFile<'a> {
 
 enum Node<'a> {
     Dir(BTreeMap<[u8; 11], Entry<'a>>),
-    File(&'a [u8]),
+    /// The file's bytes and its index in the caller's list.
+    File(&'a [u8], usize),
 }
 
 struct Entry<'a> {
     /// FAT's NT case bits: the base (0x08) or extension (0x10) shows in lower case.
     case: u8,
     node: Node<'a>,
+}
+
+/// Every file's data starts on a boundary of this many bytes of the volume,
+/// so an ISO 9660 directory on the same medium can point into it.
+pub const FILE_ALIGN: u64 = 2048;
+
+/// A FAT volume and where each file's data landed in it.
+pub struct FatImage {
+    pub bytes: Vec<u8>,
+    /// Byte offset of each file's data in `bytes`, in the order given.
+    pub offsets: Vec<u64>,
 }
 
 /// Writes a FAT32 volume holding `files`, to sit at `start_lba` of its disk.
@@ -40,13 +52,26 @@ pub fn write_fat(
     mtime: u32,
     start_lba: u64,
 ) -> Result<Vec<u8>, ImageError> {
+    Ok(write_fat_placed(files, label, seed, mtime, start_lba)?.bytes)
+}
+
+/// [`write_fat`], also saying where each file's data is.
+pub fn write_fat_placed(
+    files: &[FatFile],
+    label: &str,
+    seed: &[u8],
+    mtime: u32,
+    start_lba: u64,
+) -> Result<FatImage, ImageError> {
     let mut root = BTreeMap::new();
-    for f in files {
-        insert(&mut root, f)?;
+    for (i, f) in files.iter().enumerate() {
+        insert(&mut root, f, i)?;
     }
     let spc = 1u64;
     let cluster = SECTOR * spc;
+    // Aligning a file's start skips at most FILE_ALIGN / cluster - 1 clusters.
     let needed = clusters_of(&Node::Dir(BTreeMap::new()), cluster, true)
+        + files.len() as u64 * (FILE_ALIGN / cluster)
         + root
             .values()
             .map(|e| clusters_of(&e.node, cluster, false))
@@ -65,6 +90,7 @@ pub fn write_fat(
         data_start: (RESERVED + 2 * fat_len) * SECTOR,
         cluster,
         stamp: fat_stamp(mtime),
+        placed: vec![0; files.len()],
     };
     w.fat[0] = 0x0fff_fff8;
     w.fat[1] = END_OF_CHAIN;
@@ -74,7 +100,7 @@ pub fn write_fat(
     };
     let root_cluster = w.place_dir(&root, None, Some(label_bytes(label)));
     debug_assert_eq!(root_cluster, 2);
-    let used = w.next - 2;
+    let free = w.fat[2..].iter().filter(|&&e| e == 0).count() as u32;
 
     let mut bs = [0u8; 512];
     bs[..3].copy_from_slice(&[0xeb, 0x58, 0x90]);
@@ -102,7 +128,7 @@ pub fn write_fat(
     let mut info = [0u8; 512];
     info[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
     info[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
-    info[488..492].copy_from_slice(&((clusters - used) as u32).to_le_bytes());
+    info[488..492].copy_from_slice(&free.to_le_bytes());
     info[492..496].copy_from_slice(&(w.next as u32).to_le_bytes());
     info[508..512].copy_from_slice(&0xaa55_0000u32.to_le_bytes());
     for base in [0usize, 6 * 512] {
@@ -114,10 +140,17 @@ pub fn write_fat(
         let at = ((RESERVED + copy * fat_len) * SECTOR) as usize;
         w.image[at..at + fat_bytes.len()].copy_from_slice(&fat_bytes);
     }
-    Ok(w.image)
+    Ok(FatImage {
+        bytes: w.image,
+        offsets: w.placed,
+    })
 }
 
-fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Result<(), ImageError> {
+fn insert<'a>(
+    root: &mut BTreeMap<[u8; 11], Entry<'a>>,
+    f: &FatFile<'a>,
+    index: usize,
+) -> Result<(), ImageError> {
     let bad = |reason: String| ImageError::FatName {
         path: f.path.to_string(),
         reason,
@@ -135,7 +168,7 @@ fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Resu
         });
         dir = match &mut e.node {
             Node::Dir(children) => children,
-            Node::File(_) => return Err(bad(format!("{d} is a file"))),
+            Node::File(..) => return Err(bad(format!("{d} is a file"))),
         };
     }
     let (name, case) = short_name(leaf).map_err(|e| bad(e.to_string()))?;
@@ -146,7 +179,7 @@ fn insert<'a>(root: &mut BTreeMap<[u8; 11], Entry<'a>>, f: &FatFile<'a>) -> Resu
         name,
         Entry {
             case,
-            node: Node::File(f.data),
+            node: Node::File(f.data, index),
         },
     );
     Ok(())
@@ -199,7 +232,7 @@ fn label_bytes(label: &str) -> [u8; 11] {
 
 fn clusters_of(node: &Node, cluster: u64, root: bool) -> u64 {
     match node {
-        Node::File(data) => (data.len() as u64).div_ceil(cluster),
+        Node::File(data, _) => (data.len() as u64).div_ceil(cluster),
         Node::Dir(children) => {
             let entries = children.len() as u64 + if root { 1 } else { 2 };
             (entries * 32).div_ceil(cluster).max(1)
@@ -230,6 +263,8 @@ struct Writer {
     data_start: u64,
     cluster: u64,
     stamp: (u16, u16),
+    /// Data offset of each file, by its index in the caller's list.
+    placed: Vec<u64>,
 }
 
 impl Writer {
@@ -295,11 +330,16 @@ impl Writer {
         }
         for (name, e) in children {
             match &e.node {
-                Node::File(data) => {
+                Node::File(data, index) => {
+                    // Skipped clusters stay free.
+                    while !(self.offset(self.next) as u64).is_multiple_of(FILE_ALIGN) {
+                        self.next += 1;
+                    }
                     let c = self.alloc((data.len() as u64).div_ceil(self.cluster));
                     if c != 0 {
                         let at = self.offset(c);
                         self.image[at..at + data.len()].copy_from_slice(data);
+                        self.placed[*index] = at as u64;
                     }
                     entries.push(self.entry(name, 0x20, e.case, c, data.len() as u32));
                 }

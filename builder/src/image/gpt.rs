@@ -35,10 +35,37 @@ pub fn efi_disk(esp: Vec<u8>, seed: &[u8], size: Option<u64>) -> Result<Disk, Im
         Some(s) if s < needed => return Err(ImageError::DiskTooSmall { given: s, needed }),
         Some(s) => s.div_ceil(MIB) * MIB,
     };
+    let t = tables(size, ESP_START, esp.len() as u64, seed);
+    let mut disk = Disk::new(size);
+    disk.put(0, t.primary);
+    disk.put(ESP_START, esp);
+    disk.put(t.backup_at, t.backup);
+    Ok(disk)
+}
+
+/// Bytes the backup table takes at a disk's end: the entries, then the header.
+pub const BACKUP_LEN: u64 = (ENTRY_SECTORS + 1) * SECTOR;
+
+/// A disk's partition tables, to place around its contents.
+pub struct Tables {
+    /// Protective MBR, primary header and entries: the disk's first 17 KiB.
+    pub primary: Vec<u8>,
+    /// Backup entries and header, to go at `backup_at`.
+    pub backup: Vec<u8>,
+    pub backup_at: u64,
+}
+
+/// The protective MBR and GPT of a disk of `size` bytes (a multiple of 512)
+/// whose one partition, the ESP, spans `esp_len` bytes at `esp_start`.
+pub fn tables(size: u64, esp_start: u64, esp_len: u64, seed: &[u8]) -> Tables {
     let sectors = size / SECTOR;
     let last = sectors - 1;
-    let esp_first = ESP_START / SECTOR;
-    let esp_last = esp_first + (esp.len() as u64).div_ceil(SECTOR) - 1;
+    let esp_first = esp_start / SECTOR;
+    let esp_last = esp_first + esp_len.div_ceil(SECTOR) - 1;
+    assert!(
+        esp_first >= 2 + ENTRY_SECTORS && esp_last < last - ENTRY_SECTORS,
+        "ESP outside the usable sectors"
+    );
 
     let mut entries = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     entries[..16].copy_from_slice(&ESP_TYPE);
@@ -84,12 +111,11 @@ pub fn efi_disk(esp: Vec<u8>, seed: &[u8], size: Option<u64>) -> Result<Disk, Im
     primary.extend_from_slice(&entries);
     let mut backup = entries;
     backup.extend(header(last, 1, last - ENTRY_SECTORS));
-
-    let mut disk = Disk::new(size);
-    disk.put(0, primary);
-    disk.put(ESP_START, esp);
-    disk.put((last - ENTRY_SECTORS) * SECTOR, backup);
-    Ok(disk)
+    Tables {
+        primary,
+        backup,
+        backup_at: (last - ENTRY_SECTORS) * SECTOR,
+    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,20 @@
-//! Bootable images written in-process and reproducibly: UKI, FAT ESP, GPT disk and its containers.
+//! Bootable images written in-process and reproducibly: UKI, FAT ESP, hybrid ISO/GPT disk and its containers.
 
 mod disk;
 mod fat;
 mod gcp;
 mod gpt;
+pub mod iso;
 mod qcow2;
 mod uki;
 mod vhd;
 mod vmdk;
 
 pub use disk::{Disk, Extent, MIB};
-pub use fat::{write_fat, FatFile};
+pub use fat::{write_fat, write_fat_placed, FatFile, FatImage};
 pub use gcp::write_gcp;
 pub use gpt::{efi_disk, ESP_START};
+pub use iso::{hybrid_image, BiosLoader, Medium};
 pub use qcow2::write_qcow2;
 pub use uki::{kernel_release, write_uki, UkiParts};
 pub use vhd::write_vhd;
@@ -29,6 +31,11 @@ pub enum ImageError {
     Kernel { kernel: String, reason: String },
     #[error("ESP file {path}: {reason}")]
     FatName { path: String, reason: String },
+    #[error("ISO 9660 file {path}: {reason}")]
+    IsoName { path: String, reason: String },
+    /// A boot binary (isolinux.bin, isohdpfx.bin) or the UKI is not what the image needs.
+    #[error("{path} {reason}")]
+    BootFile { path: String, reason: String },
     #[error("--disk-size {given} is too small: the disk needs at least {needed} bytes ({} MiB)", needed.div_ceil(MIB))]
     DiskTooSmall { given: u64, needed: u64 },
 }

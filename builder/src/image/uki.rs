@@ -77,10 +77,16 @@ fn parse(stub: &[u8], name: &str) -> Result<Pe, ImageError> {
     Ok(pe)
 }
 
+/// Where the added sections' data starts, in the file and in memory: a
+/// multiple of ISO 9660's block, so the ISO can name `.linux` and `.initrd`
+/// as files instead of storing them twice.
+pub const SECTION_ALIGN: u64 = 2048;
+
 /// Appends the UKI sections to `stub` (named `stub_name` in errors); returns the UKI.
 ///
-/// Sections follow the stub's last one in memory and in the file, each at the
-/// stub's alignments; `.linux` goes last, as the stub and ukify expect.
+/// Sections follow the stub's last one in memory and in the file, each at
+/// [`SECTION_ALIGN`] (a multiple of the stub's alignments); `.linux` goes
+/// last, as the stub and ukify expect.
 pub fn write_uki(stub: &[u8], stub_name: &str, parts: &UkiParts) -> Result<Vec<u8>, ImageError> {
     let pe = parse(stub, stub_name)?;
     let mut new: Vec<(&str, &[u8])> = vec![(".osrel", parts.osrel), (".cmdline", parts.cmdline)];
@@ -105,8 +111,8 @@ pub fn write_uki(stub: &[u8], stub_name: &str, parts: &UkiParts) -> Result<Vec<u
             ),
         });
     }
-    let sa = u64::from(pe.section_alignment);
-    let fa = u64::from(pe.file_alignment);
+    let sa = u64::from(pe.section_alignment).max(SECTION_ALIGN);
+    let fa = u64::from(pe.file_alignment).max(SECTION_ALIGN);
     let mut vma_end = 0u64;
     for i in 0..pe.count {
         let h = pe.sections + i * SECTION_HEADER;
@@ -152,6 +158,22 @@ pub fn write_uki(stub: &[u8], stub_name: &str, parts: &UkiParts) -> Result<Vec<u
     let sum = checksum(&out, pe.opt + 64);
     put_u32(&mut out, pe.opt + 64, sum);
     Ok(out)
+}
+
+/// The file offset and length of section `name` of a UKI written by [`write_uki`].
+pub fn section(uki: &[u8], name: &str) -> Option<(u64, u64)> {
+    let pe = parse(uki, "UKI").ok()?;
+    (0..pe.count).find_map(|i| {
+        let h = pe.sections + i * SECTION_HEADER;
+        let raw_name = &uki[h..h + 8];
+        let n = raw_name.iter().position(|&c| c == 0).unwrap_or(8);
+        (&raw_name[..n] == name.as_bytes()).then(|| {
+            (
+                u64::from(u32_at(uki, h + 20)),
+                u64::from(u32_at(uki, h + 8)),
+            )
+        })
+    })
 }
 
 /// The PE image checksum: 16-bit one's-complement-style sum with carries folded, plus the length.
@@ -262,8 +284,8 @@ pub(crate) mod tests {
                 u32_at(&uki, h + 16),
                 u32_at(&uki, h + 20),
             );
-            assert_eq!(va % 0x200, 0);
-            assert_eq!(rp % 0x200, 0);
+            assert_eq!(va % 0x800, 0);
+            assert_eq!(rp % 0x800, 0);
             assert!(va >= prev_end);
             assert!(rs >= vs);
             prev_end = va + vs;
@@ -271,9 +293,11 @@ pub(crate) mod tests {
         let h = pe.sections + 5 * SECTION_HEADER;
         let rp = u32_at(&uki, h + 20) as usize;
         assert_eq!(&uki[rp..rp + 3000], &[9u8; 3000][..]);
+        assert_eq!(section(&uki, ".linux"), Some((rp as u64, 3000)));
+        assert_eq!(section(&uki, ".nope"), None);
         assert_eq!(
             u32_at(&uki, pe.opt + 56) as u64,
-            align(prev_end as u64, 0x200)
+            align(prev_end as u64, 0x800)
         );
         assert_eq!(write_uki(&stub, "stub", &parts).unwrap(), uki);
     }

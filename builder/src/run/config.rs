@@ -520,7 +520,8 @@ impl QemuConfig {
         // AHCI one only carries the metadata CD. Without it the guest does
         // not load and probe its storage stack (scsi_mod, libata, ahci:
         // 1.2 s of a TCG boot).
-        let machine = if self.data.is_some() {
+        let cd = matches!(self.image, Some(super::BootImage::Cd(_)));
+        let machine = if self.data.is_some() || cd {
             "q35,smbus=off"
         } else {
             "q35,sata=off,smbus=off"
@@ -556,10 +557,19 @@ impl QemuConfig {
                 a.arg("-initrd").path(&self.artifacts.initrd);
                 a.arg("-append").arg(self.kernel_cmdline());
             }
+            Some(super::BootImage::Cd(path)) => {
+                // On the AHCI controller's first port; the metadata CD takes the second.
+                a.arg("-drive").arg(drive_opt(
+                    "if=none,id=boot,format=raw,media=cdrom,readonly=on",
+                    path,
+                ));
+                a.args(["-device", "ide-cd,drive=boot,bus=ide.0,bootindex=0"]);
+            }
             Some(image) => {
                 let (path, format) = match image {
                     super::BootImage::Disk { path, format } => (path.clone(), format.as_str()),
                     super::BootImage::Uki(_) => (self.state_dir.join(super::UKI_ESP), "raw"),
+                    super::BootImage::Cd(_) => unreachable!("matched above"),
                 };
                 a.arg("-drive").arg(drive_opt(
                     &format!("if=none,id=boot,format={format}"),
@@ -725,6 +735,17 @@ mod tests {
             values(&v, "-drive"),
             ["if=none,id=boot,format=raw,file=/st/uki-esp.raw"]
         );
+        // An ISO is a CD on the AHCI controller, which must then stay on.
+        let v = argv(&base().image(BootImage::Cd("out/minimal.iso".into())));
+        assert_eq!(
+            values(&v, "-drive"),
+            ["if=none,id=boot,format=raw,media=cdrom,readonly=on,file=out/minimal.iso"]
+        );
+        assert_eq!(
+            values(&v, "-device")[0],
+            "ide-cd,drive=boot,bus=ide.0,bootindex=0"
+        );
+        assert_eq!(values(&v, "-machine"), ["q35,smbus=off"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Boot media `osk run qemu` attaches as they are: disk images and UKIs, told apart by their bytes.
+//! Boot media `osk run qemu` attaches as they are: ISOs, disk images and UKIs, told apart by their bytes.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -34,18 +34,23 @@ impl ImageFormat {
 /// What `osk run qemu FILE` boots when FILE is a file rather than a NAME prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootImage {
-    /// Attached as a virtio disk; the firmware boots its ESP.
+    /// Attached as a virtio disk; the firmware boots its ESP or MBR.
     Disk { path: PathBuf, format: ImageFormat },
+    /// An ISO 9660 image, attached as a CD-ROM; the firmware boots it through El Torito.
+    Cd(PathBuf),
     /// A Unified Kernel Image, put on a generated ESP disk.
     Uki(PathBuf),
 }
 
 impl BootImage {
-    /// Reads `path`'s first and last sectors: qcow2, VMDK, VHD, a PE (UKI), or a GPT/MBR raw disk.
+    /// Reads `path`'s first and last sectors: qcow2, VMDK, VHD, a PE (UKI),
+    /// an ISO 9660 image, or a GPT/MBR raw disk. A hybrid image (ISO 9660
+    /// and a partition table, as osk's .iso and .raw both are) is a CD when
+    /// its name ends in `.iso`.
     pub fn detect(path: &Path) -> Result<BootImage> {
         let mut f = File::open(path).map_err(Error::io(path))?;
         let len = f.metadata().map_err(Error::io(path))?.len();
-        let mut head = [0u8; 1024];
+        let mut head = vec![0u8; ISO_MAGIC_AT + 5];
         let n = read_full(&mut f, &mut head).map_err(Error::io(path))?;
         let head = &head[..n];
         let mut tail = [0u8; 512];
@@ -72,18 +77,42 @@ impl BootImage {
         if head.starts_with(b"MZ") {
             return Ok(BootImage::Uki(path.to_path_buf()));
         }
-        if head.len() >= 520 && (&head[512..520] == b"EFI PART" || head[510..512] == [0x55, 0xaa]) {
+        let partitioned =
+            head.len() >= 520 && (&head[512..520] == b"EFI PART" || head[510..512] == [0x55, 0xaa]);
+        let iso9660 = head.get(ISO_MAGIC_AT..ISO_MAGIC_AT + 5) == Some(b"CD001");
+        let named_iso = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("iso"));
+        if iso9660 && (named_iso || !partitioned) {
+            return Ok(BootImage::Cd(path.to_path_buf()));
+        }
+        if partitioned {
             return disk(ImageFormat::Raw);
         }
         Err(Error::InvalidFlag {
             flag: "NAME",
             value: path.display().to_string(),
-            reason: "is a file but not a disk image (raw GPT/MBR, qcow2, vhd, vmdk) or a UKI; \
+            reason:
+                "is a file but not an ISO, a disk image (raw GPT/MBR, qcow2, vhd, vmdk) or a UKI; \
                      for kernel+initrd give the prefix (out/minimal for out/minimal-kernel)"
-                .into(),
+                    .into(),
         })
     }
+
+    /// The image as a disk, the way a USB stick holding it is seen: a CD becomes a raw disk.
+    pub fn as_disk(self) -> BootImage {
+        match self {
+            BootImage::Cd(path) => BootImage::Disk {
+                path,
+                format: ImageFormat::Raw,
+            },
+            other => other,
+        }
+    }
 }
+
+/// Where ISO 9660's first volume descriptor says "CD001".
+const ISO_MAGIC_AT: usize = 16 * 2048 + 1;
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -128,7 +157,7 @@ mod tests {
     fn formats_are_told_apart_by_their_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, head: &[u8], tail: &[u8]| {
-            let mut b = vec![0u8; 4096];
+            let mut b = vec![0u8; 4096.max(head.len() + 512)];
             b[..head.len()].copy_from_slice(head);
             let n = b.len();
             b[n - 512..n - 512 + tail.len()].copy_from_slice(tail);
@@ -139,6 +168,7 @@ mod tests {
         let fmt = |p: PathBuf| match BootImage::detect(&p).unwrap() {
             BootImage::Disk { format, .. } => format.as_str(),
             BootImage::Uki(_) => "uki",
+            BootImage::Cd(_) => "cd",
         };
         assert_eq!(fmt(write("a", b"QFI\xfb", b"")), "qcow2");
         assert_eq!(fmt(write("b", b"KDMV", b"")), "vmdk");
@@ -150,7 +180,22 @@ mod tests {
         let err = BootImage::detect(&write("f", b"hello", b""))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not a disk image"), "{err}");
+        assert!(err.contains("not an ISO, a disk image"), "{err}");
+        // ISO 9660: a CD when named .iso or unpartitioned; osk's hybrid .raw is a disk.
+        let mut iso = vec![0u8; ISO_MAGIC_AT + 5];
+        iso[ISO_MAGIC_AT..].copy_from_slice(b"CD001");
+        assert_eq!(fmt(write("plain", &iso, b"")), "cd");
+        iso[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(fmt(write("x.iso", &iso, b"")), "cd");
+        assert_eq!(fmt(write("x.raw", &iso, b"")), "raw");
+        let cd = BootImage::detect(&write("y.ISO", &iso, b"")).unwrap();
+        assert!(matches!(
+            cd.as_disk(),
+            BootImage::Disk {
+                format: ImageFormat::Raw,
+                ..
+            }
+        ));
     }
 
     #[test]

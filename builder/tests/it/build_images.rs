@@ -1,5 +1,5 @@
 //! The bootable formats from a real store: reproducible, and read back by the tools users trust
-//! (objdump, sgdisk, fsck.vfat, mtools, qemu-img).
+//! (objdump, sgdisk, fsck.vfat, mtools, qemu-img, xorriso).
 
 use crate::support;
 
@@ -12,8 +12,9 @@ use osk_builder::build::{
 use osk_builder::store::Store;
 use support::{sh, simple, E};
 
-const FORMATS: [Format; 6] = [
+const FORMATS: [Format; 7] = [
     Format::Uki,
+    Format::Iso,
     Format::Raw,
     Format::Qcow2,
     Format::Vhd,
@@ -78,6 +79,10 @@ fn fixture() -> Fixture {
         ],
     );
     let stub = stub();
+    // Shaped like syslinux's: isolinux.bin's isohybrid mark, 432 bytes of MBR code.
+    let mut isolinux = vec![0x90u8; 4096];
+    isolinux[64..68].copy_from_slice(&0x7078_c0fbu32.to_le_bytes());
+    let mbr_code = [0xfau8; 432];
     let boot = simple(
         &store,
         "test/bootloader:1",
@@ -88,6 +93,17 @@ fn fixture() -> Fixture {
             E::Dir("usr/lib/systemd/boot", 0o755),
             E::Dir("usr/lib/systemd/boot/efi", 0o755),
             E::File("usr/lib/systemd/boot/efi/linuxx64.efi.stub", &stub, 0o644),
+            E::Dir("usr/lib/ISOLINUX", 0o755),
+            E::File("usr/lib/ISOLINUX/isolinux.bin", &isolinux, 0o644),
+            E::File("usr/lib/ISOLINUX/isohdpfx.bin", &mbr_code, 0o644),
+            E::Dir("usr/lib/syslinux", 0o755),
+            E::Dir("usr/lib/syslinux/modules", 0o755),
+            E::Dir("usr/lib/syslinux/modules/bios", 0o755),
+            E::File(
+                "usr/lib/syslinux/modules/bios/ldlinux.c32",
+                b"ldlinux",
+                0o644,
+            ),
         ],
     );
     let mut k = KernelPlan::new(kernel, "console=ttyS0");
@@ -147,10 +163,46 @@ fn every_bootable_format_is_reproducible_and_reads_back() {
     for s in [".text", ".osrel", ".cmdline", ".initrd", ".linux"] {
         assert!(sections.contains(s), "{s} missing:\n{sections}");
     }
-    let v = sh(&format!("sgdisk -v {d}/node.raw"));
-    assert!(v.contains("No problems found"), "{v}");
-    let parts = sh(&format!("sgdisk -p {d}/node.raw"));
-    assert!(parts.contains("EF00"), "{parts}");
+    for disk in ["node.raw", "node.iso"] {
+        let v = sh(&format!("sgdisk -v {d}/{disk}"));
+        assert!(v.contains("No problems found"), "{disk}: {v}");
+        let parts = sh(&format!("sgdisk -p {d}/{disk}"));
+        assert!(parts.contains("EF00"), "{disk}: {parts}");
+    }
+    // Both El Torito entries, and the volume's files as a reader sees them.
+    let report = sh(&format!(
+        "xorriso -indev {d}/node.iso -report_el_torito plain -find / -type f 2>&1"
+    ));
+    for want in [
+        "El Torito boot img :   1  BIOS  y   none",
+        "El Torito boot img :   2  UEFI  y   none",
+        "El Torito img path :   1  /isolinux/isolinux.bin",
+        "El Torito img path :   2  /boot/esp.img",
+        "'/boot/vmlinuz'",
+        "'/boot/initrd.img'",
+        "'/isolinux/ldlinux.c32'",
+    ] {
+        assert!(
+            report.to_lowercase().contains(&want.to_lowercase()),
+            "{want} missing:\n{report}"
+        );
+    }
+    // isolinux loads the kernel and initrd: the UKI's own sections, stored once.
+    sh(&format!(
+        "xorriso -osirrox on -indev {d}/node.iso -extract /BOOT/VMLINUZ {d}/vmlinuz \
+         -extract /BOOT/INITRD.IMG {d}/initrd.img -extract /BOOT/ESP.IMG {d}/esp.img"
+    ));
+    sh(&format!(
+        "objcopy -O binary --only-section=.linux {d}/node.efi {d}/linux.sec && cmp {d}/linux.sec {d}/vmlinuz"
+    ));
+    sh(&format!("fsck.vfat -n {d}/esp.img"));
+    sh(&format!(
+        "mcopy -i {d}/esp.img ::/EFI/BOOT/BOOTX64.EFI {d}/iso.efi && cmp {d}/iso.efi {d}/node.efi"
+    ));
+    let cfg = sh(&format!(
+        "xorriso -osirrox on -indev {d}/node.iso -extract /ISOLINUX/ISOLINUX.CFG {d}/isolinux.cfg 2>/dev/null && cat {d}/isolinux.cfg"
+    ));
+    assert!(cfg.contains("APPEND console=ttyS0"), "{cfg}");
     // The ESP at 1 MiB: a clean FAT whose BOOTX64.EFI is the UKI.
     sh(&format!(
         "dd if={d}/node.raw of={d}/esp bs=1M skip=1 status=none && fsck.vfat -n {d}/esp \
@@ -215,8 +267,13 @@ fn linuxkit_aliases_map_or_fail_clearly() {
     assert_eq!(f, Format::Raw);
     assert!(note.unwrap().contains("raw"));
     assert_eq!(Format::parse_alias("qcow2").unwrap(), (Format::Qcow2, None));
-    let err = Format::parse_alias("iso-bios").unwrap_err().to_string();
-    assert!(err.contains("not available yet"), "{err}");
+    for alias in ["iso-bios", "iso-efi", "kernel+iso"] {
+        let (f, note) = Format::parse_alias(alias).unwrap();
+        assert_eq!(f, Format::Iso);
+        assert!(note.unwrap().contains("BIOS and UEFI"));
+    }
+    assert_eq!(Format::parse_alias("raw-bios").unwrap().0, Format::Raw);
+    assert_eq!(Format::parse_alias("qcow2-bios").unwrap().0, Format::Qcow2);
     let err = Format::parse_alias("floppy").unwrap_err();
     assert_eq!(
         err,
@@ -225,5 +282,6 @@ fn linuxkit_aliases_map_or_fail_clearly() {
         }
     );
     let err = err.to_string();
-    assert!(err.contains("uki, raw, qcow2"), "{err}");
+    assert!(err.contains("uki, iso, raw, qcow2"), "{err}");
+    assert!(err.contains("iso-bios"), "{err}");
 }

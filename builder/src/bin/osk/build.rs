@@ -15,17 +15,18 @@ pub struct BuildArgs {
     /// Manifests, merged in order (`-` reads standard input).
     #[arg(required = true, value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
-    /// Output format; repeat for several: kernel+initrd, tar, uki (NAME.efi), and the
-    /// UEFI-booting GPT disk as raw, qcow2, vhd (fixed), vmdk (streamOptimized) or gcp
-    /// (NAME.img.tar.gz). LinuxKit's raw-efi, qcow2-efi and dynamic-vhd map to these;
-    /// ISO and BIOS boot are not written yet.
+    /// Output format; repeat for several: kernel+initrd, tar, uki (NAME.efi), iso (hybrid:
+    /// CD or USB stick, BIOS and UEFI), and the BIOS- and UEFI-booting GPT disk as raw,
+    /// qcow2, vhd (fixed), vmdk (streamOptimized) or gcp (NAME.img.tar.gz). LinuxKit's
+    /// iso-bios, iso-efi, kernel+iso, raw-bios, raw-efi, qcow2-bios, qcow2-efi and
+    /// dynamic-vhd map to these.
     #[arg(long = "format", short = 'f', default_value = "kernel+initrd")]
     formats: Vec<String>,
     /// Size of the disk formats (e.g. 2G, 512M; rounded up to MiB); the space after the ESP
     /// stays free for data. Default: just large enough.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     disk_size: Option<u64>,
-    /// The boot binaries image for uki and the disk formats (default: `@pkg:` of the
+    /// The boot binaries image for uki, iso and the disk formats (default: `@pkg:` of the
     /// pkgs/bootloader found beside or above the first manifest, or in the working directory).
     #[arg(long, value_name = "IMAGE")]
     bootloader: Option<String>,

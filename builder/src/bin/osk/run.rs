@@ -14,9 +14,11 @@ use osk_builder::run::{
 pub enum RunCommand {
     /// Boot NAME-kernel + NAME-initrd.img (+ NAME-cmdline) in QEMU, serial console on this terminal.
     ///
-    /// NAME may also be a file `osk build` wrote: a disk (.raw, .qcow2, .vhd,
-    /// .vmdk) is attached as a virtio disk, a UKI (.efi) on a generated ESP;
-    /// both boot through UEFI (OVMF), since their BIOS boot is still to come.
+    /// NAME may also be a file `osk build` wrote: an ISO (.iso) is attached as
+    /// a CD-ROM (--as-disk: as a disk, the way a USB stick holding it is
+    /// seen), a disk (.raw, .qcow2, .vhd, .vmdk) as a virtio disk; both boot
+    /// under BIOS (SeaBIOS), or UEFI with --uefi. A UKI (.efi) goes on a
+    /// generated ESP and always boots through UEFI.
     ///
     /// Ctrl-a x quits, Ctrl-a c switches to the QEMU monitor. With --detach
     /// QEMU runs in the background: the console goes to STATE/console.log, the
@@ -42,8 +44,11 @@ pub enum RunCommand {
 #[derive(Args)]
 pub struct QemuArgs {
     /// Prefix of the build result (`out/minimal` boots out/minimal-kernel, out/minimal-initrd.img),
-    /// or a disk image or UKI file (`out/minimal.qcow2`, `out/minimal.efi`).
+    /// or an ISO, disk image or UKI file (`out/minimal.iso`, `out/minimal.qcow2`, `out/minimal.efi`).
     name: PathBuf,
+    /// Attach the ISO given as NAME as a disk instead of a CD-ROM: the USB-stick path.
+    #[arg(long)]
+    as_disk: bool,
     /// Number of virtual CPUs.
     #[arg(long, default_value_t = QemuConfig::DEFAULT_CPUS)]
     cpus: u32,
@@ -132,8 +137,14 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
 
 fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     let image = if args.name.is_file() {
-        Some(BootImage::detect(&args.name)?)
+        let image = BootImage::detect(&args.name)?;
+        Some(if args.as_disk { image.as_disk() } else { image })
     } else {
+        anyhow::ensure!(
+            !args.as_disk,
+            "--as-disk needs an ISO file as NAME, and {} is not a file",
+            args.name.display()
+        );
         None
     };
     let state = args.state.clone().unwrap_or_else(|| {
@@ -153,9 +164,9 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
             "--append cannot change {}: its kernel command line is built in (osk build's kernel.cmdline)",
             args.name.display()
         );
-        if !uefi {
+        if !uefi && matches!(image, BootImage::Uki(_)) {
             tracing::info!(
-                "{} boots through UEFI only for now (BIOS boot of osk's disks is still to come): using OVMF",
+                "{} is a UKI, which only UEFI firmware starts: using OVMF",
                 args.name.display()
             );
             uefi = true;
