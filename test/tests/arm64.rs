@@ -148,3 +148,19 @@ fn arm64_minimal_boots_serves_and_powers_off() -> Result<()> {
     vm.wait_exit(Duration::from_secs(120))?;
     Ok(())
 }
+
+/// Two builds of arm64 minimal write the same bytes.
+#[test]
+fn arm64_minimal_builds_the_same_bytes_twice() -> Result<()> {
+    let cache = osk_e2e::cache_dir()?;
+    let (a, b) = (cache.join("arm64-a"), cache.join("arm64-b"));
+    build_minimal(&a)?;
+    build_minimal(&b)?;
+    for f in ["minimal-kernel", "minimal-initrd.img", "minimal-cmdline"] {
+        ensure!(
+            std::fs::read(a.join(f))? == std::fs::read(b.join(f))?,
+            "{f} differs between two builds"
+        );
+    }
+    Ok(())
+}
