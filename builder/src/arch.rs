@@ -61,6 +61,34 @@ impl Arch {
         }
     }
 
+    /// The QEMU system emulator for this architecture.
+    pub fn qemu_system(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "qemu-system-x86_64",
+            Arch::Arm64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// The Debian package that has [`Arch::qemu_system`].
+    pub fn qemu_package(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "qemu-system-x86",
+            Arch::Arm64 => "qemu-system-arm",
+        }
+    }
+
+    /// The architecture a kernel image is for, from its boot header: arm64's
+    /// `Image` has the magic `ARM\x64` at 0x38, x86's bzImage `HdrS` at 0x202.
+    pub fn of_kernel(head: &[u8]) -> Option<Arch> {
+        if head.get(0x38..0x3c) == Some(b"ARM\x64") {
+            Some(Arch::Arm64)
+        } else if head.get(0x202..0x206) == Some(b"HdrS") {
+            Some(Arch::Amd64)
+        } else {
+            None
+        }
+    }
+
     /// The supported names, comma-separated, for messages.
     pub fn supported() -> String {
         Arch::ALL.map(Arch::oci).join(", ")
@@ -126,5 +154,16 @@ mod tests {
             Ok(vec![Arch::Arm64, Arch::Amd64])
         );
         assert!(Arch::parse_list("amd64,,arm64").is_err());
+    }
+
+    #[test]
+    fn kernels_say_their_arch() {
+        let mut arm = vec![0u8; 64];
+        arm[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(Arch::of_kernel(&arm), Some(Arch::Arm64));
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(Arch::of_kernel(&bz), Some(Arch::Amd64));
+        assert_eq!(Arch::of_kernel(b"bzImage"), None);
     }
 }

@@ -646,7 +646,8 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
                 k.package
             ),
         })?;
-        return kernel::kernel_tree(deb, &k.modules, &k.boot, opts.source_date_epoch);
+        let modules: Vec<String> = k.modules.iter().map(|m| m.name().to_string()).collect();
+        return kernel::kernel_tree(deb, &modules, &k.boot, opts.source_date_epoch);
     }
     let mut tree = match &p.base {
         Some(PreparedBase::Package(b)) => assemble(b, store, opts)?,

@@ -136,10 +136,38 @@ pub struct Kernel {
     pub package: String,
     /// Modules to ship; their `depends=` closure is added. osk-init loads
     /// the drivers of the devices it finds and the rest when the kernel asks.
-    pub modules: Vec<String>,
+    pub modules: Vec<Module>,
     /// Modules loaded at every boot whatever the hardware (must be shipped).
     #[serde(default)]
     pub boot: Vec<String>,
+}
+
+/// A `kernel.modules` entry: a module name, or `{name, arch}` for a module
+/// only one architecture has or needs (its place in the list is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Module {
+    Any(String),
+    Only {
+        name: String,
+        /// Debian architecture name, e.g. `amd64`.
+        arch: String,
+    },
+}
+
+impl Module {
+    pub fn name(&self) -> &str {
+        match self {
+            Module::Any(n) | Module::Only { name: n, .. } => n,
+        }
+    }
+
+    fn applies_to(&self, arch: Arch) -> bool {
+        match self {
+            Module::Any(_) => true,
+            Module::Only { arch: a, .. } => a == arch.debian(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +305,13 @@ impl Spec {
             if self.debian.is_none() {
                 return bad("`kernel` needs a `debian` section naming the suites".into());
             }
+            for m in &k.modules {
+                if let Module::Only { name, arch } = m {
+                    if let Err(e) = arch.parse::<Arch>() {
+                        return bad(format!("kernel.modules: {name}: {e}"));
+                    }
+                }
+            }
             if k.modules.is_empty() {
                 return bad(
                     "`kernel.modules` is empty: a guest without modules has no disk or network"
@@ -382,6 +417,7 @@ impl Spec {
         }
         if let Some(k) = &mut s.kernel {
             ex(&mut k.package);
+            k.modules.retain(|m| m.applies_to(arch));
         }
         Ok(s)
     }
@@ -544,5 +580,22 @@ mod tests {
             .excludes(Arch::Arm64)
             .contains(&"usr/lib/aarch64-linux-gnu/libm.so.6".to_string()));
         assert!(!amd64.iter().any(|p| p.contains("${")), "{amd64:?}");
+    }
+
+    #[test]
+    fn a_module_of_one_arch_keeps_its_place_for_it_only() {
+        let text = "debian:\n  suites: [bookworm]\nkernel:\n  package: linux-image-${arch}\n  modules:\n    - virtio\n    - {name: ata_piix, arch: amd64}\n    - ext4\n";
+        let p = Path::new("k/build.yml");
+        let s = Spec::parse(text, p).unwrap();
+        let names = |a| -> Vec<String> {
+            let k = s.for_arch(a, p).unwrap().kernel.unwrap();
+            assert_eq!(k.package, format!("linux-image-{a}"));
+            k.modules.iter().map(|m| m.name().to_string()).collect()
+        };
+        assert_eq!(names(Arch::Amd64), ["virtio", "ata_piix", "ext4"]);
+        assert_eq!(names(Arch::Arm64), ["virtio", "ext4"]);
+        let bad = text.replace("arch: amd64", "arch: sparc");
+        let err = Spec::parse(&bad, p).unwrap_err().to_string();
+        assert!(err.contains("ata_piix") && err.contains("sparc"), "{err}");
     }
 }

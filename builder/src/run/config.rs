@@ -11,6 +11,7 @@ use super::names::{
     CONSOLE_LOG, METADATA_ISO, MONITOR_SOCKET, PID_FILE, SHARE_TABLE, SOCKET_TABLE, UEFI_VARS,
 };
 use super::{Error, Result};
+use crate::arch::Arch;
 
 /// The CPU under TCG: every extension QEMU emulates (so x86-64-v2/v3
 /// binaries run), except fast `rep movsb`/`rep stosb` (ERMS, FSRM). TCG runs
@@ -345,6 +346,8 @@ pub struct QemuConfig {
     /// The program QEMU runs per forwarded connection: this `osk`, as
     /// `osk run metadata-relay HOST:PORT`.
     pub relay_program: PathBuf,
+    /// The guest's architecture: QEMU's machine, CPU and serial console follow it.
+    pub arch: Arch,
 }
 
 impl QemuConfig {
@@ -373,7 +376,14 @@ impl QemuConfig {
             image: None,
             metadata_server: None,
             relay_program: PathBuf::from("osk"),
+            arch: Arch::Amd64,
         }
+    }
+
+    /// The guest's architecture (also picks the QEMU binary unless `--qemu` named one).
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self
     }
 
     /// Forwards the guest's metadata service to `server`, through
@@ -483,19 +493,32 @@ impl QemuConfig {
 
     /// The kernel command line: the built one, then `--append`; a serial
     /// console is added when neither names one, since that is where `osk run`
-    /// shows the guest.
+    /// shows the guest. An arm64 guest's serial port is the PL011 `ttyAMA0`:
+    /// it is added last (the console programs write to) when the line names
+    /// only x86's `ttyS0`, as manifests written for amd64 do.
     pub fn kernel_cmdline(&self) -> String {
         let mut parts: Vec<&str> = Vec::new();
         let built = self.cmdline.trim();
         let extra = self.append.as_deref().map(str::trim).unwrap_or("");
-        let has_console = built
+        let consoles: Vec<&str> = built
             .split_whitespace()
             .chain(extra.split_whitespace())
-            .any(|a| a.starts_with("console="));
-        if !has_console {
-            parts.push("console=ttyS0");
+            .filter_map(|a| a.strip_prefix("console="))
+            .collect();
+        let serial = match self.arch {
+            Arch::Amd64 => "console=ttyS0",
+            Arch::Arm64 => "console=ttyAMA0",
+        };
+        if consoles.is_empty() {
+            parts.push(serial);
         }
         parts.extend([built, extra].into_iter().filter(|s| !s.is_empty()));
+        if self.arch == Arch::Arm64
+            && !consoles.is_empty()
+            && consoles.iter().all(|c| c.starts_with("ttyS"))
+        {
+            parts.push(serial);
+        }
         parts.join(" ")
     }
 
@@ -511,9 +534,10 @@ impl QemuConfig {
     /// The QEMU arguments (without the program).
     pub fn argv(&self) -> Vec<OsString> {
         let mut a = Argv::default();
-        let (accel, cpu) = match self.accel {
-            Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg | Accel::Auto => ("tcg", TCG_CPU),
+        let (accel, cpu) = match (self.accel, self.arch) {
+            (Accel::Kvm, _) => ("kvm", "host"),
+            (Accel::Tcg | Accel::Auto, Arch::Amd64) => ("tcg", TCG_CPU),
+            (Accel::Tcg | Accel::Auto, Arch::Arm64) => ("tcg", "max"),
         };
         // -nodefaults: every device is listed below, nothing QEMU adds by
         // itself. q35 still builds in an AHCI controller and an SMBus: the
@@ -521,10 +545,11 @@ impl QemuConfig {
         // not load and probe its storage stack (scsi_mod, libata, ahci:
         // 1.2 s of a TCG boot).
         let cd = matches!(self.image, Some(super::BootImage::Cd(_)));
-        let machine = if self.data.is_some() || cd {
-            "q35,smbus=off"
-        } else {
-            "q35,sata=off,smbus=off"
+        let machine = match self.arch {
+            // virt: PCIe (virtio-*-pci below), PL011 serial, PL031 clock, a GPIO power key.
+            Arch::Arm64 => "virt",
+            Arch::Amd64 if self.data.is_some() || cd => "q35,smbus=off",
+            Arch::Amd64 => "q35,sata=off,smbus=off",
         };
         a.args([
             "-nodefaults",
@@ -979,6 +1004,26 @@ mod tests {
         assert_eq!(parse_size("G"), None);
         assert_eq!(parse_size("0"), None);
         assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn an_arm64_guest_gets_virt_max_and_its_serial_console() {
+        let mut c = base().arch(Arch::Arm64);
+        c.cmdline = "console=ttyS0\n".into();
+        let v = argv(&c);
+        assert_eq!(values(&v, "-machine"), ["virt"]);
+        assert_eq!(values(&v, "-cpu"), ["max"]);
+        assert_eq!(values(&v, "-accel"), ["tcg"]);
+        // The manifest's x86 console stays; the PL011 comes last, as /dev/console.
+        assert_eq!(values(&v, "-append"), ["console=ttyS0 console=ttyAMA0"]);
+        c.cmdline = String::new();
+        assert_eq!(c.kernel_cmdline(), "console=ttyAMA0");
+        c.cmdline = "console=ttyAMA0,115200 quiet".into();
+        assert_eq!(c.kernel_cmdline(), "console=ttyAMA0,115200 quiet");
+        // amd64 as before.
+        let mut x = base();
+        x.cmdline = "console=ttyS0".into();
+        assert_eq!(x.kernel_cmdline(), "console=ttyS0");
     }
 
     #[test]

@@ -48,9 +48,15 @@ pub enum Error {
     #[error("{path}: missing boot artifact (run `osk build` first, or check the NAME prefix)")]
     MissingArtifact { path: PathBuf },
     #[error(
-        "QEMU not found ({looked_for}); install it with `apt-get install qemu-system-x86` or pass --qemu PATH"
+        "QEMU not found ({looked_for}); install it with `apt-get install {package}` or pass --qemu PATH"
     )]
-    QemuNotFound { looked_for: String },
+    QemuNotFound {
+        looked_for: String,
+        /// The Debian package with the emulator for the guest's architecture.
+        package: &'static str,
+    },
+    #[error("cannot tell which architecture {path} is for (neither an x86 bzImage nor an arm64 Image); pass --arch")]
+    UnknownKernel { path: PathBuf },
     #[error("qemu-img not found; it is needed to create {path} in {format} format: install it with `apt-get install qemu-utils`, or use format=raw")]
     QemuImgNotFound { path: PathBuf, format: String },
     #[error("UEFI firmware {path} not found: install it with `apt-get install ovmf`")]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::config::{Accel, DiskFormat, Firmware, QemuConfig};
 use super::names::{METADATA_ISO, UEFI_VARS};
 use super::{iso, Error, Result};
+use crate::arch::Arch;
 
 /// Longest path a unix socket address can hold (sun_path is 108 bytes, NUL included).
 const MAX_SOCKET_PATH: usize = 107;
@@ -61,9 +62,10 @@ pub fn detect_accel(choice: Accel) -> Accel {
     }
 }
 
-/// Finds the QEMU binary: `qemu` itself when it contains a `/`, else on PATH.
-pub fn find_qemu(qemu: &Path) -> Result<PathBuf> {
+/// Finds the QEMU binary for `arch`: `qemu` itself when it contains a `/`, else on PATH.
+pub fn find_qemu(qemu: &Path, arch: Arch) -> Result<PathBuf> {
     find_program(qemu).ok_or_else(|| Error::QemuNotFound {
+        package: arch.qemu_package(),
         looked_for: if qemu.components().count() > 1 {
             format!("{} does not exist", qemu.display())
         } else {
@@ -100,8 +102,44 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
             Err(e) => return Err(Error::io(cmdline_path)(e)),
         }
     }
-    let program = find_qemu(&config.qemu)?;
-    config.accel = detect_accel(config.accel);
+    let program = find_qemu(&config.qemu, config.arch)?;
+    config.accel = if config.arch == Arch::host() {
+        detect_accel(config.accel)
+    } else {
+        // KVM runs only the host's own architecture.
+        match config.accel {
+            Accel::Kvm => {
+                return Err(Error::InvalidFlag {
+                    flag: "--accel",
+                    value: "kvm".into(),
+                    reason: format!(
+                        "KVM cannot run an {} guest on this {} host; use tcg",
+                        config.arch,
+                        Arch::host()
+                    ),
+                })
+            }
+            _ => Accel::Tcg,
+        }
+    };
+    if config.arch == Arch::Arm64 {
+        let unsupported = if config.data.is_some() {
+            Some(("--data", "a metadata CD-ROM"))
+        } else if config.image.is_some() {
+            Some(("NAME", "booting a disk image or UKI"))
+        } else if matches!(config.firmware, Firmware::Uefi { .. }) {
+            Some(("--uefi", "UEFI boot (AAVMF)"))
+        } else {
+            None
+        };
+        if let Some((flag, what)) = unsupported {
+            return Err(Error::InvalidFlag {
+                flag,
+                value: config.arch.to_string(),
+                reason: format!("{what} is not supported for arm64 guests yet; boot NAME-kernel and NAME-initrd.img directly"),
+            });
+        }
+    }
 
     let state = config.state_dir.clone();
     fs::create_dir_all(&state).map_err(Error::io(&state))?;
@@ -445,6 +483,29 @@ mod tests {
             .qemu("/nonexistent/qemu-system-x86_64");
         let err = prepare(cfg).unwrap_err().to_string();
         assert!(err.contains("apt-get install qemu-system-x86"), "{err}");
+        let cfg = QemuConfig::new(artifacts(dir.path()), dir.path().join("st"))
+            .arch(Arch::Arm64)
+            .qemu("/nonexistent/qemu-system-aarch64");
+        let err = prepare(cfg).unwrap_err().to_string();
+        assert!(err.contains("apt-get install qemu-system-arm"), "{err}");
+    }
+
+    #[test]
+    fn an_arm64_guest_never_asks_for_kvm_on_this_host() {
+        if Arch::host() == Arch::Arm64 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = QemuConfig::new(artifacts(dir.path()), dir.path().join("st"))
+            .arch(Arch::Arm64)
+            .qemu("/bin/true")
+            .accel(Accel::Kvm);
+        let err = prepare(cfg).unwrap_err().to_string();
+        assert!(err.contains("use tcg"), "{err}");
+        let cfg = QemuConfig::new(artifacts(dir.path()), dir.path().join("st"))
+            .arch(Arch::Arm64)
+            .qemu("/bin/true");
+        assert_eq!(prepare(cfg).unwrap().config.accel, Accel::Tcg);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `osk run`: boot a build result.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use osk_builder::arch::Arch;
 use osk_builder::run::{
     self, Accel, Artifacts, BootImage, DiskSpec, Firmware, ForwardSocket, Forwarder,
     MetadataServer, Publish, QemuConfig, Share,
@@ -89,9 +90,13 @@ pub struct QemuArgs {
     /// Directory for disks, the monitor socket, console log and pid file [default: NAME-state].
     #[arg(long)]
     state: Option<PathBuf>,
-    /// QEMU binary (a path, or a name looked up on PATH).
-    #[arg(long, default_value = run::QEMU_BINARY)]
-    qemu: PathBuf,
+    /// QEMU binary (a path, or a name looked up on PATH) [default: qemu-system-x86_64,
+    /// or qemu-system-aarch64 for an arm64 guest].
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// The guest's architecture, amd64 or arm64 [default: read from NAME-kernel].
+    #[arg(long)]
+    arch: Option<Arch>,
     /// Extra kernel command-line arguments, after NAME-cmdline's.
     #[arg(long, allow_hyphen_values = true)]
     append: Option<String>,
@@ -111,6 +116,26 @@ pub struct QemuArgs {
 
 fn parse_from<T: std::str::FromStr<Err = run::Error>>(s: &str) -> Result<T, run::Error> {
     s.parse()
+}
+
+/// What `kernel` was built for; amd64 when it is missing (`prepare` says so).
+fn kernel_arch(kernel: &Path) -> anyhow::Result<Arch> {
+    let mut head = Vec::with_capacity(0x240);
+    match std::fs::File::open(kernel) {
+        Ok(f) => {
+            use std::io::Read;
+            f.take(0x240)
+                .read_to_end(&mut head)
+                .with_context(|| format!("reading {}", kernel.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arch::Amd64),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", kernel.display())),
+    }
+    Ok(
+        Arch::of_kernel(&head).ok_or_else(|| run::Error::UnknownKernel {
+            path: kernel.to_path_buf(),
+        })?,
+    )
 }
 
 fn parse_mem(s: &str) -> anyhow::Result<u64> {
@@ -173,8 +198,19 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         }
         tracing::debug!("boot image {image:?}");
     }
-    let mut cfg = QemuConfig::new(Artifacts::from_prefix(&args.name), state)
-        .qemu(&args.qemu)
+    let artifacts = Artifacts::from_prefix(&args.name);
+    let arch = match (args.arch, &image) {
+        (Some(a), _) => a,
+        (None, Some(_)) => Arch::Amd64,
+        (None, None) => kernel_arch(&artifacts.kernel)?,
+    };
+    let qemu = args
+        .qemu
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(arch.qemu_system()));
+    let mut cfg = QemuConfig::new(artifacts, state)
+        .arch(arch)
+        .qemu(&qemu)
         .cpus(args.cpus)
         .mem_mib(args.mem)
         .accel(args.accel)
