@@ -44,6 +44,23 @@ impl MetadataServer {
         Ok(MetadataServer { port, requests })
     }
 
+    /// A server that takes every connection and never answers: a cloud
+    /// whose metadata service hangs.
+    fn silent() -> Result<MetadataServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                log.lock().unwrap().push("(held)".to_string());
+                held.push(conn);
+            }
+        });
+        Ok(MetadataServer { port, requests })
+    }
+
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
@@ -127,10 +144,9 @@ fn ssh_out(vm: &Machine, key: &Path, command: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Boots node.yml against `server` with no `--data` and logs in with `key`
-/// (sshd starts after the port forward exists: retry); returns the VM and
-/// the `hostname` it reports.
-fn boot_and_log_in(server: &MetadataServer, key: &Path) -> Result<(Machine, String)> {
+/// Boots node.yml against `server` with no `--data` and waits for every
+/// service to start.
+fn boot(server: &MetadataServer) -> Result<Machine> {
     let prefix = node()?;
     // A blank data disk for node.yml's format and mount onboot containers.
     let disk_dir = tempfile::tempdir()?;
@@ -149,6 +165,13 @@ fn boot_and_log_in(server: &MetadataServer, key: &Path) -> Result<(Machine, Stri
         "all services started {:.0?} after boot",
         vm.booted_at.elapsed()
     );
+    Ok(vm)
+}
+
+/// [`boot`], then logs in with `key` (sshd starts after the port forward
+/// exists: retry); returns the VM and the `hostname` it reports.
+fn boot_and_log_in(server: &MetadataServer, key: &Path) -> Result<(Machine, String)> {
+    let vm = boot(server)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let hostname = loop {
         match ssh_out(&vm, key, "hostname") {
@@ -244,6 +267,27 @@ fn ec2_metadata_service() -> Result<()> {
             "no {want:?} in {asked:?}"
         );
     }
+    vm.kill();
+    Ok(())
+}
+
+/// A metadata service that accepts and never answers costs the boot its
+/// bounded wait (`--service-wait`), not the boot: every service starts and
+/// the console names the URL that did not answer.
+#[test]
+fn a_silent_metadata_service_does_not_hold_up_the_boot() -> Result<()> {
+    let server = MetadataServer::silent()?;
+    let vm = boot(&server)?;
+    let console = vm.console();
+    let line = console
+        .lines()
+        .find(|l| l.contains("no metadata service: http://169.254.169.254/openstack/latest/meta_data.json did not answer within"))
+        .with_context(|| format!("no `no metadata service` line in the console:\n{console}"))?;
+    eprintln!("{line}");
+    ensure!(
+        !server.requests().is_empty(),
+        "the guest never reached the metadata server"
+    );
     vm.kill();
     Ok(())
 }

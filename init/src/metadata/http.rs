@@ -16,7 +16,7 @@ pub enum HttpError {
     Connect { addr: SocketAddr, cause: io::Error },
     #[error("talking to {addr}: {cause}")]
     Io { addr: SocketAddr, cause: io::Error },
-    #[error("{addr}: no complete answer within {}s", .timeout.as_secs_f64())]
+    #[error("{addr}: no complete answer within {:.1}s", .timeout.as_secs_f64())]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("{addr}: not an HTTP answer ({reason})")]
     Malformed {
