@@ -77,8 +77,13 @@ fn arm64_metadata_package_holds_a_static_aarch64_osk_metadata() -> Result<()> {
 const BOOT: Duration = Duration::from_secs(600);
 const GOODBYE: &str = "osk minimal: onshutdown ran, powering off";
 
+/// One `osk build` at a time: the tests run in parallel, and two first-time
+/// builds of one package would race in the store.
+static BUILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `osk build --arch arm64 examples/minimal.yml` into the shared cache's store.
 fn build_minimal(out: &Path) -> Result<PathBuf> {
+    let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let cache = osk_e2e::cache_dir()?;
     if out.exists() {
         std::fs::remove_dir_all(out)?;
