@@ -8,6 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 #   protobuf-compiler  protoc, for containerd's gRPC API (osk-init's client, build.rs)
 #   qemu-system-x86    `osk run qemu` and every end-to-end test
 #   qemu-system-arm    qemu-system-aarch64: `osk run qemu` of arm64 builds (test/tests/arm64.rs)
+#   qemu-efi-aarch64   AAVMF, UEFI firmware for `osk run qemu --uefi` of arm64 builds
 #   qemu-utils         qemu-img, for `osk run qemu --disk ...,format=qcow2`
 #   ovmf               UEFI firmware for `osk run qemu --uefi`
 #   cpio               reading initramfs archives in tests; the build-benchmark floor
@@ -24,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 #   gdisk              sgdisk -v: checks the GPT of the disk formats
 #   dosfstools, mtools fsck.vfat -n, mcopy: check the ESP and read its UKI back
 #   xorriso            -report_el_torito and -extract: check the hybrid ISO (build --format iso)
-PACKAGES=(protobuf-compiler qemu-system-x86 qemu-system-arm qemu-utils ovmf cpio zstd lz4 busybox-static
+PACKAGES=(protobuf-compiler qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils ovmf cpio zstd lz4 busybox-static
   openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring
   binutils gdisk dosfstools mtools xorriso)
 

@@ -169,3 +169,25 @@ fn arm64_minimal_builds_the_same_bytes_twice() -> Result<()> {
     }
     Ok(())
 }
+
+/// The same kernel and initrd through UEFI: AAVMF (qemu-efi-aarch64) starts
+/// the kernel's EFI stub.
+#[test]
+fn arm64_minimal_boots_through_aavmf() -> Result<()> {
+    let prefix = build_minimal(&osk_e2e::cache_dir()?.join("arm64-uefi"))?;
+    let mut vm = Machine::boot(
+        &prefix,
+        &BootOpts {
+            uefi: true,
+            mem_mib: 1024,
+            ..BootOpts::default()
+        },
+    )?;
+    let all = vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
+    ensure!(
+        vm.console().contains("EFI stub: Booting Linux Kernel"),
+        "no `EFI stub: Booting Linux Kernel` on the console: not booted through UEFI"
+    );
+    eprintln!("arm64 under AAVMF: all-services-started at {all:.1} s guest time");
+    Ok(())
+}

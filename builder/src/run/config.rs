@@ -25,6 +25,10 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 /// The pristine UEFI variable store each VM gets a copy of.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
+/// The same for arm64 guests, from Debian's `qemu-efi-aarch64` (AAVMF).
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
 /// The files `osk build` writes for the `kernel+initrd` format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifacts {
@@ -306,6 +310,17 @@ impl Firmware {
         Firmware::Uefi {
             code: OVMF_CODE.into(),
             vars_template: OVMF_VARS.into(),
+        }
+    }
+
+    /// Debian's UEFI firmware for `arch`: OVMF, or AAVMF for arm64.
+    pub fn debian_uefi(arch: Arch) -> Firmware {
+        match arch {
+            Arch::Amd64 => Firmware::debian_ovmf(),
+            Arch::Arm64 => Firmware::Uefi {
+                code: AAVMF_CODE.into(),
+                vars_template: AAVMF_VARS.into(),
+            },
         }
     }
 }
@@ -1004,6 +1019,23 @@ mod tests {
         assert_eq!(parse_size("G"), None);
         assert_eq!(parse_size("0"), None);
         assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn an_arm64_guest_boots_through_aavmf() {
+        let v = argv(
+            &base()
+                .arch(Arch::Arm64)
+                .firmware(Firmware::debian_uefi(Arch::Arm64)),
+        );
+        assert_eq!(
+            values(&v, "-drive"),
+            [
+                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+                "if=pflash,format=raw,unit=1,file=/st/OVMF_VARS.fd",
+            ]
+        );
+        assert_eq!(values(&v, "-machine"), ["virt"]);
     }
 
     #[test]

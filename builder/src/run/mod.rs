@@ -17,7 +17,7 @@ mod spawn;
 
 pub use config::{
     parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
-    Publish, QemuConfig, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
+    Publish, QemuConfig, AAVMF_CODE, AAVMF_VARS, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
 };
 pub use forward::{parse_helper_table, ForwardSocket, Forwarder};
 pub use iso::{metadata_iso, write_metadata_iso};
@@ -59,8 +59,12 @@ pub enum Error {
     UnknownKernel { path: PathBuf },
     #[error("qemu-img not found; it is needed to create {path} in {format} format: install it with `apt-get install qemu-utils`, or use format=raw")]
     QemuImgNotFound { path: PathBuf, format: String },
-    #[error("UEFI firmware {path} not found: install it with `apt-get install ovmf`")]
-    FirmwareNotFound { path: PathBuf },
+    #[error("UEFI firmware {path} not found: install it with `apt-get install {package}`")]
+    FirmwareNotFound {
+        path: PathBuf,
+        /// The Debian package that has it.
+        package: &'static str,
+    },
     #[error("{path}")]
     Io {
         path: PathBuf,

@@ -127,8 +127,6 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
             Some(("--data", "a metadata CD-ROM"))
         } else if config.image.is_some() {
             Some(("NAME", "booting a disk image or UKI"))
-        } else if matches!(config.firmware, Firmware::Uefi { .. }) {
-            Some(("--uefi", "UEFI boot (AAVMF)"))
         } else {
             None
         };
@@ -136,7 +134,7 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
             return Err(Error::InvalidFlag {
                 flag,
                 value: config.arch.to_string(),
-                reason: format!("{what} is not supported for arm64 guests yet; boot NAME-kernel and NAME-initrd.img directly"),
+                reason: format!("{what} is not supported for arm64 guests yet; boot NAME-kernel and NAME-initrd.img (directly or with --uefi)"),
             });
         }
     }
@@ -208,7 +206,13 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
     {
         for fw in [code, vars_template] {
             if !fw.is_file() {
-                return Err(Error::FirmwareNotFound { path: fw.clone() });
+                return Err(Error::FirmwareNotFound {
+                    path: fw.clone(),
+                    package: match config.arch {
+                        Arch::Amd64 => "ovmf",
+                        Arch::Arm64 => "qemu-efi-aarch64",
+                    },
+                });
             }
         }
         let vars = state.join(UEFI_VARS);

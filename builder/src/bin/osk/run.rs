@@ -73,7 +73,7 @@ pub struct QemuArgs {
     /// Accelerator: auto picks kvm when /dev/kvm is usable, else tcg.
     #[arg(long, env = "OSK_QEMU_ACCEL", default_value = "auto", value_parser = parse_from::<Accel>)]
     accel: Accel,
-    /// Boot through UEFI firmware (Debian's ovmf package) instead of BIOS.
+    /// Boot through UEFI firmware (Debian's ovmf, or qemu-efi-aarch64 for arm64) instead of BIOS.
     #[arg(long)]
     uefi: bool,
     /// Metadata for the guest, attached as a CD-ROM (ISO 9660, label CIDATA, files config and user-data).
@@ -217,7 +217,7 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         .detach(args.detach)
         .reboot(!args.no_reboot);
     if uefi {
-        cfg = cfg.firmware(Firmware::debian_ovmf());
+        cfg = cfg.firmware(Firmware::debian_uefi(arch));
     }
     if let Some(image) = image {
         cfg = cfg.image(image);
