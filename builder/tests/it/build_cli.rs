@@ -254,6 +254,28 @@ fn osk_build_refuses_images_of_another_arch_and_writes_nothing() {
     );
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 
+    let o = osk(
+        &store_dir,
+        d.path(),
+        d.path(),
+        &[
+            "build",
+            "--arch",
+            "arm64",
+            "--format",
+            "uki",
+            "--dir",
+            out.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--format uki cannot be written for arm64"),
+        "{err}"
+    );
+
     let o = build("riscv64");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());

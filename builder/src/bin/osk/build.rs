@@ -75,8 +75,6 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
         deb_cache: store_path.join("debs"),
         insecure_registries: args.insecure_registries,
     };
-    let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
-    let plan = build::plan(&m, &mut resolve)?;
     let mut formats = Vec::new();
     for text in &args.formats {
         let (f, note) = Format::parse_alias(text)?;
@@ -86,6 +84,22 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
         formats.push(f);
     }
     let formats = build::unique_formats(formats);
+    // The boot binaries (EFI stub, isolinux) are x86's: say so before any work.
+    let firmware: Vec<String> = formats
+        .iter()
+        .filter(|f| f.needs_boot())
+        .map(|f| f.to_string())
+        .collect();
+    anyhow::ensure!(
+        args.arch == Arch::Amd64 || firmware.is_empty(),
+        "--format {} cannot be written for {} yet: its boot binaries (the UEFI stub, the BIOS \
+         loaders) exist for amd64 only so far; build kernel+initrd or tar for {}",
+        firmware.join(", "),
+        args.arch,
+        args.arch
+    );
+    let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
+    let plan = build::plan(&m, &mut resolve)?;
     let boot = if formats.iter().any(|f| f.needs_boot()) {
         let image = bootloader_ref(args.bootloader.as_deref(), &args.manifests)?;
         tracing::info!("boot binaries {image}");
