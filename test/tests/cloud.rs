@@ -88,9 +88,11 @@ fn answer(
     let request_line = request_line.trim_end().to_string();
     log.lock().unwrap().push(request_line.clone());
     let path = request_line.split(' ').nth(1).unwrap_or_default();
+    // Other methods get what Python's http.server gives a PUT: 501.
     let (status, body) = match documents.get(path) {
-        Some(body) if request_line.starts_with("GET ") => ("200 OK", body.as_str()),
-        _ => ("404 Not Found", "not here\n"),
+        _ if !request_line.starts_with("GET ") => ("501 Not Implemented", "GET only\n"),
+        Some(body) => ("200 OK", body.as_str()),
+        None => ("404 Not Found", "not here\n"),
     };
     let mut conn = conn;
     write!(
@@ -239,7 +241,7 @@ fn openstack_metadata_service() -> Result<()> {
 }
 
 /// An EC2-style cloud: OpenStack's paths 404, `latest/meta-data` answers
-/// (no IMDSv2 token here: the PUT 404s too).
+/// (no IMDSv2 token here: the PUT gets a 501, asked once).
 #[test]
 fn ec2_metadata_service() -> Result<()> {
     const HOSTNAME: &str = "ip-10-0-0-42.e2e.internal";
@@ -267,6 +269,11 @@ fn ec2_metadata_service() -> Result<()> {
             "no {want:?} in {asked:?}"
         );
     }
+    assert_eq!(
+        asked.iter().filter(|r| r.starts_with("PUT ")).count(),
+        1,
+        "{asked:?}"
+    );
     vm.kill();
     Ok(())
 }

@@ -137,8 +137,15 @@ impl Session<'_> {
         self.policy.budget.saturating_sub(self.link.elapsed())
     }
 
-    /// Asks until an answer that is not a retryable failure, or the budget ends.
-    fn fetch(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+    /// Asks until an answer that is not a retryable failure, or the budget
+    /// ends. With `retry_status` false, every HTTP answer is final.
+    fn fetch(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        retry_status: bool,
+    ) -> Got {
         let mut backoff = Policy::FIRST_BACKOFF;
         loop {
             let timeout = self
@@ -150,7 +157,7 @@ impl Session<'_> {
                     self.answered = true;
                     match r.status {
                         200 => return Got::Body(r.body),
-                        s if retryable(s) => format!("HTTP {s}"),
+                        s if retry_status && retryable(s) => format!("HTTP {s}"),
                         _ => return Got::Missing,
                     }
                 }
@@ -172,8 +179,9 @@ impl Session<'_> {
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
+        retry_status: bool,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
-        match self.fetch(method, path, headers) {
+        match self.fetch(method, path, headers, retry_status) {
             Got::Body(b) => Ok(Some(b)),
             Got::Missing => Ok(None),
             Got::NoAnswer(last) => Err(ServiceError::GaveUp {
@@ -199,13 +207,13 @@ pub fn discover(link: &mut dyn Link, policy: Policy) -> Result<Outcome, ServiceE
         policy,
         answered: false,
     };
-    match s.fetch("GET", OPENSTACK_META, &[]) {
+    match s.fetch("GET", OPENSTACK_META, &[], true) {
         Got::Body(raw) => {
             let meta = MetaData::parse(&raw).map_err(|cause| ServiceError::Json {
                 url: s.url(OPENSTACK_META),
                 cause,
             })?;
-            let user_data = s.optional("GET", OPENSTACK_USER, &[])?;
+            let user_data = s.optional("GET", OPENSTACK_USER, &[], true)?;
             return Ok(Outcome::Found(CloudMeta {
                 source: Source::OpenStack,
                 hostname: meta.hostname().map(str::to_string),
@@ -228,18 +236,20 @@ pub fn discover(link: &mut dyn Link, policy: Policy) -> Result<Outcome, ServiceE
         }
         Got::Missing => {}
     }
-    // IMDSv2 when the service offers it; v1 (no token) otherwise.
+    // IMDSv2 when the service offers it; v1 (no token) otherwise. Servers
+    // without it may answer a PUT with any status (501 is common): none is
+    // worth waiting for.
     let token = s
-        .optional("PUT", EC2_TOKEN, &[EC2_TOKEN_TTL])?
+        .optional("PUT", EC2_TOKEN, &[EC2_TOKEN_TTL], false)?
         .and_then(|t| text(&t))
         .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()));
     let headers: Vec<(&str, &str)> = token
         .as_deref()
         .map(|t| vec![(EC2_TOKEN_HEADER, t)])
         .unwrap_or_default();
-    let hostname = s.optional("GET", EC2_HOSTNAME, &headers)?;
-    let key = s.optional("GET", EC2_KEY, &headers)?;
-    let user_data = s.optional("GET", EC2_USER, &headers)?;
+    let hostname = s.optional("GET", EC2_HOSTNAME, &headers, true)?;
+    let key = s.optional("GET", EC2_KEY, &headers, true)?;
+    let user_data = s.optional("GET", EC2_USER, &headers, true)?;
     if hostname.is_none() && key.is_none() && user_data.is_none() {
         return Ok(Outcome::Empty);
     }
@@ -485,12 +495,15 @@ mod tests {
 
     #[test]
     fn ec2_without_imdsv2_asks_without_a_token() {
+        // Python's http.server answers a PUT with 501: no token, no retry.
         let mut f = Fake::new()
-            .on(EC2_TOKEN, &[Ok((405, b""))])
+            .on(EC2_TOKEN, &[Ok((501, b""))])
             .on(EC2_USER, &[Ok((200, b"data"))]);
         let m = found(discover(&mut f, POLICY).unwrap());
         assert_eq!(m.user_data.as_deref(), Some(&b"data"[..]));
+        assert_eq!(f.log.iter().filter(|r| r.starts_with("PUT")).count(), 1);
         assert_eq!(f.log.last().unwrap(), &format!("GET {EC2_USER}"));
+        assert_eq!(f.now, Duration::ZERO);
     }
 
     #[test]
