@@ -121,9 +121,7 @@ pub fn hybrid(
     let bios = image::BiosLoader {
         isolinux,
         ldlinux,
-        mbr_code: mbr_code
-            .get(..image::iso::hybrid::MBR_CODE_LEN)
-            .unwrap_or(mbr_code),
+        mbr_code,
     };
     Ok(image::hybrid_image(
         uki, &a.cmdline, &bios, medium, &seed, opts.mtime,

@@ -137,9 +137,9 @@ pub fn hybrid_image(
     let esp_end = esp_start + esp_len;
     let block = |offset: u64| {
         debug_assert_eq!(offset % BLOCK, 0, "aligned by fat and uki");
-        u32::try_from(offset / BLOCK).map_err(|_| ImageError::DiskTooSmall {
-            given: u64::from(u32::MAX) * BLOCK,
-            needed: offset,
+        u32::try_from(offset / BLOCK).map_err(|_| ImageError::BootFile {
+            path: "the image".into(),
+            reason: format!("reaches byte {offset}, past ISO 9660's 8 TiB"),
         })
     };
     let mut at = [(0u32, 0u64); 3];
