@@ -211,9 +211,12 @@ fn missing_qemu_says_how_to_install_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let prefix = dir.path().join("vm");
     write_artifacts(&prefix, Path::new("/bin/busybox"), b"", "")?;
+    // The kernel here is not a real one: name its architecture.
     let out = osk_e2e::osk(&[
         "run",
         "qemu",
+        "--arch",
+        "amd64",
         "--qemu",
         "/nonexistent/qemu",
         "--state",
