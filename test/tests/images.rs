@@ -82,6 +82,16 @@ fn boots_and_serves(image: &Path, uefi: bool) -> Result<Machine> {
 }
 
 fn boot_with(image: &Path, opts: BootOpts) -> Result<Machine> {
+    // Each boot gets its own copy: the tests run in parallel, and QEMU locks
+    // an image one VM opens writable (a disk, an ISO as a USB stick) against
+    // every other VM.
+    static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let ext = image.extension().unwrap_or_default().to_string_lossy();
+    let copy = image.with_file_name(format!("{NAME}-boot{n}.{ext}"));
+    std::fs::copy(image, &copy)
+        .with_context(|| format!("copying {} to {}", image.display(), copy.display()))?;
+    let image = copy.as_path();
     let mut vm = Machine::boot(
         image,
         &BootOpts {
