@@ -263,6 +263,41 @@ fn valid_path_component(c: &str) -> bool {
     true
 }
 
+/// A writer that passes bytes to `inner` and hashes them (SHA-256) on the way.
+pub struct Sha256Writer<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W> Sha256Writer<W> {
+    pub fn new(inner: W) -> Self {
+        use sha2::Digest as _;
+        Sha256Writer {
+            inner,
+            hash: sha2::Sha256::new(),
+        }
+    }
+
+    /// The inner writer and the hash of everything written through.
+    pub fn finish(self) -> (W, [u8; 32]) {
+        use sha2::Digest as _;
+        (self.inner, self.hash.finalize().into())
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::reference::Sha256Writer;
+
 const MAGIC: &[u8; 8] = b"osk-seg1";
 const HEADER_LEN: u64 = MAGIC.len() as u64 + 32;
 
@@ -84,13 +86,10 @@ impl SegmentCache {
             .tempfile_in(&self.dir)?;
         let mut file = tmp.reopen()?;
         file.write_all(&[0u8; HEADER_LEN as usize])?;
-        let mut w = Hashing {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            hash: Sha256::new(),
-        };
+        let mut w = Sha256Writer::new(BufWriter::with_capacity(1 << 20, file));
         fill(&mut w)?;
-        let digest: [u8; 32] = w.hash.finalize().into();
-        let mut file = w.inner.into_inner().map_err(|e| e.into_error())?;
+        let (inner, digest) = w.finish();
+        let mut file = inner.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
         file.write_all(MAGIC)?;
         file.write_all(&digest)?;
@@ -212,23 +211,6 @@ fn read_header(f: &mut File) -> io::Result<Result<[u8; 32], &'static str>> {
         return Ok(Err("no segment header"));
     }
     Ok(Ok(h[MAGIC.len()..].try_into().expect("32 bytes")))
-}
-
-/// Hashes what passes through to `inner`.
-struct Hashing<W: Write> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

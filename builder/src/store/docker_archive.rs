@@ -12,11 +12,9 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, Write};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use super::transfer::{append_bytes, fixed_header};
 use super::{io_err, verify_error, with_context, Result, Store, StoreError};
-use crate::reference::{Digest, Reference};
+use crate::reference::{Digest, Reference, Sha256Writer};
 
 impl Store {
     /// Writes `reference`'s `os/arch` image to `dest` in `docker save`'s format.
@@ -107,10 +105,7 @@ impl Store {
     fn decompress_layer(&self, digest: &Digest, out: &mut File) -> Result<Digest> {
         let path = self.blob_path(digest);
         let mut raw = BufReader::with_capacity(256 * 1024, self.open_blob(digest)?);
-        let mut hashing = Hashing {
-            inner: io::BufWriter::new(out),
-            hash: Sha256::new(),
-        };
+        let mut hashing = Sha256Writer::new(io::BufWriter::new(out));
         let head = raw.fill_buf().map_err(|e| verify_error(e, &path))?;
         let copied = match head {
             [0x1f, 0x8b, ..] => io::copy(
@@ -126,28 +121,9 @@ impl Store {
         let drained = io::copy(&mut raw, &mut io::sink());
         drained.map_err(|e| verify_error(e, &path))?;
         copied.map_err(|e| verify_error(e, &path))?;
-        hashing.inner.flush().map_err(io_err(&path))?;
-        Ok(Digest::from_sha256_hex(&hex::encode(
-            hashing.hash.finalize(),
-        )))
-    }
-}
-
-/// A writer that hashes what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        let (mut plain, sha) = hashing.finish();
+        plain.flush().map_err(io_err(&path))?;
+        Ok(Digest::from_sha256_hex(&hex::encode(sha)))
     }
 }
 
