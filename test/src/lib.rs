@@ -9,7 +9,7 @@ mod machine;
 pub mod metadata;
 mod net;
 
-pub use machine::{BootOpts, Machine};
+pub use machine::{ssh_ok, BootOpts, Machine};
 pub use net::{free_port, http_get, ssh, ssh_keygen, wait_http};
 
 use std::path::PathBuf;

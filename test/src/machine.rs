@@ -309,6 +309,19 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Runs `command` on `vm` over its published ssh port (22) and returns its
+/// standard output; a non-zero exit is an error with ssh's standard error.
+pub fn ssh_ok(vm: &Machine, key: &Path, command: &str) -> Result<String> {
+    let out = crate::ssh(vm.port(22), key, command)?;
+    ensure!(
+        out.status.success(),
+        "ssh {command:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use osk_e2e::{ssh, ssh_keygen, BootOpts, Machine};
+use osk_e2e::{ssh_keygen, ssh_ok, BootOpts, Machine};
 use osk_layout::marker::Event;
 
 /// TCG on a loaded 2-core machine (see scenarios.rs).
@@ -135,17 +135,6 @@ fn build_node() -> Result<PathBuf> {
     Ok(out.join("node"))
 }
 
-fn ssh_out(vm: &Machine, key: &Path, command: &str) -> Result<String> {
-    let out = ssh(vm.port(22), key, command)?;
-    ensure!(
-        out.status.success(),
-        "ssh {command:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Boots node.yml against `server` with no `--data` and waits for every
 /// service to start.
 fn boot(server: &MetadataServer) -> Result<Machine> {
@@ -176,7 +165,7 @@ fn boot_and_log_in(server: &MetadataServer, key: &Path) -> Result<(Machine, Stri
     let vm = boot(server)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let hostname = loop {
-        match ssh_out(&vm, key, "hostname") {
+        match ssh_ok(&vm, key, "hostname") {
             Ok(h) => break h.trim().to_string(),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_secs(2)),

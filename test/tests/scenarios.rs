@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use osk_e2e::{ssh, ssh_keygen, wait_http, BootOpts, Machine};
+use osk_e2e::{ssh, ssh_keygen, ssh_ok, wait_http, BootOpts, Machine};
 use osk_layout::marker::Event;
 
 /// TCG on a loaded 2-core machine: kernel, root copy, containerd and the
@@ -151,17 +151,6 @@ fn service_names(manifests: &[PathBuf]) -> Result<Vec<String>> {
     }
     ensure!(!names.is_empty(), "no services in {manifests:?}");
     Ok(names)
-}
-
-fn ssh_ok(vm: &Machine, key: &Path, command: &str) -> Result<String> {
-    let out = ssh(vm.port(22), key, command)?;
-    ensure!(
-        out.status.success(),
-        "ssh {command:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Retries ssh until sshd answers (it starts after the port forward exists).
