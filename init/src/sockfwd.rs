@@ -1,6 +1,7 @@
 //! `osk-sockfwd`, the guest half of `osk run qemu --forward-socket`: for each
 //! row of the fw_cfg table (see `osk_layout::forward`) it listens on the
-//! row's TCP port and joins each connection to the row's unix socket.
+//! row's TCP port and joins each connection to the row's unix socket,
+//! after telling the host, in one status line, whether the socket answered.
 //!
 //! Only QEMU's user network reaches those ports from the host, and every
 //! forwarded connection comes from that network's gateway. A container on a
@@ -8,12 +9,12 @@
 //! refused, so the socket (Docker's API is root) is not opened to the guest's
 //! own workloads.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::thread;
 
-use osk_layout::forward::Forward;
+use osk_layout::forward::{Forward, Status};
 
 /// The default route's gateway in `/proc/net/route`'s text, if there is one.
 pub fn default_gateway(route: &str) -> Option<Ipv4Addr> {
@@ -87,9 +88,17 @@ fn accept_loop(listener: TcpListener, f: Forward, read_route: fn() -> String) {
     }
 }
 
-/// Copies both ways until each side has said all it had to.
+/// Says whether `path` answered, then copies both ways until each side
+/// has said all it had to.
 fn join(tcp: TcpStream, path: &str) -> io::Result<()> {
-    let unix = UnixStream::connect(path)?;
+    let unix = match UnixStream::connect(path) {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = (&tcp).write_all(&Status::Err(reason(&e)).encode());
+            return Err(e);
+        }
+    };
+    (&tcp).write_all(&Status::Ok.encode())?;
     let (mut tcp_r, mut unix_w) = (tcp.try_clone()?, unix.try_clone()?);
     let up = thread::spawn(move || {
         let r = io::copy(&mut tcp_r, &mut unix_w);
@@ -101,6 +110,15 @@ fn join(tcp: TcpStream, path: &str) -> io::Result<()> {
     let _ = tcp_w.shutdown(Shutdown::Write);
     let _ = up.join();
     down.map(|_| ())
+}
+
+/// An io error's text without Rust's " (os error N)" suffix.
+fn reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +170,24 @@ mod tests {
         c.shutdown(Shutdown::Write).unwrap();
         let mut got = Vec::new();
         c.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"echo:ping");
+        assert_eq!(got, b"OK\necho:ping");
+    }
+
+    #[test]
+    fn a_missing_socket_is_reported_then_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.sock");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let p = path.to_str().unwrap().to_string();
+        let guest = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            join(tcp, &p)
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "ERR No such file or directory\n");
+        assert!(guest.join().unwrap().is_err());
     }
 }

@@ -453,10 +453,10 @@ impl QemuConfig {
     }
 
     /// Each forward's host socket and loopback port, once `prepare` chose the ports.
-    pub fn forward_pairs(&self) -> Vec<(PathBuf, u16)> {
+    pub fn forward_pairs(&self) -> Vec<(super::ForwardSocket, u16)> {
         self.forwards
             .iter()
-            .map(|f| f.host.clone())
+            .cloned()
             .zip(self.forward_ports.iter().copied())
             .collect()
     }

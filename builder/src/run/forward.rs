@@ -7,7 +7,8 @@
 //! `osk_layout::forward`). Nothing listens on a non-loopback address. The
 //! host half is a [`Forwarder`]: threads of `osk run` in the foreground, or
 //! a helper process that `--detach` leaves behind and that ends, removing
-//! its sockets, when QEMU does.
+//! its sockets, when QEMU does. Each connection starts with the guest's
+//! status line, so a guest socket that is not there is named on the host.
 
 use std::ffi::OsString;
 use std::fs;
@@ -20,7 +21,7 @@ use std::str::FromStr;
 use std::thread;
 use std::time::Duration;
 
-use osk_layout::forward::{self as table, Forward};
+use osk_layout::forward::{self as table, Forward, Status};
 
 use super::{Error, Result};
 
@@ -49,6 +50,9 @@ impl FromStr for ForwardSocket {
             .ok_or_else(|| invalid(s, "wants HOST_PATH:GUEST_PATH, the guest path absolute"))?;
         if host.is_empty() {
             return Err(invalid(s, "the host path is empty"));
+        }
+        if host.contains('\n') {
+            return Err(invalid(s, "the host path cannot hold a newline"));
         }
         if let Some(reason) = table::path_problem(guest) {
             return Err(invalid(s, reason));
@@ -139,17 +143,21 @@ pub fn claim(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long the guest half may take to say whether its socket answered.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The host half: one listening socket per forward.
 pub struct Forwarder {
-    sockets: Vec<(PathBuf, UnixListener, u16)>,
+    sockets: Vec<(ForwardSocket, UnixListener, u16)>,
 }
 
 impl Forwarder {
     /// Binds each host socket, mode 0600 from the start: bound under a
     /// temporary name, restricted, then renamed into place.
-    pub fn bind(pairs: &[(PathBuf, u16)]) -> Result<Forwarder> {
+    pub fn bind(forwards: &[(ForwardSocket, u16)]) -> Result<Forwarder> {
         let mut sockets = Vec::new();
-        for (path, port) in pairs {
+        for (f, port) in forwards {
+            let path = &f.host;
             claim(path)?;
             let mut tmp = path.clone().into_os_string();
             tmp.push(".osk-tmp");
@@ -159,7 +167,7 @@ impl Forwarder {
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
                 .map_err(Error::io(&tmp))?;
             fs::rename(&tmp, path).map_err(Error::io(path))?;
-            sockets.push((path.clone(), l, *port));
+            sockets.push((f.clone(), l, *port));
         }
         Ok(Forwarder { sockets })
     }
@@ -167,9 +175,13 @@ impl Forwarder {
     /// Serves until `alive` says false (checked every 500 ms), then removes
     /// the sockets.
     pub fn serve_while(self, alive: impl Fn() -> bool) {
-        let paths: Vec<PathBuf> = self.sockets.iter().map(|(p, _, _)| p.clone()).collect();
-        for (path, listener, port) in self.sockets {
-            thread::spawn(move || accept_loop(&path, listener, port));
+        let paths: Vec<PathBuf> = self
+            .sockets
+            .iter()
+            .map(|(f, _, _)| f.host.clone())
+            .collect();
+        for (f, listener, port) in self.sockets {
+            thread::spawn(move || accept_loop(&f, listener, port));
         }
         while alive() {
             thread::sleep(Duration::from_millis(500));
@@ -180,24 +192,64 @@ impl Forwarder {
     }
 }
 
-fn accept_loop(path: &Path, listener: UnixListener, port: u16) {
+fn accept_loop(f: &ForwardSocket, listener: UnixListener, port: u16) {
     for conn in listener.incoming() {
         match conn {
             Ok(unix) => {
-                thread::spawn(move || {
-                    if let Err(e) = join(unix, port) {
-                        tracing::debug!("forward to guest port {port}: {e}");
+                let f = f.clone();
+                thread::spawn(move || match handshake(port, STATUS_TIMEOUT) {
+                    Ok(tcp) => {
+                        if let Err(e) = join(unix, tcp) {
+                            tracing::debug!("forward to {}: {e}", f.guest);
+                        }
                     }
+                    // Dropping `unix` closes the client's connection.
+                    Err(why) => tracing::warn!(
+                        "{}: the guest socket {} did not answer ({why}); is its service running?",
+                        f.host.display(),
+                        f.guest
+                    ),
                 });
             }
-            Err(e) => tracing::warn!("accepting on {}: {e}", path.display()),
+            Err(e) => tracing::warn!("accepting on {}: {e}", f.host.display()),
         }
     }
 }
 
+/// Connects to the guest half on the loopback `port` and reads its status
+/// line: the connection, ready to carry the socket's bytes, or why not.
+pub fn handshake(port: u16, timeout: Duration) -> std::result::Result<TcpStream, String> {
+    let mut tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
+    tcp.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    match Status::read(&mut tcp) {
+        Ok(Some(Status::Ok)) => {
+            tcp.set_read_timeout(None).map_err(|e| e.to_string())?;
+            Ok(tcp)
+        }
+        Ok(Some(Status::Err(reason))) => Err(format!("the guest said: {reason}")),
+        // QEMU accepts for the guest, and closes when nothing listens there.
+        Ok(None) => {
+            Err("the guest's sockfwd service closed the connection without a status".into())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!(
+                "no status from the guest's sockfwd service within {} s",
+                timeout.as_secs()
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Copies both ways until each side has said all it had to.
-fn join(unix: UnixStream, port: u16) -> io::Result<()> {
-    let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+fn join(unix: UnixStream, tcp: TcpStream) -> io::Result<()> {
     let (mut unix_r, mut tcp_w) = (unix.try_clone()?, tcp.try_clone()?);
     let up = thread::spawn(move || {
         let r = io::copy(&mut unix_r, &mut tcp_w);
@@ -211,21 +263,27 @@ fn join(unix: UnixStream, port: u16) -> io::Result<()> {
     down.map(|_| ())
 }
 
-/// What a detached VM's helper needs: `PORT<TAB>HOST_PATH` per line.
-pub fn helper_table(pairs: &[(PathBuf, u16)]) -> String {
-    pairs
+/// What a detached VM's helper needs: `PORT<TAB>GUEST_PATH<TAB>HOST_PATH`
+/// per line (the guest path holds no tab; the host path comes last).
+pub fn helper_table(forwards: &[(ForwardSocket, u16)]) -> String {
+    forwards
         .iter()
-        .map(|(p, port)| format!("{port}\t{}\n", p.display()))
+        .map(|(f, port)| format!("{port}\t{}\t{}\n", f.guest, f.host.display()))
         .collect()
 }
 
 /// Reads [`helper_table`] back.
-pub fn parse_helper_table(text: &str) -> Option<Vec<(PathBuf, u16)>> {
+pub fn parse_helper_table(text: &str) -> Option<Vec<(ForwardSocket, u16)>> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let (port, path) = l.split_once('\t')?;
-            Some((PathBuf::from(path), port.parse().ok()?))
+            let (port, rest) = l.split_once('\t')?;
+            let (guest, host) = rest.split_once('\t')?;
+            let f = ForwardSocket {
+                host: PathBuf::from(host),
+                guest: guest.to_string(),
+            };
+            Some((f, port.parse().ok()?))
         })
         .collect()
 }
@@ -234,6 +292,8 @@ pub fn parse_helper_table(text: &str) -> Option<Vec<(PathBuf, u16)>> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn parses_host_and_guest_paths() {
@@ -267,8 +327,16 @@ mod tests {
                 "hostfwd=tcp:127.0.0.1:40002-:2391"
             ]
         );
-        let pairs = vec![(PathBuf::from("/h/a b.sock"), 40001)];
+        let pairs = vec![(
+            ForwardSocket {
+                host: PathBuf::from("/h/a\tb.sock"),
+                guest: "/run/a.sock".into(),
+            },
+            40001,
+        )];
+        assert_eq!(helper_table(&pairs), "40001\t/run/a.sock\t/h/a\tb.sock\n");
         assert_eq!(parse_helper_table(&helper_table(&pairs)), Some(pairs));
+        assert!("/h/a\nb.sock:/run/a.sock".parse::<ForwardSocket>().is_err());
     }
 
     #[test]
@@ -289,34 +357,96 @@ mod tests {
             .contains("not a socket"));
     }
 
+    /// A guest half on a loopback port: answers `status` to every
+    /// connection and, after OK, echoes what it read, prefixed.
+    fn fake_guest(status: Status) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                s.write_all(&status.encode()).unwrap();
+                if status != Status::Ok {
+                    continue;
+                }
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).unwrap();
+                s.write_all(&[b"guest:".as_slice(), &buf].concat()).unwrap();
+            }
+        });
+        port
+    }
+
+    fn serve(f: Forwarder) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let server = thread::spawn(move || f.serve_while(|| !s2.load(Ordering::SeqCst)));
+        (stop, server)
+    }
+
+    fn forward(host: &Path, guest: &str) -> ForwardSocket {
+        ForwardSocket {
+            host: host.to_path_buf(),
+            guest: guest.into(),
+        }
+    }
+
     #[test]
     fn forwards_a_connection_to_the_port_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
-        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = echo.local_addr().unwrap().port();
-        thread::spawn(move || {
-            let (mut s, _) = echo.accept().unwrap();
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).unwrap();
-            s.write_all(&[b"guest:".as_slice(), &buf].concat()).unwrap();
-        });
+        let port = fake_guest(Status::Ok);
         let path = dir.path().join("sub/fwd.sock");
-        let fwd = Forwarder::bind(&[(path.clone(), port)]).unwrap();
+        let fwd = Forwarder::bind(&[(forward(&path, "/run/a.sock"), port)]).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s2 = stop.clone();
-        let server = thread::spawn(move || {
-            fwd.serve_while(|| !s2.load(std::sync::atomic::Ordering::SeqCst))
-        });
+        let (stop, server) = serve(fwd);
         let mut c = UnixStream::connect(&path).unwrap();
         c.write_all(b"hello").unwrap();
         c.shutdown(Shutdown::Write).unwrap();
         let mut got = Vec::new();
         c.read_to_end(&mut got).unwrap();
+        // The status line is the host half's, not the client's.
         assert_eq!(got, b"guest:hello");
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
         server.join().unwrap();
         assert!(!path.exists(), "the socket outlived the forwarder");
+    }
+
+    #[test]
+    fn a_guest_socket_that_is_not_there_closes_the_client_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = fake_guest(Status::Err("No such file or directory".into()));
+        let why = handshake(port, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(why, "the guest said: No such file or directory");
+        let path = dir.path().join("fwd.sock");
+        let (stop, server) =
+            serve(Forwarder::bind(&[(forward(&path, "/var/run/docker.sock"), port)]).unwrap());
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"GET /_ping HTTP/1.1\r\n\r\n").unwrap();
+        // Closed: at its end, or reset since the request was never read.
+        let mut got = Vec::new();
+        match c.read_to_end(&mut got) {
+            Ok(_) => assert!(got.is_empty(), "{got:?}"),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        }
+        stop.store(true, Ordering::SeqCst);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn silence_and_a_closed_port_are_told_apart() {
+        // Accepts and says nothing: a guest half that hangs.
+        let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = mute.local_addr().unwrap().port();
+        let why = handshake(port, Duration::from_millis(200)).unwrap_err();
+        assert!(why.contains("no status") && why.contains("within"), "{why}");
+        // Accepts and closes: QEMU's answer when nothing listens in the guest.
+        thread::spawn(move || {
+            for s in mute.incoming() {
+                drop(s);
+            }
+        });
+        let why = handshake(port, Duration::from_secs(5)).unwrap_err();
+        assert!(why.contains("closed the connection"), "{why}");
     }
 }

@@ -268,12 +268,7 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         if !prepared.config.forwards.is_empty() {
             start_forward_helper(&prepared.config)?;
         }
-        for (f, (_, port)) in prepared
-            .config
-            .forwards
-            .iter()
-            .zip(prepared.config.forward_pairs())
-        {
+        for (f, port) in prepared.config.forward_pairs() {
             println!(
                 "socket {} -> {} (127.0.0.1:{port})",
                 f.host.display(),
