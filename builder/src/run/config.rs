@@ -171,6 +171,15 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 /// One `--publish [HOSTIP:]HOST:GUEST[/tcp|/udp]`: a QEMU user-network port forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Publish {
@@ -214,14 +223,24 @@ impl FromStr for Publish {
 }
 
 impl Publish {
-    fn hostfwd(&self) -> String {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+    /// The `port` line of `STATE/reach`.
+    pub fn reach_line(&self) -> String {
         format!(
-            "hostfwd={proto}:{}:{}-:{}",
-            self.host_ip, self.host_port, self.guest_port
+            "port\t{}:{}\t{}/{}\n",
+            self.host_ip,
+            self.host_port,
+            self.guest_port,
+            self.protocol.as_str()
+        )
+    }
+
+    fn hostfwd(&self) -> String {
+        format!(
+            "hostfwd={}:{}:{}-:{}",
+            self.protocol.as_str(),
+            self.host_ip,
+            self.host_port,
+            self.guest_port
         )
     }
 }
@@ -459,6 +478,21 @@ impl QemuConfig {
             .cloned()
             .zip(self.forward_ports.iter().copied())
             .collect()
+    }
+
+    /// How to reach the VM from the host, as `STATE/reach` holds it: one
+    /// line per forwarded socket (`socket HOST_PATH GUEST_PATH`) and per
+    /// published port (`port HOSTIP:PORT GUESTPORT/PROTO`), fields separated
+    /// by tabs.
+    pub fn reach(&self) -> String {
+        let mut out = String::new();
+        for (f, _) in self.forward_pairs() {
+            out.push_str(&format!("socket\t{}\t{}\n", f.host.display(), f.guest));
+        }
+        for p in &self.publish {
+            out.push_str(&p.reach_line());
+        }
+        out
     }
 
     /// The file holding the guest's share table (see `osk_layout::share`).
@@ -873,6 +907,21 @@ mod tests {
         assert_eq!(
             values(&v, "-netdev"),
             ["user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53"]
+        );
+    }
+
+    #[test]
+    fn reach_lists_sockets_then_ports() {
+        let mut c = base()
+            .publish("8080:80".parse().unwrap())
+            .publish("0.0.0.0:5353:53/udp".parse().unwrap())
+            .forward_socket("/h/docker.sock:/var/run/docker.sock".parse().unwrap());
+        c.forward_ports = vec![40001];
+        assert_eq!(
+            c.reach(),
+            "socket\t/h/docker.sock\t/var/run/docker.sock\n\
+             port\t127.0.0.1:8080\t80/tcp\n\
+             port\t0.0.0.0:5353\t53/udp\n"
         );
     }
 

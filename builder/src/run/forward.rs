@@ -19,7 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use osk_layout::forward::{self as table, Forward, Status};
 
@@ -145,6 +145,9 @@ pub fn claim(path: &Path) -> Result<()> {
 
 /// How long the guest half may take to say whether its socket answered.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same while waiting for a booting guest, and the pause between tries.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The host half: one listening socket per forward.
 pub struct Forwarder {
@@ -246,6 +249,48 @@ pub fn handshake(port: u16, timeout: Duration) -> std::result::Result<TcpStream,
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Waits until every forward's guest socket answers, probing each through
+/// the handshake; fails naming the first that stays silent for `timeout`,
+/// or when `alive` (QEMU runs) turns false. `console` is where to look.
+pub fn wait_answering(
+    forwards: &[(ForwardSocket, u16)],
+    timeout: Duration,
+    alive: impl Fn() -> bool,
+    console: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for (f, port) in forwards {
+        loop {
+            // Never a zero read timeout, which the socket refuses.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let probe = left.clamp(Duration::from_millis(100), PROBE_TIMEOUT);
+            let why = match handshake(*port, probe) {
+                Ok(_) => break,
+                Err(why) => why,
+            };
+            if !alive() {
+                return Err(Error::ExitedBeforeSocket {
+                    guest: f.guest.clone(),
+                    host: f.host.clone(),
+                    console: console.to_path_buf(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::GuestSocketSilent {
+                    guest: f.guest.clone(),
+                    host: f.host.clone(),
+                    seconds: timeout.as_secs(),
+                    reason: why,
+                    console: console.to_path_buf(),
+                });
+            }
+            thread::sleep(PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now())));
+        }
+        tracing::info!(guest = %f.guest, host = %f.host.display(), "the guest socket answers");
+    }
+    Ok(())
 }
 
 /// Copies both ways until each side has said all it had to.
@@ -448,5 +493,55 @@ mod tests {
         });
         let why = handshake(port, Duration::from_secs(5)).unwrap_err();
         assert!(why.contains("closed the connection"), "{why}");
+    }
+
+    #[test]
+    fn waiting_ends_when_the_socket_answers_and_names_it_when_it_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let ok = (
+            forward(Path::new("/h/ok.sock"), "/run/ok.sock"),
+            fake_guest(Status::Ok),
+        );
+        wait_answering(
+            std::slice::from_ref(&ok),
+            Duration::from_secs(5),
+            || true,
+            &console,
+        )
+        .unwrap();
+
+        let silent = (
+            forward(Path::new("/h/docker.sock"), "/var/run/docker.sock"),
+            fake_guest(Status::Err("No such file or directory".into())),
+        );
+        let t = Instant::now();
+        let e = wait_answering(
+            &[ok, silent.clone()],
+            Duration::from_secs(1),
+            || true,
+            &console,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(
+            e,
+            format!(
+                "the guest socket /var/run/docker.sock (host /h/docker.sock) did not answer within 1 s \
+                 (the guest said: No such file or directory); is its service running? see {}",
+                console.display()
+            )
+        );
+        // QEMU gone: said at once, not after the timeout.
+        let t = Instant::now();
+        let e = wait_answering(&[silent], Duration::from_secs(60), || false, &console)
+            .unwrap_err()
+            .to_string();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(
+            e.starts_with("QEMU exited before the guest socket /var/run/docker.sock"),
+            "{e}"
+        );
     }
 }

@@ -19,12 +19,12 @@ pub use config::{
     parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
     Publish, QemuConfig, AAVMF_CODE, AAVMF_VARS, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
 };
-pub use forward::{parse_helper_table, ForwardSocket, Forwarder};
+pub use forward::{parse_helper_table, wait_answering, ForwardSocket, Forwarder};
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};
 pub use names::{
     ACCEL_ENV, CONSOLE_LOG, FORWARD_LOG, FORWARD_PID, FORWARD_TABLE, METADATA_ISO, MONITOR_SOCKET,
-    PID_FILE, QEMU_BINARY, SHARE_TABLE, SOCKET_TABLE, UEFI_VARS,
+    PID_FILE, QEMU_BINARY, REACH, SHARE_TABLE, SOCKET_TABLE, UEFI_VARS,
 };
 pub use relay::relay;
 pub use share::{guest_table, Share};
@@ -73,6 +73,21 @@ pub enum Error {
     },
     #[error("{program}: {message}")]
     Command { program: String, message: String },
+    #[error("the guest socket {guest} (host {}) did not answer within {seconds} s ({reason}); is its service running? see {}", host.display(), console.display())]
+    GuestSocketSilent {
+        guest: String,
+        host: PathBuf,
+        seconds: u64,
+        /// The last probe's answer.
+        reason: String,
+        console: PathBuf,
+    },
+    #[error("QEMU exited before the guest socket {guest} (host {}) answered; see {}", host.display(), console.display())]
+    ExitedBeforeSocket {
+        guest: String,
+        host: PathBuf,
+        console: PathBuf,
+    },
 }
 
 impl Error {

@@ -19,3 +19,5 @@ pub const FORWARD_TABLE: &str = "forwards";
 /// The pid and log of that helper.
 pub const FORWARD_PID: &str = "forward.pid";
 pub const FORWARD_LOG: &str = "forward.log";
+/// How to reach a detached VM: its sockets and published ports, one per line.
+pub const REACH: &str = "reach";

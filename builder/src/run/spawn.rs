@@ -152,7 +152,12 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
             ),
         });
     }
-    for stale in [socket, config.console_log(), config.pid_file()] {
+    for stale in [
+        socket,
+        config.console_log(),
+        config.pid_file(),
+        state.join(super::REACH),
+    ] {
         match fs::remove_file(&stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -370,6 +375,12 @@ pub fn run_detached(p: &Prepared) -> Result<Detached> {
         program: p.program.display().to_string(),
         message: format!("{} holds no pid: {pid_text:?}", pid_file.display()),
     })?;
+    // Written whole under another name, then renamed: never seen half-written.
+    let reach = p.config.state_dir.join(super::REACH);
+    let tmp = tmp_name(&reach);
+    fs::write(&tmp, p.config.reach())
+        .and_then(|()| fs::rename(&tmp, &reach))
+        .map_err(Error::io(&reach))?;
     Ok(Detached {
         pid,
         state_dir: p.config.state_dir.clone(),

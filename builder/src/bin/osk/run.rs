@@ -66,6 +66,11 @@ pub struct QemuArgs {
     /// HOST_PATH:GUEST_PATH. The guest runs the `sockfwd` package. Repeatable.
     #[arg(long, value_parser = parse_from::<ForwardSocket>, value_name = "HOST_PATH:GUEST_PATH")]
     forward_socket: Vec<ForwardSocket>,
+    /// Wait up to SECONDS until every --forward-socket's guest socket
+    /// answers. With --detach a socket still silent then is an error, and
+    /// the VM is stopped; in the foreground it is logged.
+    #[arg(long, value_name = "SECONDS", requires = "forward_socket")]
+    wait_sockets: Option<u64>,
     /// Share a host folder: HOST_DIR[:GUEST_DIR][,ro], over virtio-9p. It is
     /// mounted in the guest at GUEST_DIR, by default the host path itself. Repeatable.
     #[arg(long, value_parser = parse_from::<Share>, value_name = "HOST_DIR[:GUEST_DIR][,ro]")]
@@ -265,19 +270,12 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         println!("pid {}", vm.pid);
         println!("console {}", vm.console_log.display());
         println!("monitor {}", vm.monitor_socket.display());
-        if !prepared.config.forwards.is_empty() {
-            start_forward_helper(&prepared.config)?;
+        if let Err(e) = start_forwards(&prepared.config, &vm, args.wait_sockets) {
+            // Nothing is left running: QEMU goes, and the helper with it.
+            stop_detached(&vm);
+            return Err(e);
         }
-        for (f, port) in prepared.config.forward_pairs() {
-            println!(
-                "socket {} -> {} (127.0.0.1:{port})",
-                f.host.display(),
-                f.guest
-            );
-        }
-        for p in &prepared.config.publish {
-            println!("port {}:{} -> {}", p.host_ip, p.host_port, p.guest_port);
-        }
+        print!("{}", prepared.config.reach());
         return Ok(());
     }
     // In the foreground the forwards are threads of this process.
@@ -291,6 +289,21 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
             f.serve_while(|| !d.load(std::sync::atomic::Ordering::SeqCst))
         }))
     };
+    if let Some(seconds) = args.wait_sockets {
+        let (forwards, console) = (
+            prepared.config.forward_pairs(),
+            PathBuf::from("the console"),
+        );
+        let d = done.clone();
+        std::thread::spawn(move || {
+            let alive = || !d.load(std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) =
+                run::wait_answering(&forwards, Duration::from_secs(seconds), alive, &console)
+            {
+                tracing::warn!("{e}");
+            }
+        });
+    }
     let exit = run::run_attached(&prepared, args.timeout.map(Duration::from_secs));
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(t) = forwarder {
@@ -306,8 +319,37 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `osk run forward` for a detached VM, and returns once its sockets
-/// answer, so that the caller can use them at once.
+/// Starts the forward helper of a detached VM, then with `wait` waits that
+/// long for the guest sockets to answer.
+fn start_forwards(cfg: &QemuConfig, vm: &run::Detached, wait: Option<u64>) -> anyhow::Result<()> {
+    if cfg.forwards.is_empty() {
+        return Ok(());
+    }
+    start_forward_helper(cfg)?;
+    if let Some(seconds) = wait {
+        run::wait_answering(
+            &cfg.forward_pairs(),
+            Duration::from_secs(seconds),
+            || vm.is_running(),
+            &vm.console_log,
+        )?;
+    }
+    Ok(())
+}
+
+/// Stops a detached VM and waits (a few seconds) for its forward helper,
+/// which ends with QEMU, to remove its sockets.
+fn stop_detached(vm: &run::Detached) {
+    vm.kill();
+    let helper = vm.state_dir.join(run::FORWARD_PID);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while helper.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `osk run forward` for a detached VM, and returns once its host
+/// sockets accept, so that the caller can use them at once.
 fn start_forward_helper(cfg: &QemuConfig) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().context("locating this osk binary (the forward helper)")?;
