@@ -164,7 +164,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Transport of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Protocol {
     #[default]
     Tcp,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use osk_builder::arch::Arch;
 use osk_builder::run::{
-    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, ForwardSocket, Forwarder,
+    self, Accel, Artifacts, BootImage, DiskSpec, Firmware, Follower, ForwardSocket, Forwarder,
     MetadataServer, Publish, QemuConfig, Share,
 };
 
@@ -32,6 +32,9 @@ pub enum RunCommand {
         /// The VM's state directory.
         #[arg(long)]
         state: PathBuf,
+        /// The forwarded Docker socket whose containers' ports to follow (its guest path).
+        #[arg(long, value_name = "GUEST_PATH")]
+        follow_ports: Option<String>,
     },
     /// Internal: QEMU runs this per guest connection to the metadata
     /// service (`--metadata-server`), the connection on stdin and stdout.
@@ -71,6 +74,13 @@ pub struct QemuArgs {
     /// the VM is stopped; in the foreground it is logged.
     #[arg(long, value_name = "SECONDS", requires = "forward_socket")]
     wait_sockets: Option<u64>,
+    /// Make the ports Docker's containers publish (`docker run -p 8080:80`)
+    /// reachable on the host's 127.0.0.1, for as long as each container
+    /// runs. GUEST_PATH is the guest path of the --forward-socket of
+    /// Docker's API (/var/run/docker.sock). With --detach the forward helper
+    /// does it.
+    #[arg(long, value_name = "GUEST_PATH", requires = "forward_socket")]
+    follow_ports: Option<String>,
     /// Share a host folder: HOST_DIR[:GUEST_DIR][,ro], over virtio-9p. It is
     /// mounted in the guest at GUEST_DIR, by default the host path itself. Repeatable.
     #[arg(long, value_parser = parse_from::<Share>, value_name = "HOST_DIR[:GUEST_DIR][,ro]")]
@@ -155,7 +165,10 @@ fn parse_mem(s: &str) -> anyhow::Result<u64> {
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::Qemu(args) => qemu(*args),
-        RunCommand::Forward { state } => forward_helper(&state),
+        RunCommand::Forward {
+            state,
+            follow_ports,
+        } => forward_helper(&state, follow_ports.as_deref()),
         RunCommand::MetadataRelay { address } => {
             // stderr is the guest's connection too: nothing may be logged.
             let _ = run::relay(&address, std::io::stdin(), std::io::stdout().lock());
@@ -166,6 +179,9 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
 }
 
 fn qemu(args: QemuArgs) -> anyhow::Result<()> {
+    if let Some(guest) = &args.follow_ports {
+        run::api_socket(&args.forward_socket, guest)?;
+    }
     let image = if args.name.is_file() {
         let image = BootImage::detect(&args.name)?;
         Some(if args.as_disk { image.as_disk() } else { image })
@@ -270,7 +286,8 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         println!("pid {}", vm.pid);
         println!("console {}", vm.console_log.display());
         println!("monitor {}", vm.monitor_socket.display());
-        if let Err(e) = start_forwards(&prepared.config, &vm, args.wait_sockets) {
+        let follow = args.follow_ports.as_deref();
+        if let Err(e) = start_forwards(&prepared.config, &vm, args.wait_sockets, follow) {
             // Nothing is left running: QEMU goes, and the helper with it.
             stop_detached(&vm);
             return Err(e);
@@ -289,6 +306,12 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
             f.serve_while(|| !d.load(std::sync::atomic::Ordering::SeqCst))
         }))
     };
+    if let Some(guest) = &args.follow_ports {
+        let api = run::api_socket(&prepared.config.forwards, guest)?.to_path_buf();
+        let mut follower = Follower::new(api, prepared.config.monitor_socket());
+        let d = done.clone();
+        std::thread::spawn(move || follower.run(|| !d.load(std::sync::atomic::Ordering::SeqCst)));
+    }
     if let Some(seconds) = args.wait_sockets {
         let (forwards, console) = (
             prepared.config.forward_pairs(),
@@ -321,11 +344,16 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
 
 /// Starts the forward helper of a detached VM, then with `wait` waits that
 /// long for the guest sockets to answer.
-fn start_forwards(cfg: &QemuConfig, vm: &run::Detached, wait: Option<u64>) -> anyhow::Result<()> {
+fn start_forwards(
+    cfg: &QemuConfig,
+    vm: &run::Detached,
+    wait: Option<u64>,
+    follow_ports: Option<&str>,
+) -> anyhow::Result<()> {
     if cfg.forwards.is_empty() {
         return Ok(());
     }
-    start_forward_helper(cfg)?;
+    start_forward_helper(cfg, follow_ports)?;
     if let Some(seconds) = wait {
         run::wait_answering(
             &cfg.forward_pairs(),
@@ -350,15 +378,18 @@ fn stop_detached(vm: &run::Detached) {
 
 /// Starts `osk run forward` for a detached VM, and returns once its host
 /// sockets accept, so that the caller can use them at once.
-fn start_forward_helper(cfg: &QemuConfig) -> anyhow::Result<()> {
+fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().context("locating this osk binary (the forward helper)")?;
     let log_path = cfg.state_dir.join(run::FORWARD_LOG);
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut child = std::process::Command::new(me)
-        .args(["run", "forward", "--state"])
-        .arg(&cfg.state_dir)
+    let mut cmd = std::process::Command::new(me);
+    cmd.args(["run", "forward", "--state"]).arg(&cfg.state_dir);
+    if let Some(guest) = follow_ports {
+        cmd.args(["--follow-ports", guest]);
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -388,8 +419,9 @@ fn start_forward_helper(cfg: &QemuConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `osk run forward`: serves a detached VM's forwards while its QEMU runs.
-fn forward_helper(state: &std::path::Path) -> anyhow::Result<()> {
+/// `osk run forward`: serves a detached VM's forwards, and with
+/// `follow_ports` follows its containers' ports, while its QEMU runs.
+fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow::Result<()> {
     let table_path = state.join(run::FORWARD_TABLE);
     let text = std::fs::read_to_string(&table_path)
         .with_context(|| format!("reading {}", table_path.display()))?;
@@ -401,11 +433,23 @@ fn forward_helper(state: &std::path::Path) -> anyhow::Result<()> {
         .trim()
         .parse()
         .with_context(|| format!("{} holds no pid", pid_path.display()))?;
+    let api = match follow_ports {
+        Some(guest) => {
+            let forwards: Vec<ForwardSocket> = pairs.iter().map(|(f, _)| f.clone()).collect();
+            Some(run::api_socket(&forwards, guest)?.to_path_buf())
+        }
+        None => None,
+    };
     let forwarder = Forwarder::bind(&pairs)?;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    if let Some(api) = api {
+        let mut follower = Follower::new(api, state.join(run::MONITOR_SOCKET));
+        let p = proc.clone();
+        std::thread::spawn(move || follower.run(|| p.exists()));
+    }
     let own = state.join(run::FORWARD_PID);
     std::fs::write(&own, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", own.display()))?;
-    let proc = PathBuf::from(format!("/proc/{pid}"));
     forwarder.serve_while(|| proc.exists());
     let _ = std::fs::remove_file(&own);
     Ok(())
