@@ -548,4 +548,58 @@ mod tests {
         assert!(published(b"{}").is_err());
         assert!(published(br#"[{"Id":"x","Ports":null}]"#).is_err());
     }
+
+    /// Against a real QEMU's monitor: a paused machine with only a user
+    /// network. Run by hand (it starts QEMU): `flock /tmp/osk-team/vm.lock
+    /// cargo test -p osk-builder --lib real_qemu -- --ignored`.
+    #[test]
+    #[ignore = "starts qemu-system-x86_64"]
+    fn real_qemu_opens_and_closes_the_forwards() {
+        use std::net::{TcpListener, TcpStream};
+        let dir = tempfile::tempdir().unwrap();
+        let (api, mon) = (
+            dir.path().join("docker.sock"),
+            dir.path().join("monitor.sock"),
+        );
+        let mut qemu = std::process::Command::new("qemu-system-x86_64")
+            .args(["-M", "none", "-S", "-nodefaults", "-display", "none"])
+            .args(["-netdev", "user,id=net0", "-monitor"])
+            .arg(format!("unix:{},server=on,wait=off", mon.display()))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&mon).is_err() {
+            assert!(Instant::now() < deadline, "no monitor");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap().port();
+        let publish = |p: u16| {
+            format!(
+                r#"{{"Id":"x","Ports":[{{"IP":"0.0.0.0","PrivatePort":80,"PublicPort":{p},"Type":"tcp"}}]}}"#
+            )
+        };
+        let mut docker = FakeDocker::start(&api, &format!("[{},{}]", publish(port), publish(busy)));
+        let mut f = Follower::new(&api, &mon);
+        f.sync().unwrap();
+        let ports: Vec<u16> = f.forwarded().iter().map(|p| p.port).collect();
+        assert_eq!(ports, [port], "the port in use is skipped");
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "QEMU does not listen on {port}"
+        );
+        *docker.containers.lock().unwrap() = "[]".into();
+        f.sync().unwrap();
+        assert!(f.forwarded().is_empty());
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "{port} is still open"
+        );
+        let _ = monitor_command(&mon, "quit", Duration::from_secs(5));
+        qemu.wait().unwrap();
+        docker.drop_api();
+    }
 }
