@@ -18,6 +18,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -196,22 +198,29 @@ impl Forwarder {
 }
 
 fn accept_loop(f: &ForwardSocket, listener: UnixListener, port: u16) {
+    // Warned about this outage already: a client retrying while the guest
+    // boots, or its service restarts, gets one warning, not one per try.
+    let warned = Arc::new(AtomicBool::new(false));
     for conn in listener.incoming() {
         match conn {
             Ok(unix) => {
-                let f = f.clone();
+                let (f, warned) = (f.clone(), warned.clone());
                 thread::spawn(move || match handshake(port, STATUS_TIMEOUT) {
                     Ok(tcp) => {
+                        if warned.swap(false, Ordering::Relaxed) {
+                            tracing::info!("the guest socket {} answers again", f.guest);
+                        }
                         if let Err(e) = join(unix, tcp) {
                             tracing::debug!("forward to {}: {e}", f.guest);
                         }
                     }
                     // Dropping `unix` closes the client's connection.
-                    Err(why) => tracing::warn!(
+                    Err(why) if !warned.swap(true, Ordering::Relaxed) => tracing::warn!(
                         "{}: the guest socket {} did not answer ({why}); is its service running?",
                         f.host.display(),
                         f.guest
                     ),
+                    Err(why) => tracing::debug!("{}: {why}", f.guest),
                 });
             }
             Err(e) => tracing::warn!("accepting on {}: {e}", f.host.display()),
@@ -337,8 +346,6 @@ pub fn parse_helper_table(text: &str) -> Option<Vec<(ForwardSocket, u16)>> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     #[test]
     fn parses_host_and_guest_paths() {
