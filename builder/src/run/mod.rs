@@ -28,7 +28,7 @@ pub use names::{
     ACCEL_ENV, CONSOLE_LOG, FORWARD_LOG, FORWARD_PID, FORWARD_TABLE, METADATA_ISO, MONITOR_SOCKET,
     PID_FILE, QEMU_BINARY, REACH, SHARE_TABLE, SOCKET_TABLE, UEFI_VARS,
 };
-pub use ports::{api_socket, Follower};
+pub use ports::{api_socket, Follower, Port};
 pub use relay::relay;
 pub use share::{guest_table, Share};
 pub use spawn::{

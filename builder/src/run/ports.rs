@@ -35,6 +35,17 @@ pub struct Port {
 }
 
 impl Port {
+    /// Its line in `STATE/reach`, as a `--publish` of the same port has.
+    pub fn reach_line(self) -> String {
+        super::Publish {
+            host_ip: std::net::Ipv4Addr::LOCALHOST,
+            host_port: self.port,
+            guest_port: self.port,
+            protocol: self.protocol,
+        }
+        .reach_line()
+    }
+
     /// The `hostfwd_add` rule: host loopback port → the guest's same port.
     fn rule(self) -> String {
         format!(
@@ -88,6 +99,9 @@ pub fn published(containers_json: &[u8]) -> Result<BTreeSet<Port>, serde_json::E
         .collect())
 }
 
+/// What [`Follower::on_change`] calls.
+type OnChange = dyn Fn(&BTreeSet<Port>) + Send;
+
 /// Keeps QEMU's forwards equal to what the containers publish.
 pub struct Follower {
     api: PathBuf,
@@ -96,6 +110,8 @@ pub struct Follower {
     forwarded: BTreeSet<Port>,
     /// The current session got as far as its first sync.
     connected: bool,
+    /// Told the forwards after each change.
+    on_change: Option<Box<OnChange>>,
 }
 
 impl Follower {
@@ -107,7 +123,15 @@ impl Follower {
             monitor: monitor.into(),
             forwarded: BTreeSet::new(),
             connected: false,
+            on_change: None,
         }
+    }
+
+    /// Calls `f` with the forwards in place after each change (to keep
+    /// `STATE/reach` current).
+    pub fn on_change(mut self, f: impl Fn(&BTreeSet<Port>) + Send + 'static) -> Follower {
+        self.on_change = Some(Box::new(f));
+        self
     }
 
     /// The forwards in place now.
@@ -172,6 +196,14 @@ impl Follower {
     }
 
     fn apply(&mut self, want: &BTreeSet<Port>) {
+        let before = self.forwarded.clone();
+        self.update(want);
+        if let Some(f) = self.on_change.as_ref().filter(|_| before != self.forwarded) {
+            f(&self.forwarded);
+        }
+    }
+
+    fn update(&mut self, want: &BTreeSet<Port>) {
         let gone: Vec<Port> = self.forwarded.difference(want).copied().collect();
         for p in gone {
             let answer = self.monitor(&format!("hostfwd_remove {NETDEV} {}", p.host_side()));
@@ -453,14 +485,24 @@ mod tests {
         let mut docker = FakeDocker::start(&api, &format!("[{WEB},{LOCAL_AND_EXPOSED}]"));
         let done = Arc::new(AtomicBool::new(false));
         let log = Log::default();
-        let (d, l, a, m) = (done.clone(), log.clone(), api.clone(), mon.clone());
+        let reach: Shared<Vec<String>> = Arc::default();
+        let (d, l, a, m, r) = (
+            done.clone(),
+            log.clone(),
+            api.clone(),
+            mon.clone(),
+            reach.clone(),
+        );
         let follower = thread::spawn(move || {
             let sub = tracing_subscriber::fmt()
                 .with_writer(move || l.clone())
                 .with_ansi(false)
                 .finish();
             tracing::subscriber::with_default(sub, || {
-                let mut f = Follower::new(a, m);
+                let mut f = Follower::new(a, m).on_change(move |p| {
+                    let lines: String = p.iter().map(|p| p.reach_line()).collect();
+                    r.lock().unwrap().push(lines);
+                });
                 f.run(|| !d.load(Ordering::SeqCst));
                 f
             })
@@ -504,6 +546,13 @@ mod tests {
             .map(|p| format!("{}/{}", p.port, p.protocol.as_str()))
             .collect();
         assert_eq!(ports, ["7000/tcp", "5353/udp"]);
+        // Told after each change; the last is what holds now.
+        let reach = reach.lock().unwrap().clone();
+        assert_eq!(reach.len(), 4, "{reach:?}");
+        assert_eq!(
+            reach[3],
+            "port\t127.0.0.1:7000\t7000/tcp\nport\t127.0.0.1:5353\t5353/udp\n"
+        );
         let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert!(
             log.contains("WARN")

@@ -374,6 +374,8 @@ fn stop_detached(vm: &run::Detached) {
     while helper.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // It tells how to reach a VM that is not there.
+    let _ = std::fs::remove_file(vm.state_dir.join(run::REACH));
 }
 
 /// Starts `osk run forward` for a detached VM, and returns once its host
@@ -419,6 +421,14 @@ fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow:
     Ok(())
 }
 
+/// Writes `text` to `path` whole: under another name, then renamed.
+fn write_replacing(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// `osk run forward`: serves a detached VM's forwards, and with
 /// `follow_ports` follows its containers' ports, while its QEMU runs.
 fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow::Result<()> {
@@ -443,7 +453,19 @@ fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow
     let forwarder = Forwarder::bind(&pairs)?;
     let proc = PathBuf::from(format!("/proc/{pid}"));
     if let Some(api) = api {
-        let mut follower = Follower::new(api, state.join(run::MONITOR_SOCKET));
+        // STATE/reach: what `osk run qemu --detach` wrote, then the ports
+        // that follow the containers.
+        let reach = state.join(run::REACH);
+        let fixed = std::fs::read_to_string(&reach).unwrap_or_default();
+        let mut follower =
+            Follower::new(api, state.join(run::MONITOR_SOCKET)).on_change(move |ports| {
+                let text: String = std::iter::once(fixed.clone())
+                    .chain(ports.iter().map(|p| p.reach_line()))
+                    .collect();
+                if let Err(e) = write_replacing(&reach, &text) {
+                    tracing::warn!("updating {}: {e}", reach.display());
+                }
+            });
         let p = proc.clone();
         std::thread::spawn(move || follower.run(|| p.exists()));
     }
