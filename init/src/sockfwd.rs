@@ -7,14 +7,20 @@
 //! forwarded connection comes from that network's gateway. A container on a
 //! bridge, or a process on the machine itself, has another address and is
 //! refused, so the socket (Docker's API is root) is not opened to the guest's
-//! own workloads.
+//! own workloads. Where QEMU gave the machine a vsock device, a row may ask
+//! for AF_VSOCK instead (`vsock:PORT`); then only the host's CID may connect.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread;
 
-use osk_layout::forward::{Forward, Status};
+use nix::sys::socket::{
+    accept4, bind, getpeername, listen, socket, AddressFamily, Backlog, SockFlag, SockType,
+    VsockAddr,
+};
+use osk_layout::forward::{Forward, Listen, Status, HOST_CID};
 
 /// The default route's gateway in `/proc/net/route`'s text, if there is one.
 pub fn default_gateway(route: &str) -> Option<Ipv4Addr> {
@@ -37,25 +43,77 @@ pub fn allowed(peer: IpAddr, gateway: Option<Ipv4Addr>) -> bool {
 /// Serves every forward until the process is stopped. Reads the gateway
 /// at each connection: DHCP may set it after the service starts.
 pub fn serve(forwards: Vec<Forward>, read_route: fn() -> String) -> io::Result<()> {
-    let mut listeners = Vec::new();
+    let mut handles = Vec::new();
     for f in forwards {
-        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, f.port)).map_err(|e| {
+        let named = |e: io::Error| {
             io::Error::new(
                 e.kind(),
                 format!("listening on port {} for {}: {e}", f.port, f.path),
             )
-        })?;
-        tracing::info!("forwarding port {} to {}", f.port, f.path);
-        listeners.push((l, f));
+        };
+        match f.listen {
+            Listen::Tcp => {
+                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, f.port)).map_err(named)?;
+                tracing::info!("forwarding port {} to {}", f.port, f.path);
+                handles.push(thread::spawn(move || accept_loop(l, f, read_route)));
+            }
+            Listen::Vsock => {
+                let l = vsock_listener(f.port).map_err(named)?;
+                tracing::info!("forwarding vsock port {} to {}", f.port, f.path);
+                handles.push(thread::spawn(move || vsock_accept_loop(l, f)));
+            }
+        }
     }
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .map(|(l, f)| thread::spawn(move || accept_loop(l, f, read_route)))
-        .collect();
     for h in handles {
         let _ = h.join();
     }
     Ok(())
+}
+
+fn vsock_listener(port: u16) -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, port.into()),
+    )?;
+    listen(&fd, Backlog::new(16)?)?;
+    Ok(fd)
+}
+
+fn vsock_accept_loop(listener: OwnedFd, f: Forward) {
+    loop {
+        let raw = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!("accepting on vsock port {}: {e}", f.port);
+                continue;
+            }
+        };
+        // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+        let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+        let peer = getpeername::<VsockAddr>(conn.as_raw_fd()).map(|a| a.cid());
+        if peer != Ok(HOST_CID) {
+            tracing::warn!(
+                "refused a vsock connection to {} from CID {peer:?}: only the host may use it",
+                f.path
+            );
+            continue;
+        }
+        // std has no vsock stream; UnixStream's reads, writes, shutdown and
+        // dup are the plain socket calls a vsock stream takes too.
+        let stream = UnixStream::from(conn);
+        let path = f.path.clone();
+        thread::spawn(move || {
+            if let Err(e) = join(stream, &path) {
+                tracing::warn!("forwarding to {path}: {e}");
+            }
+        });
+    }
 }
 
 fn accept_loop(listener: TcpListener, f: Forward, read_route: fn() -> String) {
@@ -88,18 +146,43 @@ fn accept_loop(listener: TcpListener, f: Forward, read_route: fn() -> String) {
     }
 }
 
+/// A connection from the host, TCP or vsock, that can be read and written
+/// from two threads.
+trait Duplex: Read + Write + Send + Sized + 'static {
+    fn dup(&self) -> io::Result<Self>;
+    fn close_write(&self);
+}
+
+impl Duplex for TcpStream {
+    fn dup(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl Duplex for UnixStream {
+    fn dup(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
 /// Says whether `path` answered, then copies both ways until each side
 /// has said all it had to.
-fn join(tcp: TcpStream, path: &str) -> io::Result<()> {
+fn join<S: Duplex>(mut tcp: S, path: &str) -> io::Result<()> {
     let unix = match UnixStream::connect(path) {
         Ok(u) => u,
         Err(e) => {
-            let _ = (&tcp).write_all(&Status::Err(reason(&e)).encode());
+            let _ = tcp.write_all(&Status::Err(reason(&e)).encode());
             return Err(e);
         }
     };
-    (&tcp).write_all(&Status::Ok.encode())?;
-    let (mut tcp_r, mut unix_w) = (tcp.try_clone()?, unix.try_clone()?);
+    tcp.write_all(&Status::Ok.encode())?;
+    let (mut tcp_r, mut unix_w) = (tcp.dup()?, unix.try_clone()?);
     let up = thread::spawn(move || {
         let r = io::copy(&mut tcp_r, &mut unix_w);
         let _ = unix_w.shutdown(Shutdown::Write);
@@ -107,7 +190,7 @@ fn join(tcp: TcpStream, path: &str) -> io::Result<()> {
     });
     let (mut unix_r, mut tcp_w) = (unix, tcp);
     let down = io::copy(&mut unix_r, &mut tcp_w);
-    let _ = tcp_w.shutdown(Shutdown::Write);
+    tcp_w.close_write();
     let _ = up.join();
     down.map(|_| ())
 }
@@ -189,5 +272,27 @@ mod tests {
         c.read_to_string(&mut got).unwrap();
         assert_eq!(got, "ERR No such file or directory\n");
         assert!(guest.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_vsock_like_stream_is_joined_the_same_way() {
+        // A vsock connection is carried as a UnixStream; a socketpair stands in.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("echo.sock");
+        let server = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+            s.write_all(&[b"echo:".as_slice(), &buf].concat()).unwrap();
+        });
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let path = sock.to_str().unwrap().to_string();
+        thread::spawn(move || join(guest, &path).unwrap());
+        host.write_all(b"ping").unwrap();
+        host.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        host.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"OK\necho:ping");
     }
 }

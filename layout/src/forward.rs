@@ -8,6 +8,10 @@
 //! forwarded connection comes from, and no container is), then connects to
 //! the socket. One forward per line: `PORT<TAB>GUEST_PATH`.
 //!
+//! Where the host has vsock (`/dev/vhost-vsock`, Docker Desktop's way) the
+//! guest listens on AF_VSOCK instead, and accepts only the host (CID 2):
+//! `vsock:PORT<TAB>GUEST_PATH`.
+//!
 //! On each connection the guest half first says whether it reached the
 //! socket, one [`Status`] line, so the host can tell a silent service from
 //! a working one: `OK\n` then the socket's bytes, or `ERR <reason>\n` and
@@ -86,9 +90,23 @@ impl Status {
     }
 }
 
+/// What the guest half listens on for a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Listen {
+    /// TCP, reached through QEMU's user network.
+    #[default]
+    Tcp,
+    /// AF_VSOCK, reached from the host directly.
+    Vsock,
+}
+
+/// The host's vsock address (`VMADDR_CID_HOST`): the only peer allowed.
+pub const HOST_CID: u32 = 2;
+
 /// One forwarded socket as the guest sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    pub listen: Listen,
     pub port: u16,
     /// Absolute path of the unix socket in the guest.
     pub path: String,
@@ -121,7 +139,10 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
 pub fn encode(forwards: &[Forward]) -> String {
     forwards
         .iter()
-        .map(|f| format!("{}\t{}\n", f.port, f.path))
+        .map(|f| match f.listen {
+            Listen::Tcp => format!("{}\t{}\n", f.port, f.path),
+            Listen::Vsock => format!("vsock:{}\t{}\n", f.port, f.path),
+        })
         .collect()
 }
 
@@ -139,6 +160,10 @@ pub fn parse(text: &str) -> Result<Vec<Forward>, TableError> {
         let (port, path) = line
             .split_once('\t')
             .ok_or_else(|| bad("wants PORT and a path, separated by a tab"))?;
+        let (listen, port) = match port.strip_prefix("vsock:") {
+            Some(p) => (Listen::Vsock, p),
+            None => (Listen::Tcp, port),
+        };
         let port: u16 = port
             .parse()
             .ok()
@@ -148,6 +173,7 @@ pub fn parse(text: &str) -> Result<Vec<Forward>, TableError> {
             return Err(bad(reason));
         }
         out.push(Forward {
+            listen,
             port,
             path: path.to_string(),
         });
@@ -163,10 +189,12 @@ mod tests {
     fn round_trips() {
         let f = vec![
             Forward {
+                listen: Listen::Tcp,
                 port: FIRST_PORT,
                 path: "/var/run/docker.sock".into(),
             },
             Forward {
+                listen: Listen::Vsock,
                 port: FIRST_PORT + 1,
                 path: "/run/osk/control.sock".into(),
             },
@@ -174,7 +202,7 @@ mod tests {
         let text = encode(&f);
         assert_eq!(
             text,
-            "2390\t/var/run/docker.sock\n2391\t/run/osk/control.sock\n"
+            "2390\t/var/run/docker.sock\nvsock:2391\t/run/osk/control.sock\n"
         );
         assert_eq!(parse(&text).unwrap(), f);
     }
@@ -218,6 +246,8 @@ mod tests {
         assert!(parse("0\t/a").is_err());
         assert!(parse("2390\trelative").is_err());
         assert!(parse("2390 /a").is_err());
+        assert!(parse("vsock:x\t/a").is_err());
+        assert!(parse("tcp:2390\t/a").is_err());
         assert!(parse(&format!("2390\t/{}", "x".repeat(107))).is_err());
     }
 }

@@ -366,8 +366,11 @@ pub struct QemuConfig {
     pub shares: Vec<super::Share>,
     /// Guest unix sockets on the host (`--forward-socket`).
     pub forwards: Vec<super::ForwardSocket>,
-    /// The host loopback port of each forward; chosen by `prepare`.
+    /// The port the host dials for each forward (a loopback port, or the
+    /// guest's vsock port); chosen by `prepare`.
     pub forward_ports: Vec<u16>,
+    /// How the host reaches the guest's sockfwd; chosen by `prepare`.
+    pub forward_transport: super::Transport,
     /// Metadata for the guest, written to `STATE/metadata.iso` and attached as a CD-ROM.
     pub data: Option<Vec<u8>>,
     pub detach: bool,
@@ -404,6 +407,7 @@ impl QemuConfig {
             shares: Vec::new(),
             forwards: Vec::new(),
             forward_ports: Vec::new(),
+            forward_transport: super::Transport::UserNet,
             data: None,
             detach: false,
             reboot: true,
@@ -686,12 +690,18 @@ impl QemuConfig {
             netdev.push(",");
             netdev.push(p.hostfwd());
         }
-        for f in super::forward::hostfwds(&self.forward_ports) {
-            netdev.push(",");
-            netdev.push(f);
+        if self.forward_transport == super::Transport::UserNet {
+            for f in super::forward::hostfwds(&self.forward_ports) {
+                netdev.push(",");
+                netdev.push(f);
+            }
         }
         a.arg("-netdev").arg(netdev);
         a.args(["-device", "virtio-net-pci,netdev=net0"]);
+        if let super::Transport::Vsock { cid } = self.forward_transport {
+            a.arg("-device")
+                .arg(format!("vhost-vsock-pci,guest-cid={cid}"));
+        }
         // Entropy for the guest's early crypto (sshd host keys, TLS).
         a.args(["-device", "virtio-rng-pci"]);
 
@@ -922,6 +932,36 @@ mod tests {
             "socket\t/h/docker.sock\t/var/run/docker.sock\n\
              port\t127.0.0.1:8080\t80/tcp\n\
              port\t0.0.0.0:5353\t53/udp\n"
+        );
+    }
+
+    #[test]
+    fn forwards_ride_the_user_network_or_vsock() {
+        let mut c = base().forward_socket("/h/d.sock:/var/run/docker.sock".parse().unwrap());
+        c.forward_ports = vec![40001];
+        let v = argv(&c);
+        assert_eq!(
+            values(&v, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.0.0.1:40001-:2390"]
+        );
+        assert!(!values(&v, "-device").iter().any(|d| d.contains("vsock")));
+        // With vhost-vsock the host dials the guest's port directly: no
+        // loopback port at all, and the guest learns to listen on vsock.
+        c.forward_ports = vec![2390];
+        c.forward_transport = crate::run::Transport::Vsock { cid: 4242 };
+        let v = argv(&c);
+        assert_eq!(values(&v, "-netdev"), ["user,id=net0"]);
+        assert_eq!(
+            values(&v, "-device")[..],
+            [
+                "virtio-net-pci,netdev=net0",
+                "vhost-vsock-pci,guest-cid=4242",
+                "virtio-rng-pci"
+            ]
+        );
+        assert_eq!(
+            crate::run::forward::guest_table(&c.forwards, c.forward_transport),
+            "vsock:2390\t/var/run/docker.sock\n"
         );
     }
 

@@ -1,10 +1,12 @@
 //! `--forward-socket HOST_PATH:GUEST_PATH`: a unix socket in the guest
 //! appears as a unix socket on the host, mode 0600.
 //!
-//! This host has no vsock, so the way is QEMU's user network: each forward
-//! gets a free port on the host's loopback, forwarded to a guest port where
-//! the `sockfwd` service joins it to the guest socket (see
-//! `osk_layout::forward`). Nothing listens on a non-loopback address. The
+//! Where the host has `/dev/vhost-vsock` (Docker Desktop's way) the VM gets
+//! a vsock device and the host dials the guest's `sockfwd` over AF_VSOCK.
+//! Otherwise the way is QEMU's user network: each forward gets a free port
+//! on the host's loopback, forwarded to a guest port where the `sockfwd`
+//! service joins it to the guest socket (see `osk_layout::forward`).
+//! Nothing listens on a non-loopback address. The
 //! host half is a [`Forwarder`]: threads of `osk run` in the foreground, or
 //! a helper process that `--detach` leaves behind and that ends, removing
 //! its sockets, when QEMU does. Each connection starts with the guest's
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use osk_layout::forward::{self as table, Forward, Status};
+use osk_layout::forward::{self as table, Forward, Listen, Status};
 
 use super::{Error, Result};
 
@@ -79,12 +81,55 @@ pub fn guest_port(index: usize) -> u16 {
     table::FIRST_PORT + index as u16
 }
 
+/// How the host reaches the guest half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// A loopback port QEMU's user network forwards to the guest.
+    #[default]
+    UserNet,
+    /// The guest's vsock device, context id `cid`.
+    Vsock { cid: u32 },
+}
+
+/// Where the kernel offers vsock to VMs.
+pub const VHOST_VSOCK: &str = "/dev/vhost-vsock";
+
+/// Vsock when `/dev/vhost-vsock` opens read-write (QEMU needs that), with
+/// a context id of this run's own; else the user network.
+pub fn pick_transport() -> Transport {
+    let usable = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(VHOST_VSOCK)
+        .is_ok();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    transport_for(usable, std::process::id() ^ nanos.rotate_left(16))
+}
+
+fn transport_for(vhost_vsock: bool, seed: u32) -> Transport {
+    if !vhost_vsock {
+        return Transport::UserNet;
+    }
+    // CIDs are host-wide: 0-2 are reserved, u32::MAX is "any", two VMs differ.
+    Transport::Vsock {
+        cid: 3 + seed % (u32::MAX - 3),
+    }
+}
+
 /// The table the guest reads.
-pub fn guest_table(forwards: &[ForwardSocket]) -> String {
+pub fn guest_table(forwards: &[ForwardSocket], transport: Transport) -> String {
+    let listen = match transport {
+        Transport::UserNet => Listen::Tcp,
+        Transport::Vsock { .. } => Listen::Vsock,
+    };
     let rows: Vec<Forward> = forwards
         .iter()
         .enumerate()
         .map(|(i, f)| Forward {
+            listen,
             port: guest_port(i),
             path: f.guest.clone(),
         })
@@ -154,12 +199,13 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// The host half: one listening socket per forward.
 pub struct Forwarder {
     sockets: Vec<(ForwardSocket, UnixListener, u16)>,
+    transport: Transport,
 }
 
 impl Forwarder {
     /// Binds each host socket, mode 0600 from the start: bound under a
     /// temporary name, restricted, then renamed into place.
-    pub fn bind(forwards: &[(ForwardSocket, u16)]) -> Result<Forwarder> {
+    pub fn bind(forwards: &[(ForwardSocket, u16)], transport: Transport) -> Result<Forwarder> {
         let mut sockets = Vec::new();
         for (f, port) in forwards {
             let path = &f.host;
@@ -174,7 +220,7 @@ impl Forwarder {
             fs::rename(&tmp, path).map_err(Error::io(path))?;
             sockets.push((f.clone(), l, *port));
         }
-        Ok(Forwarder { sockets })
+        Ok(Forwarder { sockets, transport })
     }
 
     /// Serves until `alive` says false (checked every 500 ms), then removes
@@ -185,8 +231,9 @@ impl Forwarder {
             .iter()
             .map(|(f, _, _)| f.host.clone())
             .collect();
+        let transport = self.transport;
         for (f, listener, port) in self.sockets {
-            thread::spawn(move || accept_loop(&f, listener, port));
+            thread::spawn(move || accept_loop(&f, listener, transport, port));
         }
         while alive() {
             thread::sleep(Duration::from_millis(500));
@@ -197,7 +244,7 @@ impl Forwarder {
     }
 }
 
-fn accept_loop(f: &ForwardSocket, listener: UnixListener, port: u16) {
+fn accept_loop(f: &ForwardSocket, listener: UnixListener, transport: Transport, port: u16) {
     // Warned about this outage already: a client retrying while the guest
     // boots, or its service restarts, gets one warning, not one per try.
     let warned = Arc::new(AtomicBool::new(false));
@@ -205,7 +252,7 @@ fn accept_loop(f: &ForwardSocket, listener: UnixListener, port: u16) {
         match conn {
             Ok(unix) => {
                 let (f, warned) = (f.clone(), warned.clone());
-                thread::spawn(move || match handshake(port, STATUS_TIMEOUT) {
+                thread::spawn(move || match handshake(transport, port, STATUS_TIMEOUT) {
                     Ok(tcp) => {
                         if warned.swap(false, Ordering::Relaxed) {
                             tracing::info!("the guest socket {} answers again", f.guest);
@@ -228,17 +275,28 @@ fn accept_loop(f: &ForwardSocket, listener: UnixListener, port: u16) {
     }
 }
 
-/// Connects to the guest half on the loopback `port` and reads its status
-/// line: the connection, ready to carry the socket's bytes, or why not.
-pub fn handshake(port: u16, timeout: Duration) -> std::result::Result<TcpStream, String> {
-    let mut tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
-    tcp.set_read_timeout(Some(timeout))
+/// Connects to the guest half at `port` and reads its status line: the
+/// connection, ready to carry the socket's bytes, or why not.
+pub fn handshake(
+    transport: Transport,
+    port: u16,
+    timeout: Duration,
+) -> std::result::Result<GuestStream, String> {
+    let mut guest = match transport {
+        Transport::UserNet => TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .map(GuestStream::Tcp)
+            .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?,
+        Transport::Vsock { cid } => vsock_connect(cid, port)
+            .map(GuestStream::Vsock)
+            .map_err(|e| format!("connecting to vsock {cid}:{port}: {e}"))?,
+    };
+    guest
+        .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    match Status::read(&mut tcp) {
+    match Status::read(&mut guest) {
         Ok(Some(Status::Ok)) => {
-            tcp.set_read_timeout(None).map_err(|e| e.to_string())?;
-            Ok(tcp)
+            guest.set_read_timeout(None).map_err(|e| e.to_string())?;
+            Ok(guest)
         }
         Ok(Some(Status::Err(reason))) => Err(format!("the guest said: {reason}")),
         // QEMU accepts for the guest, and closes when nothing listens there.
@@ -260,11 +318,92 @@ pub fn handshake(port: u16, timeout: Duration) -> std::result::Result<TcpStream,
     }
 }
 
+/// The host's connection to the guest half.
+#[derive(Debug)]
+pub enum GuestStream {
+    Tcp(TcpStream),
+    /// std has no vsock stream; UnixStream's reads, writes, shutdown and
+    /// dup are the plain socket calls a vsock stream takes too.
+    Vsock(UnixStream),
+}
+
+impl GuestStream {
+    fn try_clone(&self) -> io::Result<GuestStream> {
+        Ok(match self {
+            GuestStream::Tcp(s) => GuestStream::Tcp(s.try_clone()?),
+            GuestStream::Vsock(s) => GuestStream::Vsock(s.try_clone()?),
+        })
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            GuestStream::Tcp(s) => s.set_read_timeout(t),
+            GuestStream::Vsock(s) => s.set_read_timeout(t),
+        }
+    }
+    fn close_write(&self) {
+        let _ = match self {
+            GuestStream::Tcp(s) => s.shutdown(Shutdown::Write),
+            GuestStream::Vsock(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+}
+
+impl io::Read for GuestStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            GuestStream::Tcp(s) => s.read(buf),
+            GuestStream::Vsock(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for GuestStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            GuestStream::Tcp(s) => s.write(buf),
+            GuestStream::Vsock(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An AF_VSOCK stream to `cid:port`.
+fn vsock_connect(cid: u32, port: u16) -> io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port.into();
+    // SAFETY: `addr` is a sockaddr_vm and the length says so.
+    let r = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
+}
+
 /// Waits until every forward's guest socket answers, probing each through
 /// the handshake; fails naming the first that stays silent for `timeout`,
 /// or when `alive` (QEMU runs) turns false. `console` is where to look.
 pub fn wait_answering(
     forwards: &[(ForwardSocket, u16)],
+    transport: Transport,
     timeout: Duration,
     alive: impl Fn() -> bool,
     console: &Path,
@@ -275,7 +414,7 @@ pub fn wait_answering(
             // Never a zero read timeout, which the socket refuses.
             let left = deadline.saturating_duration_since(Instant::now());
             let probe = left.clamp(Duration::from_millis(100), PROBE_TIMEOUT);
-            let why = match handshake(*port, probe) {
+            let why = match handshake(transport, *port, probe) {
                 Ok(_) => break,
                 Err(why) => why,
             };
@@ -303,43 +442,54 @@ pub fn wait_answering(
 }
 
 /// Copies both ways until each side has said all it had to.
-fn join(unix: UnixStream, tcp: TcpStream) -> io::Result<()> {
-    let (mut unix_r, mut tcp_w) = (unix.try_clone()?, tcp.try_clone()?);
+fn join(unix: UnixStream, guest: GuestStream) -> io::Result<()> {
+    let (mut unix_r, mut guest_w) = (unix.try_clone()?, guest.try_clone()?);
     let up = thread::spawn(move || {
-        let r = io::copy(&mut unix_r, &mut tcp_w);
-        let _ = tcp_w.shutdown(Shutdown::Write);
+        let r = io::copy(&mut unix_r, &mut guest_w);
+        guest_w.close_write();
         r
     });
-    let (mut tcp_r, mut unix_w) = (tcp, unix);
-    let down = io::copy(&mut tcp_r, &mut unix_w);
+    let (mut guest_r, mut unix_w) = (guest, unix);
+    let down = io::copy(&mut guest_r, &mut unix_w);
     let _ = unix_w.shutdown(Shutdown::Write);
     let _ = up.join();
     down.map(|_| ())
 }
 
-/// What a detached VM's helper needs: `PORT<TAB>GUEST_PATH<TAB>HOST_PATH`
-/// per line (the guest path holds no tab; the host path comes last).
-pub fn helper_table(forwards: &[(ForwardSocket, u16)]) -> String {
-    forwards
+/// What a detached VM's helper needs: `vsock<TAB>CID` first when the
+/// transport is vsock, then `PORT<TAB>GUEST_PATH<TAB>HOST_PATH` per line
+/// (the guest path holds no tab; the host path comes last).
+pub fn helper_table(forwards: &[(ForwardSocket, u16)], transport: Transport) -> String {
+    let head = match transport {
+        Transport::UserNet => String::new(),
+        Transport::Vsock { cid } => format!("vsock\t{cid}\n"),
+    };
+    let rows = forwards
         .iter()
-        .map(|(f, port)| format!("{port}\t{}\t{}\n", f.guest, f.host.display()))
-        .collect()
+        .map(|(f, port)| format!("{port}\t{}\t{}\n", f.guest, f.host.display()));
+    std::iter::once(head).chain(rows).collect()
 }
 
 /// Reads [`helper_table`] back.
-pub fn parse_helper_table(text: &str) -> Option<Vec<(ForwardSocket, u16)>> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (port, rest) = l.split_once('\t')?;
-            let (guest, host) = rest.split_once('\t')?;
-            let f = ForwardSocket {
-                host: PathBuf::from(host),
-                guest: guest.to_string(),
+pub fn parse_helper_table(text: &str) -> Option<(Vec<(ForwardSocket, u16)>, Transport)> {
+    let mut transport = Transport::UserNet;
+    let mut rows = Vec::new();
+    for l in text.lines().filter(|l| !l.is_empty()) {
+        let (port, rest) = l.split_once('\t')?;
+        if port == "vsock" {
+            transport = Transport::Vsock {
+                cid: rest.parse().ok()?,
             };
-            Some((f, port.parse().ok()?))
-        })
-        .collect()
+            continue;
+        }
+        let (guest, host) = rest.split_once('\t')?;
+        let f = ForwardSocket {
+            host: PathBuf::from(host),
+            guest: guest.to_string(),
+        };
+        rows.push((f, port.parse().ok()?));
+    }
+    Some((rows, transport))
 }
 
 #[cfg(test)]
@@ -371,7 +521,10 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        assert_eq!(guest_table(&f), "2390\t/run/a.sock\n2391\t/run/b.sock\n");
+        assert_eq!(
+            guest_table(&f, Transport::UserNet),
+            "2390\t/run/a.sock\n2391\t/run/b.sock\n"
+        );
         assert_eq!(
             hostfwds(&[40001, 40002]),
             [
@@ -386,9 +539,32 @@ mod tests {
             },
             40001,
         )];
-        assert_eq!(helper_table(&pairs), "40001\t/run/a.sock\t/h/a\tb.sock\n");
-        assert_eq!(parse_helper_table(&helper_table(&pairs)), Some(pairs));
+        let text = helper_table(&pairs, Transport::UserNet);
+        assert_eq!(text, "40001\t/run/a.sock\t/h/a\tb.sock\n");
+        assert_eq!(
+            parse_helper_table(&text),
+            Some((pairs.clone(), Transport::UserNet))
+        );
+        let vsock = Transport::Vsock { cid: 77 };
+        let text = helper_table(&pairs, vsock);
+        assert!(text.starts_with("vsock\t77\n"), "{text}");
+        assert_eq!(parse_helper_table(&text), Some((pairs, vsock)));
         assert!("/h/a\nb.sock:/run/a.sock".parse::<ForwardSocket>().is_err());
+    }
+
+    #[test]
+    fn vsock_only_with_vhost_vsock_and_never_a_reserved_cid() {
+        assert_eq!(transport_for(false, 7), Transport::UserNet);
+        for seed in [0, 1, 2, u32::MAX - 4, u32::MAX - 3, u32::MAX] {
+            let Transport::Vsock { cid } = transport_for(true, seed) else {
+                panic!("no vsock");
+            };
+            assert!((3..u32::MAX).contains(&cid), "{seed}: {cid}");
+        }
+        // This host has no /dev/vhost-vsock: the user network.
+        if !Path::new(VHOST_VSOCK).exists() {
+            assert_eq!(pick_transport(), Transport::UserNet);
+        }
     }
 
     #[test]
@@ -448,7 +624,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let port = fake_guest(Status::Ok);
         let path = dir.path().join("sub/fwd.sock");
-        let fwd = Forwarder::bind(&[(forward(&path, "/run/a.sock"), port)]).unwrap();
+        let fwd =
+            Forwarder::bind(&[(forward(&path, "/run/a.sock"), port)], Transport::UserNet).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let (stop, server) = serve(fwd);
@@ -468,11 +645,16 @@ mod tests {
     fn a_guest_socket_that_is_not_there_closes_the_client_and_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let port = fake_guest(Status::Err("No such file or directory".into()));
-        let why = handshake(port, Duration::from_secs(5)).unwrap_err();
+        let why = handshake(Transport::UserNet, port, Duration::from_secs(5)).unwrap_err();
         assert_eq!(why, "the guest said: No such file or directory");
         let path = dir.path().join("fwd.sock");
-        let (stop, server) =
-            serve(Forwarder::bind(&[(forward(&path, "/var/run/docker.sock"), port)]).unwrap());
+        let (stop, server) = serve(
+            Forwarder::bind(
+                &[(forward(&path, "/var/run/docker.sock"), port)],
+                Transport::UserNet,
+            )
+            .unwrap(),
+        );
         let mut c = UnixStream::connect(&path).unwrap();
         c.write_all(b"GET /_ping HTTP/1.1\r\n\r\n").unwrap();
         // Closed: at its end, or reset since the request was never read.
@@ -490,7 +672,7 @@ mod tests {
         // Accepts and says nothing: a guest half that hangs.
         let mute = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = mute.local_addr().unwrap().port();
-        let why = handshake(port, Duration::from_millis(200)).unwrap_err();
+        let why = handshake(Transport::UserNet, port, Duration::from_millis(200)).unwrap_err();
         assert!(why.contains("no status") && why.contains("within"), "{why}");
         // Accepts and closes: QEMU's answer when nothing listens in the guest.
         thread::spawn(move || {
@@ -498,7 +680,7 @@ mod tests {
                 drop(s);
             }
         });
-        let why = handshake(port, Duration::from_secs(5)).unwrap_err();
+        let why = handshake(Transport::UserNet, port, Duration::from_secs(5)).unwrap_err();
         assert!(why.contains("closed the connection"), "{why}");
     }
 
@@ -512,6 +694,7 @@ mod tests {
         );
         wait_answering(
             std::slice::from_ref(&ok),
+            Transport::UserNet,
             Duration::from_secs(5),
             || true,
             &console,
@@ -525,6 +708,7 @@ mod tests {
         let t = Instant::now();
         let e = wait_answering(
             &[ok, silent.clone()],
+            Transport::UserNet,
             Duration::from_secs(1),
             || true,
             &console,
@@ -542,9 +726,15 @@ mod tests {
         );
         // QEMU gone: said at once, not after the timeout.
         let t = Instant::now();
-        let e = wait_answering(&[silent], Duration::from_secs(60), || false, &console)
-            .unwrap_err()
-            .to_string();
+        let e = wait_answering(
+            &[silent],
+            Transport::UserNet,
+            Duration::from_secs(60),
+            || false,
+            &console,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert!(
             e.starts_with("QEMU exited before the guest socket /var/run/docker.sock"),

@@ -21,7 +21,9 @@ pub use config::{
     parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
     Publish, QemuConfig, AAVMF_CODE, AAVMF_VARS, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
 };
-pub use forward::{parse_helper_table, wait_answering, ForwardSocket, Forwarder};
+pub use forward::{
+    parse_helper_table, wait_answering, ForwardSocket, Forwarder, Transport, VHOST_VSOCK,
+};
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};
 pub use names::{

@@ -179,20 +179,23 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
         for f in &config.forwards {
             super::forward::claim(&f.host)?;
         }
-        config.forward_ports = config
-            .forwards
-            .iter()
-            .map(|_| super::forward::free_loopback_port())
-            .collect::<Result<_>>()?;
+        config.forward_transport = super::forward::pick_transport();
+        config.forward_ports = match config.forward_transport {
+            super::Transport::UserNet => config
+                .forwards
+                .iter()
+                .map(|_| super::forward::free_loopback_port())
+                .collect::<Result<_>>()?,
+            super::Transport::Vsock { .. } => (0..config.forwards.len())
+                .map(super::forward::guest_port)
+                .collect(),
+        };
         let table = state.join(super::SOCKET_TABLE);
-        fs::write(&table, super::forward::guest_table(&config.forwards))
-            .map_err(Error::io(&table))?;
+        let guest = super::forward::guest_table(&config.forwards, config.forward_transport);
+        fs::write(&table, guest).map_err(Error::io(&table))?;
         let helper = state.join(super::FORWARD_TABLE);
-        fs::write(
-            &helper,
-            super::forward::helper_table(&config.forward_pairs()),
-        )
-        .map_err(Error::io(&helper))?;
+        let text = super::forward::helper_table(&config.forward_pairs(), config.forward_transport);
+        fs::write(&helper, text).map_err(Error::io(&helper))?;
     }
     if !config.shares.is_empty() {
         for s in &config.shares {

@@ -300,7 +300,10 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     let forwarder = if prepared.config.forwards.is_empty() {
         None
     } else {
-        let f = Forwarder::bind(&prepared.config.forward_pairs())?;
+        let f = Forwarder::bind(
+            &prepared.config.forward_pairs(),
+            prepared.config.forward_transport,
+        )?;
         let d = done.clone();
         Some(std::thread::spawn(move || {
             f.serve_while(|| !d.load(std::sync::atomic::Ordering::SeqCst))
@@ -317,12 +320,17 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
             prepared.config.forward_pairs(),
             PathBuf::from("the console"),
         );
+        let transport = prepared.config.forward_transport;
         let d = done.clone();
         std::thread::spawn(move || {
             let alive = || !d.load(std::sync::atomic::Ordering::SeqCst);
-            if let Err(e) =
-                run::wait_answering(&forwards, Duration::from_secs(seconds), alive, &console)
-            {
+            if let Err(e) = run::wait_answering(
+                &forwards,
+                transport,
+                Duration::from_secs(seconds),
+                alive,
+                &console,
+            ) {
                 tracing::warn!("{e}");
             }
         });
@@ -357,6 +365,7 @@ fn start_forwards(
     if let Some(seconds) = wait {
         run::wait_answering(
             &cfg.forward_pairs(),
+            cfg.forward_transport,
             Duration::from_secs(seconds),
             || vm.is_running(),
             &vm.console_log,
@@ -435,7 +444,7 @@ fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow
     let table_path = state.join(run::FORWARD_TABLE);
     let text = std::fs::read_to_string(&table_path)
         .with_context(|| format!("reading {}", table_path.display()))?;
-    let pairs = run::parse_helper_table(&text)
+    let (pairs, transport) = run::parse_helper_table(&text)
         .with_context(|| format!("{} is not a forward table", table_path.display()))?;
     let pid_path = state.join(run::PID_FILE);
     let pid: u32 = std::fs::read_to_string(&pid_path)
@@ -450,7 +459,7 @@ fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow
         }
         None => None,
     };
-    let forwarder = Forwarder::bind(&pairs)?;
+    let forwarder = Forwarder::bind(&pairs, transport)?;
     let proc = PathBuf::from(format!("/proc/{pid}"));
     if let Some(api) = api {
         // STATE/reach: what `osk run qemu --detach` wrote, then the ports
