@@ -8,7 +8,7 @@
 //! One folder per concern: [`boot`] (the sequence), [`sys`] (the seam),
 //! [`kmod`], [`containerd`], [`service`] (supervision), [`bundle`] (onboot
 //! and runtime.json host actions), [`net`], [`power`], [`log`], [`metadata`],
-//! and the helpers' libraries ([`sockfwd`], [`binfmt`]);
+//! and the helpers' libraries ([`sockfwd`], [`binfmt`], [`timesync`]);
 //! every guest path init owns is in [`paths`].
 
 pub mod binfmt;
@@ -26,3 +26,4 @@ pub mod reaper;
 pub mod service;
 pub mod sockfwd;
 pub mod sys;
+pub mod timesync;

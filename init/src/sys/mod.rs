@@ -8,11 +8,13 @@
 //!
 //! Module loading has its own small trait ([`crate::kmod::modules::Kmod`]),
 //! its real side here ([`RealKmod`]); so do the helpers `osk-binfmt`
-//! ([`crate::binfmt::BinfmtSys`], [`RealBinfmt`]) and `osk-timesync`. Leaves that keep their own raw calls:
+//! ([`crate::binfmt::BinfmtSys`], [`RealBinfmt`]) and `osk-timesync`
+//! ([`crate::timesync::TimeSys`], [`RealClock`]). Leaves that keep their own raw calls:
 //! rtnetlink ([`crate::net::Links`]),
 //! uevents ([`crate::kmod::uevent`]), the shim front's descriptors
 //! (`containerd/shimstart/fds.rs`) and evdev ([`crate::power::button`]).
 
+mod clock;
 mod real;
 #[cfg(test)]
 pub mod testing;
@@ -20,6 +22,7 @@ pub mod testing;
 use std::io;
 use std::path::Path;
 
+pub use clock::RealClock;
 pub use nix::mount::{MntFlags, MsFlags};
 pub use nix::sys::signal::Signal;
 pub use real::{
