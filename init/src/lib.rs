@@ -7,9 +7,11 @@
 //!
 //! One folder per concern: [`boot`] (the sequence), [`sys`] (the seam),
 //! [`kmod`], [`containerd`], [`service`] (supervision), [`bundle`] (onboot
-//! and runtime.json host actions), [`net`], [`power`], [`log`], [`metadata`];
+//! and runtime.json host actions), [`net`], [`power`], [`log`], [`metadata`],
+//! and the helpers' libraries ([`sockfwd`], [`binfmt`], [`timesync`]);
 //! every guest path init owns is in [`paths`].
 
+pub mod binfmt;
 pub mod boot;
 pub mod bundle;
 pub mod containerd;
@@ -24,3 +26,4 @@ pub mod reaper;
 pub mod service;
 pub mod sockfwd;
 pub mod sys;
+pub mod timesync;

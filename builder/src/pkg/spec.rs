@@ -60,12 +60,13 @@ pub struct Spec {
     pub kernel: Option<Kernel>,
     /// Extra path patterns to drop (root-relative globs; a match drops the
     /// subtree). Here and in `keep`, `${triplet}` is the target's Debian
-    /// multiarch triplet (`x86_64-linux-gnu`) and `${arch}` its Debian name.
+    /// multiarch triplet (`x86_64-linux-gnu`) and `${arch}` its Debian name;
+    /// `{path, arch}` is a pattern for that architecture only.
     #[serde(default)]
-    pub exclude: Vec<String>,
+    pub exclude: Vec<PathPattern>,
     /// Patterns kept even when excluded.
     #[serde(default)]
-    pub keep: Vec<String>,
+    pub keep: Vec<PathPattern>,
     #[serde(default = "yes")]
     pub default_excludes: bool,
     /// Files from the package folder.
@@ -166,6 +167,35 @@ impl Module {
         match self {
             Module::Any(_) => true,
             Module::Only { arch: a, .. } => a == arch.debian(),
+        }
+    }
+}
+
+/// An `exclude` or `keep` entry: a pattern, or `{path, arch}` for a pattern
+/// of one architecture only (what differs is not always spelt `${arch}`:
+/// qemu names amd64 `x86_64`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PathPattern {
+    Any(String),
+    Only {
+        path: String,
+        /// Debian architecture name, e.g. `amd64`.
+        arch: String,
+    },
+}
+
+impl PathPattern {
+    pub fn pattern(&self) -> &str {
+        match self {
+            PathPattern::Any(p) | PathPattern::Only { path: p, .. } => p,
+        }
+    }
+
+    fn applies_to(&self, arch: Arch) -> bool {
+        match self {
+            PathPattern::Any(_) => true,
+            PathPattern::Only { arch: a, .. } => a == arch.debian(),
         }
     }
 }
@@ -322,12 +352,25 @@ impl Spec {
                 return bad("a `kernel` package holds only /kernel and /kernel.tar (no files, binaries or from)".into());
             }
         }
+        for p in self.exclude.iter().chain(&self.keep) {
+            if let PathPattern::Only { path, arch } = p {
+                if let Err(e) = arch.parse::<Arch>() {
+                    return bad(format!("{path}: {e}"));
+                }
+            }
+        }
         let templated = self
             .exclude
             .iter()
             .chain(&self.keep)
-            .chain(self.debian.iter().flat_map(|d| &d.packages))
-            .chain(self.kernel.iter().map(|k| &k.package));
+            .map(PathPattern::pattern)
+            .chain(
+                self.debian
+                    .iter()
+                    .flat_map(|d| &d.packages)
+                    .map(String::as_str),
+            )
+            .chain(self.kernel.iter().map(|k| k.package.as_str()));
         for t in templated {
             if let Err(m) = expand(t, Arch::Amd64) {
                 return bad(m);
@@ -425,12 +468,7 @@ impl Spec {
     /// All exclude patterns in force for `arch`.
     pub fn excludes(&self, arch: Arch) -> Vec<String> {
         let defaults = DEFAULT_EXCLUDES.iter().filter(|_| self.default_excludes);
-        expand_all(
-            defaults
-                .copied()
-                .chain(self.exclude.iter().map(String::as_str)),
-            arch,
-        )
+        expand_all(defaults.copied().chain(for_arch(&self.exclude, arch)), arch)
     }
 
     /// All keep patterns for `arch`.
@@ -439,10 +477,17 @@ impl Spec {
             DEFAULT_KEEPS
                 .iter()
                 .copied()
-                .chain(self.keep.iter().map(String::as_str)),
+                .chain(for_arch(&self.keep, arch)),
             arch,
         )
     }
+}
+
+fn for_arch(patterns: &[PathPattern], arch: Arch) -> impl Iterator<Item = &str> {
+    patterns
+        .iter()
+        .filter(move |p| p.applies_to(arch))
+        .map(PathPattern::pattern)
 }
 
 fn expand_all<'a>(patterns: impl Iterator<Item = &'a str>, arch: Arch) -> Vec<String> {
@@ -597,5 +642,24 @@ mod tests {
         let bad = text.replace("arch: amd64", "arch: sparc");
         let err = Spec::parse(&bad, p).unwrap_err().to_string();
         assert!(err.contains("ata_piix") && err.contains("sparc"), "{err}");
+    }
+
+    #[test]
+    fn a_keep_of_one_arch_applies_to_it_only() {
+        let text = "debian:\n  suites: [bookworm]\n  packages: [a]\nexclude: [usr/bin]\nkeep:\n  - usr/bin/${arch}\n  - {path: usr/bin/qemu-aarch64-static, arch: amd64}\n";
+        let p = Path::new("q/build.yml");
+        let s = Spec::parse(text, p).unwrap();
+        let amd64 = s.keeps(Arch::Amd64);
+        assert!(amd64.contains(&"usr/bin/qemu-aarch64-static".to_string()));
+        assert!(amd64.contains(&"usr/bin/amd64".to_string()));
+        let arm64 = s.keeps(Arch::Arm64);
+        assert!(!arm64.contains(&"usr/bin/qemu-aarch64-static".to_string()));
+        assert!(arm64.contains(&"usr/bin/arm64".to_string()));
+        let bad = text.replace("arch: amd64", "arch: sparc");
+        let err = Spec::parse(&bad, p).unwrap_err().to_string();
+        assert!(
+            err.contains("qemu-aarch64-static") && err.contains("sparc"),
+            "{err}"
+        );
     }
 }

@@ -7,11 +7,14 @@
 //! child's signal reset and non-blocking reaping (used by [`crate::reaper`]).
 //!
 //! Module loading has its own small trait ([`crate::kmod::modules::Kmod`]),
-//! its real side here ([`RealKmod`]). Leaves that keep their own raw calls:
+//! its real side here ([`RealKmod`]); so do the helpers `osk-binfmt`
+//! ([`crate::binfmt::BinfmtSys`], [`RealBinfmt`]) and `osk-timesync`
+//! ([`crate::timesync::TimeSys`], [`RealClock`]). Leaves that keep their own raw calls:
 //! rtnetlink ([`crate::net::Links`]),
 //! uevents ([`crate::kmod::uevent`]), the shim front's descriptors
 //! (`containerd/shimstart/fds.rs`) and evdev ([`crate::power::button`]).
 
+mod clock;
 mod real;
 #[cfg(test)]
 pub mod testing;
@@ -19,9 +22,12 @@ pub mod testing;
 use std::io;
 use std::path::Path;
 
+pub use clock::RealClock;
 pub use nix::mount::{MntFlags, MsFlags};
 pub use nix::sys::signal::Signal;
-pub use real::{reap_any_child, reset_signals_on_exec, set_controlling_tty, RealKmod, RealSys};
+pub use real::{
+    reap_any_child, reset_signals_on_exec, set_controlling_tty, RealBinfmt, RealKmod, RealSys,
+};
 
 /// What `reboot(2)` should do at the very end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,3 +201,42 @@ impl Kmod for RealKmod {
             .exists()
     }
 }
+
+/// binfmt_misc for real: the mount and the writes to `register` of `osk-binfmt`.
+pub struct RealBinfmt;
+
+/// statfs(2) `f_type` of binfmt_misc (BINFMTFS_MAGIC).
+const BINFMTFS_MAGIC: i64 = 0x4249_4e4d;
+
+impl crate::binfmt::BinfmtSys for RealBinfmt {
+    fn is_mounted(&self, dir: &Path) -> bool {
+        RealSys
+            .fs_magic(&dir.to_string_lossy())
+            .is_ok_and(|m| m == BINFMTFS_MAGIC)
+    }
+
+    fn mount(&self, dir: &Path) -> io::Result<()> {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        nix::mount::mount(
+            Some("binfmt_misc"),
+            dir,
+            Some("binfmt_misc"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(errno)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn register(&self, dir: &Path, line: &str) -> io::Result<()> {
+        use std::io::Write;
+        // One write(2): the kernel parses each write as one whole line.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("register"))?;
+        f.write_all(line.as_bytes())
+    }
+}
