@@ -57,12 +57,18 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
 done
+# The docker CLI alone (test/tests/docker.rs drives an osk VM's dockerd with
+# it): taken out of Debian's docker.io without installing that package,
+# whose dockerd must not run on the host.
+docker_cli=
+command -v docker >/dev/null || docker_cli=1
 if [ -n "$check" ]; then
-  [ ${#missing[@]} = 0 ] && exit 0
-  echo "missing host packages: ${missing[*]} (run .ci/host-packages.sh as root)" >&2
+  [ ${#missing[@]} = 0 ] && [ -z "$docker_cli" ] && exit 0
+  [ ${#missing[@]} = 0 ] || echo "missing host packages: ${missing[*]} (run .ci/host-packages.sh as root)" >&2
+  [ -z "$docker_cli" ] || echo "missing: the docker CLI (run .ci/host-packages.sh as root)" >&2
   exit 1
 fi
-if [ ${#missing[@]} = 0 ] && [ -z "$update" ]; then
+if [ ${#missing[@]} = 0 ] && [ -z "$update" ] && [ -z "$docker_cli" ]; then
   exit 0
 fi
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -70,4 +76,11 @@ $SUDO apt-get update -q
 if [ ${#missing[@]} != 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if [ -n "$docker_cli" ]; then
+  echo "installing: the docker CLI from docker.io (the package itself is not installed)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q docker.io && dpkg-deb -x docker.io_*.deb root)
+  $SUDO install -m 0755 "$tmp/root/usr/bin/docker" /usr/local/bin/docker
+  rm -rf "$tmp"
 fi
