@@ -244,17 +244,32 @@ impl Forwarder {
     }
 }
 
+/// Whether a guest socket is out: the first failure after it answered (or
+/// since the start) begins an outage, worth a warning; the next are not.
+#[derive(Default)]
+struct Outage(AtomicBool);
+
+impl Outage {
+    /// True when this failure begins an outage.
+    fn failed(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
+    /// True when this answer ends one.
+    fn answered(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
 fn accept_loop(f: &ForwardSocket, listener: UnixListener, transport: Transport, port: u16) {
-    // Warned about this outage already: a client retrying while the guest
-    // boots, or its service restarts, gets one warning, not one per try.
-    let warned = Arc::new(AtomicBool::new(false));
+    // A client retrying while the guest boots gets one warning, not one per try.
+    let outage = Arc::new(Outage::default());
     for conn in listener.incoming() {
         match conn {
             Ok(unix) => {
-                let (f, warned) = (f.clone(), warned.clone());
+                let (f, outage) = (f.clone(), outage.clone());
                 thread::spawn(move || match handshake(transport, port, STATUS_TIMEOUT) {
                     Ok(tcp) => {
-                        if warned.swap(false, Ordering::Relaxed) {
+                        if outage.answered() {
                             tracing::info!("the guest socket {} answers again", f.guest);
                         }
                         if let Err(e) = join(unix, tcp) {
@@ -262,7 +277,7 @@ fn accept_loop(f: &ForwardSocket, listener: UnixListener, transport: Transport, 
                         }
                     }
                     // Dropping `unix` closes the client's connection.
-                    Err(why) if !warned.swap(true, Ordering::Relaxed) => tracing::warn!(
+                    Err(why) if outage.failed() => tracing::warn!(
                         "{}: the guest socket {} did not answer ({why}); is its service running?",
                         f.host.display(),
                         f.guest
@@ -565,6 +580,16 @@ mod tests {
         if !Path::new(VHOST_VSOCK).exists() {
             assert_eq!(pick_transport(), Transport::UserNet);
         }
+    }
+
+    #[test]
+    fn one_warning_per_outage() {
+        let o = Outage::default();
+        assert!(o.failed(), "the first failure warns");
+        assert!(!o.failed() && !o.failed(), "retries during it do not");
+        assert!(o.answered(), "the answer after it is told");
+        assert!(!o.answered(), "later answers are not");
+        assert!(o.failed(), "a new outage warns again");
     }
 
     #[test]

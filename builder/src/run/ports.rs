@@ -235,9 +235,15 @@ impl Follower {
                     self.forwarded.insert(p);
                 }
                 answer => tracing::warn!(
-                    "the host port 127.0.0.1:{}/{} that a container publishes could not be forwarded (in use on the host?): {}; it is tried again at the next container event",
+                    "the host port 127.0.0.1:{}/{} that a container publishes could not be forwarded ({}): {}; it is tried again at the next container event",
                     p.port,
                     p.protocol.as_str(),
+                    // Below 1024 a user without the privilege cannot listen at all.
+                    if p.port < 1024 {
+                        "below 1024, it needs privilege; or it is in use on the host"
+                    } else {
+                        "in use on the host?"
+                    },
                     shown(&answer)
                 ),
             }
