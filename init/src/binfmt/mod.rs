@@ -6,6 +6,11 @@
 //! makes the kernel open the interpreter at registration, from this
 //! container's root. Registering is idempotent: a handler already there is
 //! left as it is.
+//!
+//! Handlers live only as long as some binfmt_misc mount does: the kernel
+//! drops them all with its last one. So the table is mounted on the host's
+//! `/proc/sys/fs/binfmt_misc` (through a shared bind), which outlives this
+//! container.
 
 pub mod conf;
 
@@ -25,6 +30,7 @@ pub trait BinfmtSys {
     fn is_mounted(&self, dir: &Path) -> bool;
     /// Mounts binfmt_misc at `dir` (the kernel loads the module on demand).
     fn mount(&self, dir: &Path) -> io::Result<()>;
+    fn umount(&self, dir: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
     /// Writes `line` to `dir/register`.
     fn register(&self, dir: &Path, line: &str) -> io::Result<()>;
@@ -49,6 +55,8 @@ pub enum Error {
     Conf(#[from] ConfError),
     #[error("mounting binfmt_misc on {dir}: {source} (the container needs CAP_SYS_ADMIN, and the kernel binfmt_misc)")]
     Mount { dir: PathBuf, source: io::Error },
+    #[error("{dir} does not exist: the kernel has no binfmt_misc loaded; give --scratch DIR to mount it there first, which loads it")]
+    NoDir { dir: PathBuf },
     #[error("handler {name}: its interpreter {interpreter} is missing from this image")]
     MissingInterpreter { name: String, interpreter: PathBuf },
     #[error("registering handler {name} in {dir}/register: {source}")]
@@ -81,15 +89,37 @@ pub fn load(conf_dir: &Path) -> Result<Vec<Handler>, Error> {
     Ok(out)
 }
 
-/// Mounts binfmt_misc at `dir` unless it is there already.
-pub fn ensure_mounted(sys: &dyn BinfmtSys, dir: &Path) -> Result<(), Error> {
+/// Mounts binfmt_misc at `dir` unless it is there already. `dir` under
+/// `/proc/sys/fs` appears only once the module is loaded: a mount on
+/// `scratch` first makes the kernel load it.
+pub fn ensure_mounted(
+    sys: &dyn BinfmtSys,
+    dir: &Path,
+    scratch: Option<&Path>,
+) -> Result<(), Error> {
     if sys.is_mounted(dir) {
         return Ok(());
     }
-    sys.mount(dir).map_err(|source| Error::Mount {
-        dir: dir.into(),
-        source,
-    })
+    let mount = |d: &Path| {
+        sys.mount(d).map_err(|source| Error::Mount {
+            dir: d.into(),
+            source,
+        })
+    };
+    let mut loaded_on = None;
+    if !sys.exists(dir) {
+        let s = scratch.ok_or_else(|| Error::NoDir { dir: dir.into() })?;
+        mount(s)?;
+        loaded_on = Some(s);
+    }
+    mount(dir)?;
+    if let Some(s) = loaded_on {
+        // Only a helper: `dir` now holds the table.
+        if let Err(e) = sys.umount(s) {
+            tracing::warn!("unmounting {}: {e}", s.display());
+        }
+    }
+    Ok(())
 }
 
 /// Registers `h` through `dir` unless it is native to `arch` (Rust's name:
@@ -132,10 +162,11 @@ pub type Report = Vec<(String, Result<Outcome, Error>)>;
 pub fn register_all(
     sys: &dyn BinfmtSys,
     dir: &Path,
+    scratch: Option<&Path>,
     handlers: &[Handler],
     arch: &str,
 ) -> Result<Report, Error> {
-    ensure_mounted(sys, dir)?;
+    ensure_mounted(sys, dir, scratch)?;
     Ok(handlers
         .iter()
         .map(|h| (h.name.clone(), register(sys, dir, h, arch)))
@@ -161,10 +192,21 @@ mod tests {
             *self.mounted.borrow()
         }
         fn mount(&self, dir: &Path) -> io::Result<()> {
+            if !self.files.borrow().contains(dir) {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
             self.calls
                 .borrow_mut()
                 .push(format!("mount {}", dir.display()));
+            // The first mount loads the module: the /proc entry appears.
+            self.files.borrow_mut().insert(PathBuf::from(DIR));
             *self.mounted.borrow_mut() = true;
+            Ok(())
+        }
+        fn umount(&self, dir: &Path) -> io::Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("umount {}", dir.display()));
             Ok(())
         }
         fn exists(&self, path: &Path) -> bool {
@@ -178,7 +220,8 @@ mod tests {
         }
     }
 
-    const DIR: &str = "/proc/sys/fs/binfmt_misc";
+    const DIR: &str = "/host/proc/sys/fs/binfmt_misc";
+    const SCRATCH: &str = "/binfmt_misc";
 
     fn handlers() -> Vec<Handler> {
         let text = [
@@ -189,8 +232,10 @@ mod tests {
         conf::parse(&text, Path::new("t.conf")).unwrap()
     }
 
+    /// binfmt_misc loaded: the /proc entry is there.
     fn with_interpreters() -> Fake {
         let f = Fake::default();
+        f.files.borrow_mut().insert(PathBuf::from(DIR));
         for h in handlers() {
             f.files.borrow_mut().insert(h.interpreter);
         }
@@ -200,7 +245,7 @@ mod tests {
     #[test]
     fn mounts_then_registers_foreign_handlers_with_f_and_skips_the_native_one() {
         let f = with_interpreters();
-        let out = register_all(&f, Path::new(DIR), &handlers(), "x86_64").unwrap();
+        let out = register_all(&f, Path::new(DIR), None, &handlers(), "x86_64").unwrap();
         assert!(matches!(out[0], (ref n, Ok(Outcome::Registered)) if n == "qemu-aarch64"));
         assert!(matches!(out[1], (ref n, Ok(Outcome::Native)) if n == "qemu-x86_64"));
         let calls = f.calls.borrow();
@@ -213,9 +258,9 @@ mod tests {
     #[test]
     fn a_rerun_changes_nothing_and_does_not_fail() {
         let f = with_interpreters();
-        register_all(&f, Path::new(DIR), &handlers(), "aarch64").unwrap();
+        register_all(&f, Path::new(DIR), None, &handlers(), "aarch64").unwrap();
         f.calls.borrow_mut().clear();
-        let out = register_all(&f, Path::new(DIR), &handlers(), "aarch64").unwrap();
+        let out = register_all(&f, Path::new(DIR), None, &handlers(), "aarch64").unwrap();
         assert!(matches!(out[0].1, Ok(Outcome::Native)));
         assert!(matches!(out[1].1, Ok(Outcome::AlreadyRegistered)));
         assert!(f.calls.borrow().is_empty(), "{:?}", f.calls.borrow());
@@ -224,15 +269,33 @@ mod tests {
     #[test]
     fn a_missing_interpreter_is_named_and_the_others_still_register() {
         let f = Fake::default();
+        f.files.borrow_mut().insert(PathBuf::from(DIR));
         let hs = handlers();
         f.files.borrow_mut().insert(hs[1].interpreter.clone());
-        let out = register_all(&f, Path::new(DIR), &hs, "riscv64").unwrap();
+        let out = register_all(&f, Path::new(DIR), None, &hs, "riscv64").unwrap();
         let e = out[0].1.as_ref().unwrap_err().to_string();
         assert!(
             e.contains("qemu-aarch64") && e.contains("aarch64-binfmt-P"),
             "{e}"
         );
         assert!(matches!(out[1].1, Ok(Outcome::Registered)));
+    }
+
+    #[test]
+    fn without_the_module_a_scratch_mount_loads_it_first_and_goes_away() {
+        let f = Fake::default();
+        f.files.borrow_mut().insert(PathBuf::from(SCRATCH));
+        ensure_mounted(&f, Path::new(DIR), Some(Path::new(SCRATCH))).unwrap();
+        assert_eq!(
+            *f.calls.borrow(),
+            [
+                format!("mount {SCRATCH}"),
+                format!("mount {DIR}"),
+                format!("umount {SCRATCH}")
+            ]
+        );
+        let e = ensure_mounted(&Fake::default(), Path::new(DIR), None).unwrap_err();
+        assert!(e.to_string().contains("--scratch"), "{e}");
     }
 
     #[test]

@@ -227,6 +227,10 @@ impl crate::binfmt::BinfmtSys for RealBinfmt {
         .map_err(errno)
     }
 
+    fn umount(&self, dir: &Path) -> io::Result<()> {
+        nix::mount::umount2(dir, MntFlags::empty()).map_err(errno)
+    }
+
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }

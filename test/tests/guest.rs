@@ -1,0 +1,263 @@
+//! The guest pieces of a Docker Desktop-like machine (issue 17), on one
+//! boot of test/manifests/guest.yml under TCG: `binfmt` (an arm64 binary
+//! runs on this amd64 guest through qemu-user-static) and `timesync` (the
+//! clock is back on the host's after the VM was paused).
+//!
+//! Run under the VM lock: `flock /tmp/osk-team/vm.lock cargo test -p osk-e2e --test guest`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{ensure, Context, Result};
+use osk_builder::reference::Reference;
+use osk_builder::store::Store;
+use osk_e2e::{ssh_keygen, ssh_ok, BootOpts, Machine};
+use osk_layout::marker::Event;
+
+/// TCG on a loaded 2-core machine.
+const BOOT: Duration = Duration::from_secs(400);
+const MANIFEST: &str = "test/manifests/guest.yml";
+/// How long the VM stays paused: the guest clock should lag by as much.
+const PAUSE: Duration = Duration::from_secs(20);
+
+fn store() -> Result<PathBuf> {
+    Ok(osk_e2e::cache_dir()?.join("store"))
+}
+
+/// busybox from the arm64 `demo` image (Debian's arm64 busybox-static),
+/// written to `dir/busybox`.
+fn arm64_busybox(dir: &Path) -> Result<PathBuf> {
+    let store_dir = store()?;
+    let pkg = osk_e2e::workspace_root().join("pkgs/demo");
+    let o = osk_e2e::osk(&[
+        "--cache",
+        store_dir.to_str().context("store path")?,
+        "pkg",
+        "build",
+        "--arch",
+        "arm64",
+        pkg.to_str().context("pkgs/demo path")?,
+    ])?;
+    ensure!(
+        o.status.success(),
+        "osk pkg build --arch arm64 pkgs/demo: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8(o.stdout)?;
+    let reference = stdout.split('\t').next().context("no reference printed")?;
+    let store = Store::open(&store_dir)?;
+    let image = store.image(&Reference::parse(reference)?, "linux", "arm64")?;
+    let (layer, _) = &image.layers()?[0];
+    let out = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(store.blob_path(layer))
+        .arg("usr/bin/busybox")
+        .output()?;
+    ensure!(
+        out.status.success() && out.stdout.len() > 100_000,
+        "usr/bin/busybox is not in {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.stdout[..4] == *b"\x7fELF"
+            && u16::from_le_bytes([out.stdout[18], out.stdout[19]]) == 183,
+        "busybox of {reference} is not an AArch64 executable"
+    );
+    let path = dir.join("busybox");
+    std::fs::write(&path, &out.stdout)?;
+    Ok(path)
+}
+
+/// Builds the manifest plus an overlay with the ssh key and the arm64
+/// busybox; returns the `osk run qemu` prefix.
+fn build(dir: &Path, key: &Path, busybox: &Path) -> Result<PathBuf> {
+    let overlay = dir.join("overlay.yml");
+    std::fs::write(
+        &overlay,
+        format!(
+            "files:\n  - path: root/.ssh/authorized_keys\n    source: {}.pub\n    mode: \"0600\"\n  - path: opt/arm64/busybox\n    source: {}\n    mode: \"0755\"\n",
+            key.display(),
+            busybox.display()
+        ),
+    )?;
+    let out = dir.join("out");
+    let manifest = osk_e2e::workspace_root().join(MANIFEST);
+    let started = Instant::now();
+    let o = osk_e2e::osk(&[
+        "--cache",
+        store()?.to_str().context("store path")?,
+        "build",
+        "--dir",
+        out.to_str().context("out path")?,
+        "--name",
+        "guest",
+        "--compress",
+        "gzip",
+        manifest.to_str().context("manifest path")?,
+        overlay.to_str().context("overlay path")?,
+    ])?;
+    ensure!(
+        o.status.success(),
+        "osk build {MANIFEST}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("osk build guest took {:.0?}", started.elapsed());
+    Ok(out.join("guest"))
+}
+
+fn wait_ssh(vm: &Machine, key: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match ssh_ok(vm, key, "true") {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
+fn host_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The guest's clock as (`date +%s`, the host's time halfway through the
+/// ssh call, the guest's realtime minus its uptime). The last is the
+/// guest's idea of when it booted: it moves only when the clock is set,
+/// since uptime stops with the VM as the clock does.
+struct Reading {
+    guest: f64,
+    host: f64,
+    boot_epoch: f64,
+}
+
+fn read_clock(vm: &Machine, key: &Path) -> Result<Reading> {
+    let before = host_secs();
+    let out = ssh_ok(vm, key, "busybox date +%s; busybox cat /proc/uptime")?;
+    let host = (before + host_secs()) / 2.0;
+    let mut lines = out.lines();
+    let guest: f64 = lines.next().context("no date")?.trim().parse()?;
+    let uptime: f64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .context("no uptime")?
+        .parse()?;
+    Ok(Reading {
+        guest,
+        host,
+        boot_epoch: guest - uptime,
+    })
+}
+
+/// Waits until the guest's clock is within `tolerance` s of the host's.
+fn wait_in_sync(vm: &Machine, key: &Path, within: Duration, tolerance: f64) -> Result<Reading> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = read_clock(vm, key)?;
+        // `date +%s` truncates: the guest's time is in [guest, guest + 1).
+        let off = r.guest + 0.5 - r.host;
+        if off.abs() <= tolerance {
+            return Ok(r);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the guest clock is still {off:+.1} s off the host's after {within:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn arm64_runs_through_binfmt_and_the_clock_recovers_from_a_pause() -> Result<()> {
+    let base = osk_e2e::cache_dir()?.join("tmp");
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::tempdir_in(base)?;
+    let key = ssh_keygen(dir.path())?;
+    let busybox = arm64_busybox(dir.path())?;
+    let prefix = build(dir.path(), &key, &busybox)?;
+    let mut vm = Machine::boot(
+        &prefix,
+        &BootOpts {
+            publish: vec![22],
+            ..BootOpts::default()
+        },
+    )?;
+    vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
+    wait_ssh(&vm, &key)?;
+
+    // (a) binfmt: the handler is there with F, and an arm64 binary runs.
+    // Nothing mounts binfmt_misc for this shell (sshd's container).
+    let mounts = ssh_ok(&vm, &key, "busybox grep binfmt_misc /proc/mounts || true")?;
+    eprintln!("binfmt_misc mounts seen by sshd:\n{mounts}");
+    let entry = ssh_ok(
+        &vm,
+        &key,
+        "busybox grep -q ' /proc/sys/fs/binfmt_misc ' /proc/mounts || busybox mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; busybox cat /proc/sys/fs/binfmt_misc/qemu-aarch64",
+    )?;
+    ensure!(
+        entry.lines().next() == Some("enabled"),
+        "qemu-aarch64 is not enabled:\n{entry}"
+    );
+    let flags = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("flags: "))
+        .context(format!("no flags in qemu-aarch64:\n{entry}"))?;
+    ensure!(
+        flags.contains('F'),
+        "qemu-aarch64 lacks the F flag (flags: {flags})"
+    );
+    ensure!(
+        entry.contains("interpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P"),
+        "{entry}"
+    );
+    let native = ssh_ok(&vm, &key, "busybox ls /proc/sys/fs/binfmt_misc")?;
+    ensure!(
+        !native.contains("qemu-x86_64") && native.contains("qemu-arm"),
+        "the amd64 guest should have qemu-arm and no qemu-x86_64: {native}"
+    );
+    let machine = ssh_ok(&vm, &key, "/opt/arm64/busybox uname -m")?;
+    ensure!(
+        machine.trim() == "aarch64",
+        "arm64 busybox says {machine:?}"
+    );
+    let hello = ssh_ok(&vm, &key, "/opt/arm64/busybox echo hello from arm64")?;
+    ensure!(hello.trim() == "hello from arm64", "{hello:?}");
+
+    // (b) timesync: in sync, paused, then back in sync by a step.
+    let before = wait_in_sync(&vm, &key, Duration::from_secs(30), 3.0)?;
+    vm.monitor("stop")?;
+    std::thread::sleep(PAUSE);
+    vm.monitor("cont")?;
+    let resumed = Instant::now();
+    let first = read_clock(&vm, &key)?;
+    // Usually already stepped: ssh under TCG takes longer than timesync's 2 s.
+    eprintln!(
+        "first ssh after cont: guest {:+.1} s off",
+        first.guest + 0.5 - first.host
+    );
+    let after = wait_in_sync(&vm, &key, Duration::from_secs(20), 3.0)?;
+    eprintln!("in sync {:.1?} after cont", resumed.elapsed());
+    // The clock was set forward by the pause: it lagged that much after cont.
+    let stepped = after.boot_epoch - before.boot_epoch;
+    ensure!(
+        stepped > 10.0,
+        "the guest clock did not lag after the pause (set forward by {stepped:.1} s only): this test proves nothing"
+    );
+    // ... and timesync measured that lag when it stepped: "off by +20.3 s".
+    let logs = ssh_ok(&vm, &key, "oskctl logs timesync")?;
+    let lag: f64 = logs
+        .lines()
+        .rev()
+        .find_map(|l| l.split("clock was off by +").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .context(format!("timesync logged no forward step:\n{logs}"))?;
+    ensure!(
+        lag > 10.0,
+        "timesync's last step was {lag} s, not the pause:\n{logs}"
+    );
+    eprintln!("clock set forward by {stepped:.1} s; timesync:\n{logs}");
+    Ok(())
+}
