@@ -18,6 +18,7 @@ use osk_e2e::floor;
 use osk_e2e::{BootOpts, Machine};
 use osk_layout::marker::Event;
 
+mod docker;
 mod formats;
 
 #[derive(Parser)]
@@ -32,6 +33,10 @@ struct Args {
     /// Markdown file the table is written to.
     #[arg(long, default_value = "bench/RESULTS.md")]
     out: PathBuf,
+    /// Only the floor boots and the Docker machine section (a quick run
+    /// after a change to it; `make bench` measures everything).
+    #[arg(long)]
+    docker_only: bool,
 }
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
     let floor_prefix = floor::floor_image(work.path())?;
     let mut notes = Vec::new();
     let built = match osk_build_available(&args.manifest) {
+        _ if args.docker_only => None,
         Err(why) => {
             notes.push(format!("osk rows skipped: {why}"));
             None
@@ -274,6 +280,16 @@ fn main() -> Result<()> {
             }
             Err(why) => notes.push(format!("LinuxKit not measured: {why:#}")),
         }
+    }
+    if built_ok || args.docker_only {
+        writeln!(report)?;
+        report.push_str(&docker::section(
+            &work.path().join("cache-boot"),
+            work.path(),
+            args.runs,
+            floor.wall,
+            &mut notes,
+        )?);
     }
     if built_ok {
         writeln!(report)?;
