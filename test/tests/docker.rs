@@ -66,7 +66,11 @@ fn docker_ok(sock: &Path, config: &Path, args: &[&str]) -> Result<String> {
 fn wait_api(sock: &Path, config: &Path, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let o = docker(sock, config, &["version", "--format", "{{.Server.Version}}"])?;
+        let o = docker(
+            sock,
+            config,
+            &["version", "--format", "{{.Server.Version}}"],
+        )?;
         if o.status.success() {
             return Ok(String::from_utf8_lossy(&o.stdout).trim().to_string());
         }
@@ -138,7 +142,10 @@ fn boot(prefix: &Path, state: &Path, work: &Path, shared: &Path, s: &Sockets) ->
         prefix,
         &BootOpts {
             mem_mib: 2048,
-            disks: vec![format!("{},size=2G", work.join("docker-data.img").display())],
+            disks: vec![format!(
+                "{},size=2G",
+                work.join("docker-data.img").display()
+            )],
             state_dir: Some(state.to_path_buf()),
             extra: vec![
                 "--share".into(),
@@ -256,7 +263,11 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
     let sock = &socks.docker;
 
     // 1. The server, and no warnings about missing kernel features.
-    let version = docker_ok(sock, &config, &["version", "--format", "{{.Server.Version}}"])?;
+    let version = docker_ok(
+        sock,
+        &config,
+        &["version", "--format", "{{.Server.Version}}"],
+    )?;
     ensure!(version.starts_with("20.10."), "server version {version:?}");
     let info = docker(sock, &config, &["info"])?;
     let info_err = String::from_utf8_lossy(&info.stderr);
@@ -266,7 +277,11 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
     );
 
     // 2. load, build, run.
-    let loaded = docker_ok(sock, &config, &["load", "-i", &demo_tar.display().to_string()])?;
+    let loaded = docker_ok(
+        sock,
+        &config,
+        &["load", "-i", &demo_tar.display().to_string()],
+    )?;
     ensure!(loaded.contains(&demo), "docker load said {loaded:?}");
     let ctx = work.join("build");
     std::fs::create_dir_all(&ctx)?;
@@ -315,11 +330,22 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
     docker_ok(
         sock,
         &config,
-        &["run", "-d", "--name", "web", "-p", &format!("{port}:80"), &demo],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &format!("{port}:80"),
+            &demo,
+        ],
     )?;
     let page = wait_http(port, "/", Duration::from_secs(60))
         .with_context(|| format!("127.0.0.1:{port} (docker run -p {port}:80)"))?;
-    ensure!(page.contains("osk demo"), "127.0.0.1:{port} served {page:?}");
+    ensure!(
+        page.contains("osk demo"),
+        "127.0.0.1:{port} served {page:?}"
+    );
     docker_ok(sock, &config, &["rm", "-f", "web"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -356,7 +382,16 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
     docker_ok(
         sock,
         &config,
-        &["run", "-d", "--name", "keep", &demo, "/usr/bin/busybox", "sleep", "100000"],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "keep",
+            &demo,
+            "/usr/bin/busybox",
+            "sleep",
+            "100000",
+        ],
     )?;
     let before = docker_ok(sock, &config, &["inspect", "-f", "{{.State.Pid}}", "keep"])?;
     // dockerd's pid namespace is the docker service's: --pid host.
@@ -398,8 +433,7 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
         "oskctl restart docker: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    wait_api(sock, &config, Duration::from_secs(300))
-        .context("after oskctl restart docker")?;
+    wait_api(sock, &config, Duration::from_secs(300)).context("after oskctl restart docker")?;
 
     // 7. Power off, boot again on the same disk: the image is still there.
     power_off(&vm, &socks)?;

@@ -311,7 +311,12 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     };
     if let Some(guest) = &args.follow_ports {
         let api = run::api_socket(&prepared.config.forwards, guest)?.to_path_buf();
-        let mut follower = Follower::new(api, prepared.config.monitor_socket());
+        let ready = api_answers(
+            &prepared.config.forward_pairs(),
+            prepared.config.forward_transport,
+            guest,
+        );
+        let mut follower = Follower::new(api, prepared.config.monitor_socket()).ready_when(ready);
         let d = done.clone();
         std::thread::spawn(move || follower.run(|| !d.load(std::sync::atomic::Ordering::SeqCst)));
     }
@@ -430,6 +435,20 @@ fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow:
     Ok(())
 }
 
+/// Whether the guest socket at `guest` answers the handshake: the
+/// follower's probe before it connects.
+fn api_answers(
+    forwards: &[(ForwardSocket, u16)],
+    transport: run::Transport,
+    guest: &str,
+) -> impl Fn() -> bool + Send + 'static {
+    let port = forwards
+        .iter()
+        .find(|(f, _)| f.guest == guest)
+        .map(|(_, p)| *p);
+    move || port.is_some_and(|p| run::handshake(transport, p, Duration::from_secs(5)).is_ok())
+}
+
 /// Writes `text` to `path` whole: under another name, then renamed.
 fn write_replacing(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
@@ -455,19 +474,21 @@ fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow
     let api = match follow_ports {
         Some(guest) => {
             let forwards: Vec<ForwardSocket> = pairs.iter().map(|(f, _)| f.clone()).collect();
-            Some(run::api_socket(&forwards, guest)?.to_path_buf())
+            Some((guest, run::api_socket(&forwards, guest)?.to_path_buf()))
         }
         None => None,
     };
     let forwarder = Forwarder::bind(&pairs, transport)?;
     let proc = PathBuf::from(format!("/proc/{pid}"));
-    if let Some(api) = api {
+    if let Some((guest, api)) = api {
         // STATE/reach: what `osk run qemu --detach` wrote, then the ports
         // that follow the containers.
         let reach = state.join(run::REACH);
         let fixed = std::fs::read_to_string(&reach).unwrap_or_default();
-        let mut follower =
-            Follower::new(api, state.join(run::MONITOR_SOCKET)).on_change(move |ports| {
+        let ready = api_answers(&pairs, transport, guest);
+        let mut follower = Follower::new(api, state.join(run::MONITOR_SOCKET))
+            .ready_when(ready)
+            .on_change(move |ports| {
                 let text: String = std::iter::once(fixed.clone())
                     .chain(ports.iter().map(|p| p.reach_line()))
                     .collect();
