@@ -393,7 +393,7 @@ fn stop_detached(vm: &run::Detached) {
 }
 
 /// Starts `osk run forward` for a detached VM, and returns once its host
-/// sockets accept, so that the caller can use them at once.
+/// sockets listen, so that the caller can use them at once.
 fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().context("locating this osk binary (the forward helper)")?;
@@ -413,24 +413,24 @@ fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow:
         .process_group(0)
         .spawn()
         .context("starting the forward helper")?;
+    // The helper writes its pid once every socket listens. Connecting to a
+    // socket instead would be a client the guest cannot answer yet.
+    let pid_path = cfg.state_dir.join(run::FORWARD_PID);
+    let me = child.id().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for f in &cfg.forwards {
-        while std::os::unix::net::UnixStream::connect(&f.host).is_err() {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "the forward helper exited ({status}) before {} answered; see {}",
-                    f.host.display(),
-                    log_path.display()
-                );
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{} did not answer within 10 s; see {}",
-                f.host.display(),
+    while std::fs::read_to_string(&pid_path).map_or(true, |p| p.trim() != me) {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the forward helper exited ({status}) before its sockets listened; see {}",
                 log_path.display()
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the forward helper's sockets did not listen within 10 s; see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
