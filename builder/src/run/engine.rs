@@ -30,6 +30,8 @@ pub enum ApiError {
         path: String,
         reason: String,
     },
+    #[error("the Docker API at {} does not answer yet", socket.display())]
+    NotAnswering { socket: PathBuf },
 }
 
 /// `GET path` (under [`API_VERSION`]); the body of a 200 answer.

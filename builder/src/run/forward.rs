@@ -325,8 +325,9 @@ pub fn handshake(
             ) =>
         {
             Err(format!(
-                "no status from the guest's sockfwd service within {} s",
-                timeout.as_secs()
+                // A last probe may have had less than a second.
+                "no status from the guest's sockfwd service within {:.1} s",
+                timeout.as_secs_f64()
             ))
         }
         Err(e) => Err(e.to_string()),

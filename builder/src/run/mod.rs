@@ -22,7 +22,7 @@ pub use config::{
     Publish, QemuConfig, AAVMF_CODE, AAVMF_VARS, METADATA_ADDR, METADATA_NET, OVMF_CODE, OVMF_VARS,
 };
 pub use forward::{
-    parse_helper_table, wait_answering, ForwardSocket, Forwarder, Transport, VHOST_VSOCK,
+    handshake, parse_helper_table, wait_answering, ForwardSocket, Forwarder, Transport, VHOST_VSOCK,
 };
 pub use iso::{metadata_iso, write_metadata_iso};
 pub use medium::{write_uki_esp, BootImage, ImageFormat, UKI_ESP};

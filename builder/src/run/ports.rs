@@ -101,6 +101,8 @@ pub fn published(containers_json: &[u8]) -> Result<BTreeSet<Port>, serde_json::E
 
 /// What [`Follower::on_change`] calls.
 type OnChange = dyn Fn(&BTreeSet<Port>) + Send;
+/// What [`Follower::ready_when`] calls.
+type Ready = dyn Fn() -> bool + Send;
 
 /// Keeps QEMU's forwards equal to what the containers publish.
 pub struct Follower {
@@ -112,6 +114,8 @@ pub struct Follower {
     connected: bool,
     /// Told the forwards after each change.
     on_change: Option<Box<OnChange>>,
+    /// Whether the guest socket answers, asked before each connection.
+    ready: Option<Box<Ready>>,
 }
 
 impl Follower {
@@ -124,7 +128,17 @@ impl Follower {
             forwarded: BTreeSet::new(),
             connected: false,
             on_change: None,
+            ready: None,
         }
+    }
+
+    /// Connects only once `ready` says the guest socket answers (probed
+    /// straight through the handshake): a booting guest or a restarting
+    /// dockerd then costs no failed client connection, which the host half
+    /// would log as a warning.
+    pub fn ready_when(mut self, ready: impl Fn() -> bool + Send + 'static) -> Follower {
+        self.ready = Some(Box::new(ready));
+        self
     }
 
     /// Calls `f` with the forwards in place after each change (to keep
@@ -169,6 +183,11 @@ impl Follower {
     /// One connection: the event stream opened first, so that nothing
     /// happens unseen between the first read and the stream.
     fn session(&mut self, alive: &impl Fn() -> bool) -> Result<(), ApiError> {
+        if self.ready.as_ref().is_some_and(|ready| !ready()) {
+            return Err(ApiError::NotAnswering {
+                socket: self.api.clone(),
+            });
+        }
         let filters = r#"{"type":["container"],"event":["start","die","destroy"]}"#;
         let path = format!("/events?filters={}", engine::query_escape(filters));
         let mut events = Events::open(&self.api, &path, POLL)?;
@@ -567,6 +586,37 @@ mod tests {
             "{log}"
         );
         assert!(log.contains("reconnecting"), "{log}");
+        docker.drop_api();
+    }
+
+    #[test]
+    fn nothing_is_asked_before_the_guest_socket_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (api, mon) = (
+            dir.path().join("docker.sock"),
+            dir.path().join("monitor.sock"),
+        );
+        let seen = fake_monitor(&mon, 0);
+        let mut docker = FakeDocker::start(&api, &format!("[{WEB}]"));
+        let (ready, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (r, d) = (ready.clone(), done.clone());
+        let follower = thread::spawn(move || {
+            Follower::new(api, mon)
+                .ready_when(move || r.load(Ordering::SeqCst))
+                .run(|| !d.load(Ordering::SeqCst))
+        });
+        thread::sleep(Duration::from_millis(700));
+        assert!(seen.lock().unwrap().is_empty());
+        ready.store(true, Ordering::SeqCst);
+        assert_eq!(
+            wait_for(&seen, 1),
+            ["hostfwd_add net0 tcp:127.0.0.1:8080-:8080"]
+        );
+        done.store(true, Ordering::SeqCst);
+        follower.join().unwrap();
         docker.drop_api();
     }
 

@@ -311,7 +311,12 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     };
     if let Some(guest) = &args.follow_ports {
         let api = run::api_socket(&prepared.config.forwards, guest)?.to_path_buf();
-        let mut follower = Follower::new(api, prepared.config.monitor_socket());
+        let ready = api_answers(
+            &prepared.config.forward_pairs(),
+            prepared.config.forward_transport,
+            guest,
+        );
+        let mut follower = Follower::new(api, prepared.config.monitor_socket()).ready_when(ready);
         let d = done.clone();
         std::thread::spawn(move || follower.run(|| !d.load(std::sync::atomic::Ordering::SeqCst)));
     }
@@ -388,7 +393,7 @@ fn stop_detached(vm: &run::Detached) {
 }
 
 /// Starts `osk run forward` for a detached VM, and returns once its host
-/// sockets accept, so that the caller can use them at once.
+/// sockets listen, so that the caller can use them at once.
 fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().context("locating this osk binary (the forward helper)")?;
@@ -408,26 +413,40 @@ fn start_forward_helper(cfg: &QemuConfig, follow_ports: Option<&str>) -> anyhow:
         .process_group(0)
         .spawn()
         .context("starting the forward helper")?;
+    // The helper writes its pid once every socket listens. Connecting to a
+    // socket instead would be a client the guest cannot answer yet.
+    let pid_path = cfg.state_dir.join(run::FORWARD_PID);
+    let me = child.id().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for f in &cfg.forwards {
-        while std::os::unix::net::UnixStream::connect(&f.host).is_err() {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "the forward helper exited ({status}) before {} answered; see {}",
-                    f.host.display(),
-                    log_path.display()
-                );
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{} did not answer within 10 s; see {}",
-                f.host.display(),
+    while std::fs::read_to_string(&pid_path).map_or(true, |p| p.trim() != me) {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the forward helper exited ({status}) before its sockets listened; see {}",
                 log_path.display()
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the forward helper's sockets did not listen within 10 s; see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Whether the guest socket at `guest` answers the handshake: the
+/// follower's probe before it connects.
+fn api_answers(
+    forwards: &[(ForwardSocket, u16)],
+    transport: run::Transport,
+    guest: &str,
+) -> impl Fn() -> bool + Send + 'static {
+    let port = forwards
+        .iter()
+        .find(|(f, _)| f.guest == guest)
+        .map(|(_, p)| *p);
+    move || port.is_some_and(|p| run::handshake(transport, p, Duration::from_secs(5)).is_ok())
 }
 
 /// Writes `text` to `path` whole: under another name, then renamed.
@@ -455,19 +474,21 @@ fn forward_helper(state: &std::path::Path, follow_ports: Option<&str>) -> anyhow
     let api = match follow_ports {
         Some(guest) => {
             let forwards: Vec<ForwardSocket> = pairs.iter().map(|(f, _)| f.clone()).collect();
-            Some(run::api_socket(&forwards, guest)?.to_path_buf())
+            Some((guest, run::api_socket(&forwards, guest)?.to_path_buf()))
         }
         None => None,
     };
     let forwarder = Forwarder::bind(&pairs, transport)?;
     let proc = PathBuf::from(format!("/proc/{pid}"));
-    if let Some(api) = api {
+    if let Some((guest, api)) = api {
         // STATE/reach: what `osk run qemu --detach` wrote, then the ports
         // that follow the containers.
         let reach = state.join(run::REACH);
         let fixed = std::fs::read_to_string(&reach).unwrap_or_default();
-        let mut follower =
-            Follower::new(api, state.join(run::MONITOR_SOCKET)).on_change(move |ports| {
+        let ready = api_answers(&pairs, transport, guest);
+        let mut follower = Follower::new(api, state.join(run::MONITOR_SOCKET))
+            .ready_when(ready)
+            .on_change(move |ports| {
                 let text: String = std::iter::once(fixed.clone())
                     .chain(ports.iter().map(|p| p.reach_line()))
                     .collect();
