@@ -10,6 +10,7 @@ use crate::paths;
 pub mod modalias;
 pub mod modprobe;
 pub mod modules;
+pub mod platform;
 pub mod uevent;
 
 /// Boot-time loading: indexes the modules, installs the modprobe helper,
@@ -34,10 +35,17 @@ pub fn load_at_boot() {
         }
         Err(e) => tracing::warn!("no modprobe helper (own path: {e})"),
     }
-    // The image's list: loaded whatever the hardware.
-    let wanted = std::fs::read_to_string(Path::new("/").join(osk_layout::MODULES_LIST))
+    // The image's list: loaded whatever the hardware; then what the
+    // platform calls for, when the image has it.
+    let mut wanted = std::fs::read_to_string(Path::new("/").join(osk_layout::MODULES_LIST))
         .map(|t| modules::parse_list(&t))
         .unwrap_or_default();
+    let clocks = std::fs::read_to_string(platform::CLOCKSOURCES).unwrap_or_default();
+    wanted.extend(
+        platform::wanted(&clocks)
+            .into_iter()
+            .filter(|m| index.contains_key(m)),
+    );
     let (order, missing) = modules::load_order(&index, Some(&wanted));
     for m in missing {
         tracing::warn!(
