@@ -230,10 +230,10 @@ mod tests {
         assert!(!allowed("10.0.2.2".parse().unwrap(), None));
     }
 
-    #[test]
-    fn joins_a_tcp_connection_to_a_unix_socket_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("echo.sock");
+    /// A unix socket in `dir` that answers one connection with `echo:` and
+    /// what it read.
+    fn echo_server(dir: &std::path::Path) -> std::path::PathBuf {
+        let sock = dir.join("echo.sock");
         let server = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         thread::spawn(move || {
             let (mut s, _) = server.accept().unwrap();
@@ -241,6 +241,13 @@ mod tests {
             s.read_to_end(&mut buf).unwrap();
             s.write_all(&[b"echo:".as_slice(), &buf].concat()).unwrap();
         });
+        sock
+    }
+
+    #[test]
+    fn joins_a_tcp_connection_to_a_unix_socket_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = echo_server(dir.path());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let path = sock.to_str().unwrap().to_string();
@@ -278,14 +285,7 @@ mod tests {
     fn a_vsock_like_stream_is_joined_the_same_way() {
         // A vsock connection is carried as a UnixStream; a socketpair stands in.
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("echo.sock");
-        let server = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        thread::spawn(move || {
-            let (mut s, _) = server.accept().unwrap();
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).unwrap();
-            s.write_all(&[b"echo:".as_slice(), &buf].concat()).unwrap();
-        });
+        let sock = echo_server(dir.path());
         let (mut host, guest) = UnixStream::pair().unwrap();
         let path = sock.to_str().unwrap().to_string();
         thread::spawn(move || join(guest, &path).unwrap());

@@ -8,9 +8,11 @@ pub mod floor;
 mod machine;
 pub mod metadata;
 mod net;
+mod package;
 
 pub use machine::{ssh_ok, BootOpts, Machine};
 pub use net::{free_port, http_get, ssh, ssh_keygen, wait_http};
+pub use package::{package_file, pkg_build};
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use osk_builder::reference::Reference;
-use osk_builder::store::Store;
 use osk_e2e::{wait_http, BootOpts, Machine};
 use osk_layout::marker::Event;
 
@@ -36,38 +34,10 @@ fn arm64_metadata_package_holds_a_static_aarch64_osk_metadata() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let store_dir = tmp.path().join("store");
     let pkg = osk_e2e::workspace_root().join("pkgs/metadata");
-    let o = osk_e2e::osk(&[
-        "--cache",
-        store_dir.to_str().unwrap(),
-        "pkg",
-        "build",
-        "--arch",
-        "arm64",
-        pkg.to_str().unwrap(),
-    ])?;
+    let reference = osk_e2e::pkg_build(&store_dir, &pkg, "arm64")?;
+    let bin = osk_e2e::package_file(&store_dir, &reference, "arm64", "usr/bin/osk-metadata")?;
     ensure!(
-        o.status.success(),
-        "osk pkg build --arch arm64 pkgs/metadata: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let stdout = String::from_utf8(o.stdout)?;
-    let reference = stdout.split('\t').next().context("no reference printed")?;
-    let store = Store::open(&store_dir)?;
-    let image = store.image(&Reference::parse(reference)?, "linux", "arm64")?;
-    let (layer, _) = &image.layers()?[0];
-    // GNU tar reads the layer as any user's tools would.
-    let out = std::process::Command::new("tar")
-        .arg("-xzOf")
-        .arg(store.blob_path(layer))
-        .arg("usr/bin/osk-metadata")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "usr/bin/osk-metadata is not in {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        is_static_aarch64(&out.stdout),
+        is_static_aarch64(&bin),
         "usr/bin/osk-metadata is not a static AArch64 executable"
     );
     Ok(())

@@ -99,21 +99,7 @@ fn osk_ok(args: &[&std::ffi::OsStr]) -> Result<String> {
 /// its reference.
 fn demo_archive(store: &Path, arch: &str, out: &Path) -> Result<String> {
     let pkg = osk_e2e::workspace_root().join("pkgs/demo");
-    let built = osk_ok(&[
-        "--cache".as_ref(),
-        store.as_os_str(),
-        "pkg".as_ref(),
-        "build".as_ref(),
-        "--arch".as_ref(),
-        arch.as_ref(),
-        pkg.as_os_str(),
-    ])?;
-    // `REF<TAB>ARCH<TAB>...`
-    let reference = built
-        .lines()
-        .find_map(|l| l.split('\t').next().filter(|r| r.starts_with("osk/demo:")))
-        .with_context(|| format!("osk pkg build printed no osk/demo reference: {built}"))?
-        .to_string();
+    let reference = osk_e2e::pkg_build(store, &pkg, arch)?;
     osk_ok(&[
         "--cache".as_ref(),
         store.as_os_str(),

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
-use osk_builder::reference::Reference;
-use osk_builder::store::Store;
 use osk_e2e::{ssh_keygen, ssh_ok, BootOpts, Machine};
 use osk_layout::marker::Event;
 
@@ -29,42 +27,19 @@ fn store() -> Result<PathBuf> {
 fn arm64_busybox(dir: &Path) -> Result<PathBuf> {
     let store_dir = store()?;
     let pkg = osk_e2e::workspace_root().join("pkgs/demo");
-    let o = osk_e2e::osk(&[
-        "--cache",
-        store_dir.to_str().context("store path")?,
-        "pkg",
-        "build",
-        "--arch",
-        "arm64",
-        pkg.to_str().context("pkgs/demo path")?,
-    ])?;
+    let reference = osk_e2e::pkg_build(&store_dir, &pkg, "arm64")?;
+    let busybox = osk_e2e::package_file(&store_dir, &reference, "arm64", "usr/bin/busybox")?;
     ensure!(
-        o.status.success(),
-        "osk pkg build --arch arm64 pkgs/demo: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let stdout = String::from_utf8(o.stdout)?;
-    let reference = stdout.split('\t').next().context("no reference printed")?;
-    let store = Store::open(&store_dir)?;
-    let image = store.image(&Reference::parse(reference)?, "linux", "arm64")?;
-    let (layer, _) = &image.layers()?[0];
-    let out = std::process::Command::new("tar")
-        .arg("-xzOf")
-        .arg(store.blob_path(layer))
-        .arg("usr/bin/busybox")
-        .output()?;
-    ensure!(
-        out.status.success() && out.stdout.len() > 100_000,
-        "usr/bin/busybox is not in {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        busybox.len() > 100_000,
+        "usr/bin/busybox of {reference} is {} bytes",
+        busybox.len()
     );
     ensure!(
-        out.stdout[..4] == *b"\x7fELF"
-            && u16::from_le_bytes([out.stdout[18], out.stdout[19]]) == 183,
+        busybox[..4] == *b"\x7fELF" && u16::from_le_bytes([busybox[18], busybox[19]]) == 183,
         "busybox of {reference} is not an AArch64 executable"
     );
     let path = dir.join("busybox");
-    std::fs::write(&path, &out.stdout)?;
+    std::fs::write(&path, &busybox)?;
     Ok(path)
 }
 

@@ -103,17 +103,7 @@ pub fn section(
     let prefix = out.join("bench");
     // The trivial image: osk's demo package, as Docker loads it.
     let demo_tar = work.join("demo.tar");
-    let built = Command::new(osk_e2e::osk_bin()?)
-        .args(["pkg", "build", "pkgs/demo"])
-        .env("OSK_CACHE", cache)
-        .output()?;
-    ensure!(built.status.success(), "osk pkg build pkgs/demo failed");
-    let stdout = String::from_utf8_lossy(&built.stdout);
-    let demo = stdout
-        .lines()
-        .find_map(|l| l.split('\t').next().filter(|r| r.starts_with("osk/demo:")))
-        .context("osk pkg build pkgs/demo printed no reference")?
-        .to_string();
+    let demo = osk_e2e::pkg_build(cache, Path::new("pkgs/demo"), "amd64")?;
     let export = Command::new(osk_e2e::osk_bin()?)
         .args(["cache", "export", &demo, "--format", "docker-archive", "-o"])
         .arg(&demo_tar)
