@@ -53,12 +53,6 @@ if [ -n "$below_arg" ]; then
 	fi
 fi
 
-# Already on (a second run this boot): nothing to do.
-if $bb awk -v p="$path" 'NR > 1 && $1 == p { found = 1 } END { exit !found }' /proc/swaps; then
-	echo "swap: $path is in use already"
-	exit 0
-fi
-
 dir=$($bb dirname "$path")
 [ -d "$dir" ] || die "$dir (the folder of $path) does not exist; mount the data disk there first"
 # The filesystem holding the folder must be a disk, not tmpfs (RAM).
@@ -83,7 +77,7 @@ if [ -e "$path" ]; then
 	have=$($bb stat -c %s "$path")
 	[ "$have" = "$size" ] || die "$path exists with $have bytes, not $size ($size_arg); remove it (swapoff first if in use) to make it anew"
 	signature "$path" || die "$path exists and is not a swap file; remove it or choose another --path"
-	echo "swap: enabling the existing $path"
+	echo "swap: $path is a swap file of $size_arg already"
 else
 	# Built beside its final name and renamed when done: a power cut leaves a
 	# stray .tmp, never a half-made swap file at $path.
@@ -108,5 +102,13 @@ else
 	$bb mv "$tmp" "$path" || die "cannot rename $tmp to $path"
 fi
 $bb chmod 0600 "$path"
-$bb swapon "$path" || die "swapon $path failed"
+# Already on (a second run): the kernel says EBUSY. /proc/swaps is no help:
+# it names a file another container enabled relative to that container's
+# (gone) mounts.
+if ! err=$($bb swapon "$path" 2>&1); then
+	case "$err" in
+	*busy*) echo "swap: $path is in use already"; exit 0 ;;
+	esac
+	die "swapon $path failed: $err"
+fi
 echo "swap: $path on ($((size / 1048576)) MiB)"
