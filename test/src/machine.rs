@@ -31,6 +31,8 @@ pub struct BootOpts {
     pub extra: Vec<String>,
     /// `--metadata-server`: a server on the host the guest reaches as 169.254.169.254.
     pub metadata_server: Option<String>,
+    /// `--accel`: `tcg` (the default: KVM hangs on this project's hosts) or `kvm`.
+    pub accel: &'static str,
 }
 
 impl Default for BootOpts {
@@ -47,6 +49,7 @@ impl Default for BootOpts {
             state_dir: None,
             extra: Vec::new(),
             metadata_server: None,
+            accel: "tcg",
         }
     }
 }
@@ -64,7 +67,8 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Boots `PREFIX-kernel` + `PREFIX-initrd.img` with `osk run qemu --detach --accel tcg`.
+    /// Boots `PREFIX-kernel` + `PREFIX-initrd.img` with `osk run qemu --detach`
+    /// (`--accel tcg` unless `opts.accel` says otherwise).
     pub fn boot(prefix: &Path, opts: &BootOpts) -> Result<Machine> {
         let (state_tmp, state_dir) = match &opts.state_dir {
             Some(d) => (None, d.clone()),
@@ -77,7 +81,7 @@ impl Machine {
         };
         let mut ports = BTreeMap::new();
         let mut cmd = Command::new(crate::osk_bin()?);
-        cmd.args(["run", "qemu", "--detach", "--accel", "tcg"])
+        cmd.args(["run", "qemu", "--detach", "--accel", opts.accel])
             .arg("--state")
             .arg(&state_dir)
             .args([
