@@ -241,14 +241,20 @@ fn binfmt_swap_and_timesync_on_the_guest() -> Result<()> {
     vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
     wait_ssh(&vm, &key)?;
 
-    // (s) swap: made on the blank disk, left alone by a second run, skipped
-    // above the memory threshold, refused on the tmpfs /var.
+    // (s) swap: made on the blank disk, left alone by a second run, an
+    // error with another size, skipped above the memory threshold, refused
+    // on the tmpfs /var.
     ensure_onboot_said(
         &vm,
         "swap",
         &format!("creating {SWAPFILE} (64M) on /dev/vda"),
     )?;
     ensure_onboot_said(&vm, "swap-again", &format!("{SWAPFILE} is in use already"))?;
+    ensure_onboot_said(
+        &vm,
+        "swap-wrong",
+        &format!("{SWAPFILE} exists with 67108864 bytes, not 33554432 (32M); remove it"),
+    )?;
     ensure_onboot_said(&vm, "swap-big", "is not below 64M; no swap file")?;
     ensure_onboot_said(
         &vm,
