@@ -287,6 +287,28 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
     let said = docker_ok(sock, &config, &["run", "--rm", "e2e/hello"])?;
     ensure!(said == greeting, "e2e/hello said {said:?}");
 
+    // The swap file (a 2 GiB machine is under the example's 4 GiB
+    // threshold): /proc/swaps is the kernel's, whoever reads it.
+    let swaps = docker_ok(
+        sock,
+        &config,
+        &[
+            "run",
+            "--rm",
+            &demo,
+            "/usr/bin/busybox",
+            "cat",
+            "/proc/swaps",
+        ],
+    )?;
+    ensure!(
+        swaps.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 3 && f[1] == "file" && f[2].parse::<u64>().is_ok_and(|kib| kib > 1_000_000)
+        }),
+        "no 1 GiB swap file in /proc/swaps: {swaps}"
+    );
+
     // 3. The shared folder, at its host path on both sides.
     std::fs::write(shared.join("in.txt"), "from the host\n")?;
     let dir = shared.display().to_string();
