@@ -96,6 +96,9 @@ fn stop_with(
             reason: "no such directory".into(),
         });
     }
+    // Read first: the helper removes its pid file as it ends, before it
+    // has exited.
+    let helper = live_pid(&state.join(FORWARD_PID), &cmdline, is_forward_helper)?;
     let how = match live_qemu(state, &cmdline)? {
         Some(pid) => Some(stop_qemu(state, pid, timeout, &cmdline)),
         None => {
@@ -114,7 +117,7 @@ fn stop_with(
             None
         }
     };
-    clean_up(state, &cmdline)?;
+    clean_up(state, helper, &cmdline)?;
     Ok(how.unwrap_or(Stopped::AlreadyStopped))
 }
 
@@ -181,9 +184,12 @@ fn stop_qemu(
 /// Removes what a stopped VM left: the forward helper (which ends with QEMU
 /// and removes its own sockets; if it died, they are removed here), the
 /// monitor socket, pid files and reach file.
-fn clean_up(state: &Path, cmdline: &impl Fn(i32) -> Option<Vec<u8>>) -> Result<()> {
-    let helper_pid = state.join(FORWARD_PID);
-    if let Some(pid) = live_pid(&helper_pid, cmdline, is_forward_helper)? {
+fn clean_up(
+    state: &Path,
+    helper: Option<i32>,
+    cmdline: &impl Fn(i32) -> Option<Vec<u8>>,
+) -> Result<()> {
+    if let Some(pid) = helper {
         if !wait_gone(pid, Duration::from_secs(10), cmdline, is_forward_helper) {
             tracing::warn!(pid, "the forward helper outlived QEMU; killing it");
             kill_if(pid, cmdline, is_forward_helper);
