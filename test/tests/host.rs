@@ -8,8 +8,10 @@
 //! - `--forward-socket`: osk-init's control socket appears on the host (the
 //!   `sockfwd` service joins it to QEMU's user network), mode 0600, and the
 //!   host's `oskctl` lists the services through it. A second VM asking for
-//!   the same host path is refused, naming it; when QEMU exits, the helper
-//!   `--detach` left behind ends and removes the socket.
+//!   the same host path is refused, naming it. Booting into the running
+//!   VM's state is refused and leaves it alone. `osk run qemu --stop STATE`
+//!   powers the guest down; the helper `--detach` left behind ends, and no
+//!   socket or pid file is left.
 //! - A `--share` of a missing folder is named, and no VM starts.
 
 use std::os::unix::fs::PermissionsExt;
@@ -137,22 +139,67 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
     oskctl_through(&sock)?;
     second_vm_refused(&forward, &sock, &work.path().join("second"), &prefix)?;
 
-    // QEMU exits: the helper goes, and its socket with it.
-    let helper_pid: u32 =
-        std::fs::read_to_string(vm.state_dir().join(osk_builder::run::FORWARD_PID))?
-            .trim()
-            .parse()?;
-    vm.monitor("quit").ok();
-    vm.wait_exit(Duration::from_secs(30))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{helper_pid}")).exists() || sock.exists() {
+    // Booting into the running VM's state is refused, and leaves it alone.
+    let state = vm.state_dir().to_path_buf();
+    let o = osk(&[
+        "run".as_ref(),
+        "qemu".as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        prefix.as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success() && err.contains("in use by a running VM"),
+        "a second boot into {} was not refused: {err}",
+        state.display()
+    );
+    let monitor = state.join(osk_builder::run::MONITOR_SOCKET);
+    ensure!(
+        monitor.exists(),
+        "the refused boot removed {}",
+        monitor.display()
+    );
+
+    // `osk run qemu --stop`: the guest powers down (osk-init's ACPI button),
+    // QEMU exits, the helper goes, and every socket with it.
+    let helper_pid: u32 = std::fs::read_to_string(state.join(osk_builder::run::FORWARD_PID))?
+        .trim()
+        .parse()?;
+    let stop = |what: &str| -> Result<()> {
+        let o = osk(&[
+            "run".as_ref(),
+            "qemu".as_ref(),
+            "--stop".as_ref(),
+            state.as_os_str(),
+        ])?;
+        let out = String::from_utf8_lossy(&o.stdout);
         ensure!(
-            Instant::now() < deadline,
-            "10 s after QEMU exited the forward helper (pid {helper_pid}) or {} is still there",
-            sock.display()
+            o.status.success() && out.contains(what),
+            "osk run qemu --stop {} ({}): {out}{}",
+            state.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    };
+    stop("the guest powered down")?;
+    ensure!(!vm.is_running(), "QEMU runs after --stop returned");
+    // A zombie (an empty command line) has ended.
+    let helper = std::fs::read(format!("/proc/{helper_pid}/cmdline"));
+    ensure!(
+        !helper.is_ok_and(|c| !c.is_empty()),
+        "the forward helper (pid {helper_pid}) runs after --stop"
+    );
+    for gone in [
+        &sock,
+        &monitor,
+        &state.join(osk_builder::run::PID_FILE),
+        &state.join(osk_builder::run::FORWARD_PID),
+    ] {
+        ensure!(!gone.exists(), "{} is left after --stop", gone.display());
     }
+    stop("already stopped")?;
     Ok(())
 }
 

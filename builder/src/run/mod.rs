@@ -16,6 +16,7 @@ mod ports;
 mod relay;
 mod share;
 mod spawn;
+mod stop;
 
 pub use config::{
     parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
@@ -37,6 +38,7 @@ pub use spawn::{
     detect_accel, find_qemu, monitor_command, prepare, run_attached, run_detached, AttachedExit,
     Detached, Prepared,
 };
+pub use stop::{check_state_free, live_qemu, proc_cmdline, stop, Stopped};
 
 use std::path::PathBuf;
 
@@ -93,6 +95,10 @@ pub enum Error {
         host: PathBuf,
         console: PathBuf,
     },
+    #[error("STATE {} is in use by a running VM (pid {pid}); stop it with `osk run qemu --stop {}` or choose another --state", state.display(), state.display())]
+    StateInUse { state: PathBuf, pid: i32 },
+    #[error("{} is not the state directory of a VM: {reason}", state.display())]
+    NotAVm { state: PathBuf, reason: String },
 }
 
 impl Error {

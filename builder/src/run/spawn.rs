@@ -89,6 +89,8 @@ fn find_program(name: &Path) -> Option<PathBuf> {
 /// argv refers to. Files of a previous run (console log, pid file, monitor
 /// socket) are removed so nothing stale is mistaken for this run's.
 pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
+    // First, before anything in it changes: its files are a running VM's.
+    super::check_state_free(&config.state_dir)?;
     if config.image.is_none() {
         for path in [&config.artifacts.kernel, &config.artifacts.initrd] {
             if !path.is_file() {
@@ -566,6 +568,34 @@ mod tests {
         let cfg = QemuConfig::new(artifacts(dir.path()), st).qemu("/bin/sh");
         let err = prepare(cfg).unwrap_err().to_string();
         assert!(err.contains("shorter state directory"), "{err}");
+    }
+
+    #[test]
+    fn a_state_of_a_running_vm_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = dir.path().join("st");
+        fs::create_dir_all(&st).unwrap();
+        // A live process whose program is named like QEMU stands in for the VM.
+        let fake = dir.path().join("qemu-system-x86_64");
+        fs::copy("/bin/sleep", &fake).unwrap();
+        let mut vm = Command::new(&fake).arg("30").spawn().unwrap();
+        fs::write(st.join(crate::run::PID_FILE), format!("{}\n", vm.id())).unwrap();
+        fs::write(st.join(CONSOLE_LOG), "running VM").unwrap();
+        let cfg = QemuConfig::new(artifacts(dir.path()), &st).qemu("/bin/sh");
+        let err = prepare(cfg).unwrap_err().to_string();
+        let _ = vm.kill();
+        let _ = vm.wait();
+        assert!(
+            err.contains("in use by a running VM") && err.contains("--stop"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(st.join(CONSOLE_LOG)).unwrap(),
+            "running VM"
+        );
+        // Once it is gone, the state is free again.
+        let cfg = QemuConfig::new(artifacts(dir.path()), &st).qemu("/bin/sh");
+        prepare(cfg).unwrap();
     }
 
     #[test]

@@ -49,7 +49,21 @@ pub enum RunCommand {
 pub struct QemuArgs {
     /// Prefix of the build result (`out/minimal` boots out/minimal-kernel, out/minimal-initrd.img),
     /// or an ISO, disk image or UKI file (`out/minimal.iso`, `out/minimal.qcow2`, `out/minimal.efi`).
-    name: PathBuf,
+    #[arg(required_unless_present = "stop")]
+    name: Option<PathBuf>,
+    /// Stop the detached VM whose state directory is STATE instead of
+    /// booting one: system_powerdown, up to --stop-timeout for the guest to
+    /// shut down, then quit, then SIGKILL; then its forward helper and
+    /// sockets go. A VM that already stopped is not an error.
+    #[arg(long, value_name = "STATE", conflicts_with_all = [
+        "name", "as_disk", "cpus", "mem", "disk", "publish", "forward_socket", "wait_sockets",
+        "follow_ports", "share", "uefi", "data", "data_file", "metadata_server", "state", "qemu",
+        "arch", "append", "detach", "no_reboot", "timeout", "print_command",
+    ])]
+    stop: Option<PathBuf>,
+    /// With --stop: how long the guest has to power down before QEMU is told to quit [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    stop_timeout: Option<u64>,
     /// Attach the ISO given as NAME as a disk instead of a CD-ROM: the USB-stick path.
     #[arg(long)]
     as_disk: bool,
@@ -179,25 +193,34 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
 }
 
 fn qemu(args: QemuArgs) -> anyhow::Result<()> {
+    if let Some(state) = &args.stop {
+        return stop(state, Duration::from_secs(args.stop_timeout.unwrap_or(60)));
+    }
+    // clap drops `requires = "stop"` since --stop conflicts with NAME.
+    anyhow::ensure!(
+        args.stop_timeout.is_none(),
+        "--stop-timeout goes with --stop STATE; to stop a booting VM after some time, use --timeout"
+    );
+    let name = args.name.clone().context("NAME is required")?;
     if let Some(guest) = &args.follow_ports {
         run::api_socket(&args.forward_socket, guest)?;
     }
-    let image = if args.name.is_file() {
-        let image = BootImage::detect(&args.name)?;
+    let image = if name.is_file() {
+        let image = BootImage::detect(&name)?;
         Some(if args.as_disk { image.as_disk() } else { image })
     } else {
         anyhow::ensure!(
             !args.as_disk,
             "--as-disk needs an ISO file as NAME, and {} is not a file",
-            args.name.display()
+            name.display()
         );
         None
     };
     let state = args.state.clone().unwrap_or_else(|| {
         // out/minimal.qcow2 keeps its state in out/minimal-state, as out/minimal does.
         let base = match image {
-            Some(_) => args.name.with_extension(""),
-            None => args.name.clone(),
+            Some(_) => name.with_extension(""),
+            None => name.clone(),
         };
         let mut s = base.into_os_string();
         s.push("-state");
@@ -208,18 +231,18 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             args.append.is_none(),
             "--append cannot change {}: its kernel command line is built in (osk build's kernel.cmdline)",
-            args.name.display()
+            name.display()
         );
         if !uefi && matches!(image, BootImage::Uki(_)) {
             tracing::info!(
                 "{} is a UKI, which only UEFI firmware starts: using OVMF",
-                args.name.display()
+                name.display()
             );
             uefi = true;
         }
         tracing::debug!("boot image {image:?}");
     }
-    let artifacts = Artifacts::from_prefix(&args.name);
+    let artifacts = Artifacts::from_prefix(&name);
     let arch = match (args.arch, &image) {
         (Some(a), _) => a,
         (None, Some(_)) => Arch::Amd64,
@@ -276,7 +299,7 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         accel = %prepared.config.accel,
         state = %prepared.config.state_dir.display(),
         "booting {}",
-        args.name.display()
+        name.display()
     );
     if args.print_command {
         eprintln!("{}", prepared.display());
@@ -352,6 +375,19 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         args.timeout.unwrap_or_default()
     );
     anyhow::ensure!(exit.status.success(), "QEMU exited with {}", exit.status);
+    Ok(())
+}
+
+/// `osk run qemu --stop STATE`.
+fn stop(state: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let how = run::stop(state, timeout)?;
+    let what = match how {
+        run::Stopped::PoweredDown => "the guest powered down",
+        run::Stopped::Quit => "QEMU quit (the guest did not power down in time)",
+        run::Stopped::Killed => "QEMU was killed (it ignored quit)",
+        run::Stopped::AlreadyStopped => "no VM was running (already stopped)",
+    };
+    println!("stopped {}: {what}", state.display());
     Ok(())
 }
 
