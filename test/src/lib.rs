@@ -10,7 +10,7 @@ pub mod metadata;
 mod net;
 mod package;
 
-pub use machine::{ssh_ok, BootOpts, Machine};
+pub use machine::{ssh_ok, wait_ssh, BootOpts, Machine};
 pub use net::{free_port, http_get, ssh, ssh_keygen, wait_http};
 pub use package::{package_file, pkg_build};
 

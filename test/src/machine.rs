@@ -326,6 +326,19 @@ pub fn ssh_ok(vm: &Machine, key: &Path, command: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Retries ssh until sshd answers (it starts after the port forward
+/// exists), for up to 120 s.
+pub fn wait_ssh(vm: &Machine, key: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match ssh_ok(vm, key, "true") {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

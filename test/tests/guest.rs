@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
-use osk_e2e::{ssh_keygen, ssh_ok, BootOpts, Machine};
+use osk_e2e::{ssh_keygen, ssh_ok, wait_ssh, BootOpts, Machine};
 use osk_layout::marker::Event;
 
 /// TCG on a loaded 2-core machine.
@@ -83,17 +83,6 @@ fn build(dir: &Path, key: &Path, busybox: &Path) -> Result<PathBuf> {
     );
     eprintln!("osk build guest took {:.0?}", started.elapsed());
     Ok(out.join("guest"))
-}
-
-fn wait_ssh(vm: &Machine, key: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match ssh_ok(vm, key, "true") {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
 }
 
 fn host_secs() -> f64 {

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use osk_e2e::{ssh, ssh_keygen, ssh_ok, wait_http, BootOpts, Machine};
+use osk_e2e::{ssh, ssh_keygen, ssh_ok, wait_http, wait_ssh, BootOpts, Machine};
 use osk_layout::marker::Event;
 
 /// TCG on a loaded 2-core machine: kernel, root copy, containerd and the
@@ -151,18 +151,6 @@ fn service_names(manifests: &[PathBuf]) -> Result<Vec<String>> {
     }
     ensure!(!names.is_empty(), "no services in {manifests:?}");
     Ok(names)
-}
-
-/// Retries ssh until sshd answers (it starts after the port forward exists).
-fn wait_ssh(vm: &Machine, key: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match ssh_ok(vm, key, "true") {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
 }
 
 /// One row of `oskctl ps` (NAME STATE PID RESTARTS UPTIME).

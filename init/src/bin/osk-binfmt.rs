@@ -24,10 +24,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_target(false)
-        .without_time()
-        .init();
+    osk_init::log::init_tool();
     let cli = Cli::parse();
     let handlers = binfmt::load(&cli.conf_dir)?;
     let arch = std::env::consts::ARCH;

@@ -16,10 +16,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_target(false)
-        .without_time()
-        .init();
+    osk_init::log::init_tool();
     let cli = Cli::parse();
     // PID 1 of its container ignores SIGTERM without a handler, so every
     // stop would wait out the grace period: block it in every thread (they

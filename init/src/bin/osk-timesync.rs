@@ -28,10 +28,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_target(false)
-        .without_time()
-        .init();
+    osk_init::log::init_tool();
     let cli = Cli::parse();
     anyhow::ensure!(
         cli.interval > 0.0 && cli.threshold > 0.0,
