@@ -143,16 +143,33 @@ pub fn kernel_tree(
     let mut vmlinuz = None;
     let moddir = format!("lib/modules/{version}");
     let kernel = format!("boot/vmlinuz-{version}");
-    let meta = [
-        "modules.builtin",
-        "modules.builtin.modinfo",
-        "modules.order",
-    ]
-    .map(|f| format!("{moddir}/{f}"));
+    // modules.builtin tells osk-init's modprobe what needs no loading.
+    // modules.order is cut to the modules kept (the whole kernel's list is
+    // 160 kB); modules.builtin.modinfo (46 kB) has no reader in the image.
+    let builtin = format!("{moddir}/modules.builtin");
+    let order_file = format!("{moddir}/modules.order");
     for_each_entry(deb, &bad, |path, read| {
         if path == kernel {
             vmlinuz = Some(read()?);
-        } else if keep.contains(path) || meta.iter().any(|m| m == path) {
+        } else if path == order_file {
+            let all = read()?;
+            let kept: Vec<&[u8]> = all
+                .split(|b| *b == b'\n')
+                .filter(|l| {
+                    std::str::from_utf8(l)
+                        .is_ok_and(|l| keep.contains(format!("{moddir}/{l}").as_str()))
+                })
+                .collect();
+            let mut text = kept.join(&b'\n');
+            if !text.is_empty() {
+                text.push(b'\n');
+            }
+            put(
+                &mut modtree,
+                &format!("usr/{path}"),
+                Node::file(text, 0o644),
+            )?;
+        } else if keep.contains(path) || path == builtin {
             // Modules live under /usr/lib on a merged-/usr root.
             put(
                 &mut modtree,

@@ -263,7 +263,7 @@ fn main() -> Result<()> {
         )?;
         writeln!(
             report,
-            "| floor: `find \\| cpio -o -H newc \\| zstd -19 --long=27 --zstd=clog=23 --single-thread` over the same tree | {:.1} s | {} MiB | {} |",
+            "| floor: `find \\| cpio -o -H newc \\| zstd -19 --long=27 --zstd=clog=24 --single-thread` over the same tree | {:.1} s | {} MiB | {} |",
             floor_build.0,
             floor_build.1 / 1024,
             mib(floor_build.2)
@@ -555,7 +555,7 @@ fn unpacked_tree(manifest: &Path, work: &Path) -> Result<PathBuf> {
 fn bench_cpio_floor(tree: &Path, work: &Path) -> Result<(f64, u64, u64)> {
     let stats = work.join("cpio.time");
     let script =
-        "cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=23 --single-thread -o \"$2\"";
+        "cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=24 --single-thread -o \"$2\"";
     let status = Command::new("/usr/bin/time")
         .args(["-f", "%e %M", "-o"])
         .arg(&stats)
