@@ -14,7 +14,7 @@ pub use machine::{ssh_ok, wait_ssh, BootOpts, Machine};
 pub use net::{free_port, http_get, ssh, ssh_keygen, wait_http};
 pub use package::{package_file, pkg_build};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -111,4 +111,18 @@ pub fn osk(args: &[&str]) -> Result<std::process::Output> {
         .args(args)
         .output()
         .with_context(|| format!("running {}", bin.display()))
+}
+
+/// Whether `osk run qemu` can run a virtiofsd on this host: the Rust one on
+/// PATH or in /usr/libexec, or QEMU's C one (Debian 12's
+/// qemu-system-common), which needs root. Tests expect virtiofs shares then.
+pub fn virtiofsd_here() -> bool {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("virtiofsd").is_file()));
+    // /proc/self belongs to this process's effective uid.
+    let root =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    on_path
+        || Path::new("/usr/libexec/virtiofsd").is_file()
+        || (root && Path::new("/usr/lib/qemu/virtiofsd").is_file())
 }

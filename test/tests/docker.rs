@@ -332,6 +332,32 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
         back == "from the host\nfrom-a-container\n",
         "out.txt holds {back:?}"
     );
+    // Over virtiofs where this host has a virtiofsd (`--share-fs auto`).
+    let mounts = docker_ok(
+        sock,
+        &config,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{dir}:{dir}"),
+            &demo,
+            "cat",
+            "/proc/mounts",
+        ],
+    )?;
+    let want = if osk_e2e::virtiofsd_here() {
+        "virtiofs"
+    } else {
+        "9p"
+    };
+    ensure!(
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() > 2 && f[1] == dir && f[2] == want
+        }),
+        "the container does not see {dir} as {want}: {mounts}"
+    );
 
     // 4. A published port follows its container.
     let port = free_port()?;

@@ -13,6 +13,13 @@
 //!   powers the guest down; the helper `--detach` left behind ends, and no
 //!   socket or pid file is left.
 //! - A `--share` of a missing folder is named, and no VM starts.
+//! - virtiofs: where this host can run a virtiofsd (the Rust one on PATH,
+//!   or QEMU's C one as root), the boot asks `--share-fs virtiofs`: the
+//!   read-write share is mounted over virtiofs and the read-only one over
+//!   whatever enforces read-only on the host (9p with the C daemon). The
+//!   daemon ends with the VM, its socket with it. A missing `--virtiofsd`
+//!   is named and no VM starts. Without one, `--share-fs virtiofs` says
+//!   what to install, and the boot uses 9p.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -111,6 +118,56 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
         "a VM started anyway"
     );
 
+    // virtiofs when this host has a daemon for it; else its absence is named.
+    let virtiofs = osk_e2e::virtiofsd_here();
+    let o = osk(&[
+        "run".as_ref(),
+        "qemu".as_ref(),
+        "--detach".as_ref(),
+        "--share".as_ref(),
+        rw.as_os_str(),
+        "--share-fs".as_ref(),
+        "virtiofs".as_ref(),
+        "--virtiofsd".as_ref(),
+        missing.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        prefix.as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success()
+            && err.contains("--share-fs")
+            && err.contains(&missing.display().to_string()),
+        "a missing --virtiofsd was not named: {err}"
+    );
+    ensure!(
+        !state.join(osk_builder::run::PID_FILE).exists(),
+        "a VM started without its virtiofsd"
+    );
+    let share_fs = if virtiofs {
+        "virtiofs"
+    } else {
+        let o = osk(&[
+            "run".as_ref(),
+            "qemu".as_ref(),
+            "--detach".as_ref(),
+            "--share".as_ref(),
+            rw.as_os_str(),
+            "--share-fs".as_ref(),
+            "virtiofs".as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+            prefix.as_os_str(),
+        ])?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        ensure!(
+            !o.status.success() && err.contains("cargo install virtiofsd"),
+            "--share-fs virtiofs without a usable virtiofsd does not say what to install: {err}"
+        );
+        "9p"
+    };
+
     let sock = work.path().join("host/control.sock");
     let forward = format!("{}:{}", sock.display(), osk_layout::CONTROL_SOCKET);
     let mut vm = Machine::boot(
@@ -122,6 +179,8 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
                 rw.display().to_string(),
                 "--share".into(),
                 format!("{}:/ro,ro", ro.display()),
+                "--share-fs".into(),
+                share_fs.into(),
                 "--forward-socket".into(),
                 forward.clone(),
             ],
@@ -136,6 +195,22 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
     vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
 
     shares_work(&vm, &rw, &ro, &page)?;
+    let console = vm.console();
+    let mounted = format!(
+        "shared folder osk0 ({share_fs}) mounted on {}",
+        rw.display()
+    );
+    ensure!(
+        console.contains(&mounted),
+        "the console does not say {mounted:?}"
+    );
+    let daemons: Vec<u32> = if virtiofs {
+        let pid = std::fs::read_to_string(vm.state_dir().join("virtiofs0.pid"))
+            .context("no virtiofs0.pid for the virtiofs share")?;
+        vec![pid.trim().parse()?]
+    } else {
+        Vec::new()
+    };
     oskctl_through(&sock)?;
     second_vm_refused(&forward, &sock, &work.path().join("second"), &prefix)?;
 
@@ -191,7 +266,16 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
         !helper.is_ok_and(|c| !c.is_empty()),
         "the forward helper (pid {helper_pid}) runs after --stop"
     );
+    for pid in daemons {
+        let line = std::fs::read(format!("/proc/{pid}/cmdline"));
+        ensure!(
+            !line.is_ok_and(|c| !c.is_empty()),
+            "the virtiofsd (pid {pid}) runs after --stop"
+        );
+    }
     for gone in [
+        &state.join("virtiofs0.sock"),
+        &state.join("virtiofs0.pid"),
         &sock,
         &monitor,
         &state.join(osk_builder::run::PID_FILE),

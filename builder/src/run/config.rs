@@ -362,8 +362,14 @@ pub struct QemuConfig {
     pub firmware: Firmware,
     pub disks: Vec<DiskSpec>,
     pub publish: Vec<Publish>,
-    /// Host folders over virtio-9p (`--share`).
+    /// Host folders over virtio-9p or virtiofs (`--share`).
     pub shares: Vec<super::Share>,
+    /// `--share-fs`: decided per share by `prepare`.
+    pub share_fs: super::ShareFs,
+    /// `--virtiofsd`: the daemon to use instead of looking for one.
+    pub virtiofsd_program: Option<PathBuf>,
+    /// The daemon the virtiofs shares use; found by `prepare`.
+    pub virtiofsd: Option<super::Virtiofsd>,
     /// Guest unix sockets on the host (`--forward-socket`).
     pub forwards: Vec<super::ForwardSocket>,
     /// The port the host dials for each forward (a loopback port, or the
@@ -405,6 +411,9 @@ impl QemuConfig {
             disks: Vec::new(),
             publish: Vec::new(),
             shares: Vec::new(),
+            share_fs: super::ShareFs::default(),
+            virtiofsd_program: None,
+            virtiofsd: None,
             forwards: Vec::new(),
             forward_ports: Vec::new(),
             forward_transport: super::Transport::UserNet,
@@ -467,6 +476,12 @@ impl QemuConfig {
     }
     pub fn share(mut self, s: super::Share) -> Self {
         self.shares.push(s);
+        self
+    }
+
+    pub fn share_fs(mut self, fs: super::ShareFs, virtiofsd: Option<PathBuf>) -> Self {
+        self.share_fs = fs;
+        self.virtiofsd_program = virtiofsd;
         self
     }
 
@@ -604,14 +619,17 @@ impl QemuConfig {
             Arch::Amd64 if self.data.is_some() || cd => "q35,smbus=off",
             Arch::Amd64 => "q35,sata=off,smbus=off",
         };
-        a.args([
-            "-nodefaults",
-            "-no-user-config",
-            "-machine",
-            machine,
-            "-accel",
-            accel,
-        ]);
+        let memory = super::share::memory_backend(&self.shares, self.mem_mib);
+        let machine = match memory {
+            Some(_) => format!("{machine},memory-backend={}", super::share::MEMORY_ID),
+            None => machine.to_string(),
+        };
+        a.args(["-nodefaults", "-no-user-config", "-machine"]);
+        a.arg(machine);
+        a.args(["-accel", accel]);
+        if let Some(object) = memory {
+            a.arg("-object").arg(object);
+        }
         a.args(["-cpu", cpu]);
         a.arg("-smp").arg(self.cpus.to_string());
         a.arg("-m").arg(format!("{}M", self.mem_mib));
@@ -674,7 +692,11 @@ impl QemuConfig {
             a.args(["-device", "ide-cd,drive=metadata,bus=ide.1"]);
         }
 
-        a.0.extend(super::share::argv(&self.shares, &self.share_table()));
+        a.0.extend(super::share::argv(
+            &self.shares,
+            &self.share_table(),
+            &self.state_dir,
+        ));
         if !self.forwards.is_empty() {
             a.0.extend(super::forward::fw_cfg(&self.state_dir.join(SOCKET_TABLE)));
         }

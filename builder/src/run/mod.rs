@@ -17,6 +17,7 @@ mod relay;
 mod share;
 mod spawn;
 mod stop;
+mod virtiofs;
 
 pub use config::{
     parse_size, Accel, Artifacts, DiskFormat, DiskSpec, Firmware, MetadataServer, Protocol,
@@ -39,6 +40,7 @@ pub use spawn::{
     Detached, Prepared,
 };
 pub use stop::{check_state_free, live_qemu, proc_cmdline, stop, Stopped};
+pub use virtiofs::{Daemons, Dialect, ShareFs, Virtiofsd};
 
 use std::path::PathBuf;
 

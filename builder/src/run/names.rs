@@ -21,3 +21,5 @@ pub const FORWARD_PID: &str = "forward.pid";
 pub const FORWARD_LOG: &str = "forward.log";
 /// How to reach a detached VM: its sockets and published ports, one per line.
 pub const REACH: &str = "reach";
+/// Longest path a unix socket address can hold (sun_path is 108 bytes, NUL included).
+pub(super) const MAX_SOCKET_PATH: usize = 107;

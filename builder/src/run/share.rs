@@ -1,12 +1,14 @@
 //! `--share HOST_DIR[:GUEST_DIR][,ro]`: host folders in the guest over
-//! virtio-9p, built into QEMU (no daemon, no root). The guest learns where
-//! each tag goes from a table in fw_cfg (see `osk_layout::share`).
+//! virtio-9p, built into QEMU (no daemon, no root), or virtiofs where a
+//! virtiofsd serves them (see `super::virtiofs`). The guest learns where
+//! each tag goes, and by which filesystem, from a table in fw_cfg (see
+//! `osk_layout::share`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use osk_layout::share::{self as table, Share as GuestShare};
+use osk_layout::share::{self as table, Fs, Share as GuestShare};
 
 use super::{Error, Result};
 
@@ -18,6 +20,8 @@ pub struct Share {
     /// same folder on both sides, as on Docker Desktop.
     pub guest: String,
     pub readonly: bool,
+    /// 9p until `prepare` finds a virtiofsd for it.
+    pub fs: Fs,
 }
 
 impl FromStr for Share {
@@ -60,6 +64,7 @@ impl FromStr for Share {
             host,
             guest,
             readonly,
+            fs: Fs::NineP,
         })
     }
 }
@@ -88,42 +93,70 @@ pub fn guest_table(shares: &[Share]) -> String {
             tag: GuestShare::tag_for(i),
             path: s.guest.clone(),
             readonly: s.readonly,
+            fs: s.fs,
         })
         .collect();
     table::encode(&rows)
 }
 
-/// QEMU arguments for `shares`; `table` is the file holding [`guest_table`].
-pub fn argv(shares: &[Share], table_file: &Path) -> Vec<OsString> {
+/// QEMU arguments for `shares`; `table` is the file holding [`guest_table`],
+/// `state` the directory of the virtiofsd sockets. The guest memory must be
+/// shared ([`memory_backend`]) when any share is virtiofs.
+pub fn argv(shares: &[Share], table_file: &Path, state: &Path) -> Vec<OsString> {
     let mut a = Vec::new();
     if shares.is_empty() {
         return a;
     }
     for (i, s) in shares.iter().enumerate() {
-        // security_model=none: files the guest writes belong to the user
-        // running QEMU, as on Docker Desktop; nothing is stored in xattrs.
-        let mut fsdev = OsString::from(format!("local,id=share{i},path="));
-        fsdev.push(super::config::escape_commas(&s.host));
-        fsdev.push(",security_model=none");
-        if s.readonly {
-            fsdev.push(",readonly=on");
+        let tag = GuestShare::tag_for(i);
+        match s.fs {
+            Fs::NineP => {
+                // security_model=none: files the guest writes belong to the user
+                // running QEMU, as on Docker Desktop; nothing is stored in xattrs.
+                let mut fsdev = OsString::from(format!("local,id=share{i},path="));
+                fsdev.push(super::config::escape_commas(&s.host));
+                fsdev.push(",security_model=none");
+                if s.readonly {
+                    fsdev.push(",readonly=on");
+                }
+                a.push("-fsdev".into());
+                a.push(fsdev);
+                a.push("-device".into());
+                a.push(format!("virtio-9p-pci,fsdev=share{i},mount_tag={tag}").into());
+            }
+            Fs::Virtiofs => {
+                let mut chardev = OsString::from(format!("socket,id=share{i},path="));
+                chardev.push(super::config::escape_commas(&super::virtiofs::socket_path(
+                    state, i,
+                )));
+                a.push("-chardev".into());
+                a.push(chardev);
+                a.push("-device".into());
+                // 1024: the queue size virtiofsd's own docs use; the 128 default
+                // limits requests in flight.
+                a.push(
+                    format!("vhost-user-fs-pci,queue-size=1024,chardev=share{i},tag={tag}").into(),
+                );
+            }
         }
-        a.push("-fsdev".into());
-        a.push(fsdev);
-        a.push("-device".into());
-        a.push(
-            format!(
-                "virtio-9p-pci,fsdev=share{i},mount_tag={}",
-                GuestShare::tag_for(i)
-            )
-            .into(),
-        );
     }
     let mut fw = OsString::from(format!("name={},file=", table::FW_CFG_NAME));
     fw.push(super::config::escape_commas(table_file));
     a.push("-fw_cfg".into());
     a.push(fw);
     a
+}
+
+/// The id of the shared guest memory virtiofs needs: the virtiofsd maps
+/// the guest's RAM to serve requests in place.
+pub const MEMORY_ID: &str = "mem";
+
+/// `-object` for that memory, when any share is virtiofs.
+pub fn memory_backend(shares: &[Share], mem_mib: u64) -> Option<String> {
+    shares
+        .iter()
+        .any(|s| s.fs == Fs::Virtiofs)
+        .then(|| format!("memory-backend-memfd,id={MEMORY_ID},size={mem_mib}M,share=on"))
 }
 
 #[cfg(test)]
@@ -168,7 +201,7 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let argv: Vec<String> = argv(&shares, Path::new("/st/shares"))
+        let argv: Vec<String> = argv(&shares, Path::new("/st/shares"), Path::new("/st"))
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
@@ -188,5 +221,40 @@ mod tests {
             ]
         );
         assert_eq!(guest_table(&shares), "osk0\trw\t/a\nosk1\tro\t/c\n");
+        assert_eq!(memory_backend(&shares, 1024), None);
+    }
+
+    #[test]
+    fn a_virtiofs_share_is_a_vhost_user_device_on_the_daemons_socket() {
+        let mut shares: Vec<Share> = ["/h/a:/a", "/h/c:/c,ro"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        shares[0].fs = Fs::Virtiofs;
+        let argv: Vec<String> = argv(&shares, Path::new("/st/shares"), Path::new("/st"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            argv[..4],
+            [
+                "-chardev",
+                "socket,id=share0,path=/st/virtiofs0.sock",
+                "-device",
+                "vhost-user-fs-pci,queue-size=1024,chardev=share0,tag=osk0",
+            ]
+        );
+        assert_eq!(
+            argv[5],
+            "local,id=share1,path=/h/c,security_model=none,readonly=on"
+        );
+        assert_eq!(
+            guest_table(&shares),
+            "osk0\trw,virtiofs\t/a\nosk1\tro\t/c\n"
+        );
+        assert_eq!(
+            memory_backend(&shares, 2048).as_deref(),
+            Some("memory-backend-memfd,id=mem,size=2048M,share=on")
+        );
     }
 }

@@ -11,12 +11,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::config::{Accel, DiskFormat, Firmware, QemuConfig};
-use super::names::{METADATA_ISO, UEFI_VARS};
+use super::names::{MAX_SOCKET_PATH, METADATA_ISO, UEFI_VARS};
 use super::{iso, Error, Result};
 use crate::arch::Arch;
-
-/// Longest path a unix socket address can hold (sun_path is 108 bytes, NUL included).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// A config whose files exist, ready to start.
 #[derive(Debug, Clone)]
@@ -203,6 +200,15 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
         for s in &config.shares {
             s.check()?;
         }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        config.virtiofsd = super::virtiofs::plan(
+            config.share_fs,
+            config.virtiofsd_program.as_deref(),
+            root,
+            &mut config.shares,
+        )?;
+        super::virtiofs::check_sockets(&state, &config.shares)?;
         let table = config.share_table();
         fs::write(&table, super::guest_table(&config.shares)).map_err(Error::io(&table))?;
     }
@@ -300,11 +306,33 @@ pub struct AttachedExit {
 /// returns its exit status. With a timeout, the VM is told to `quit` through
 /// its monitor when the time is up (and killed if that fails).
 pub fn run_attached(p: &Prepared, timeout: Option<Duration>) -> Result<AttachedExit> {
+    let mut daemons = start_daemons(p)?;
     tracing::debug!(command = %p.display(), "starting QEMU");
-    let mut child = Command::new(&p.program)
-        .args(&p.args)
-        .spawn()
-        .map_err(Error::io(&p.program))?;
+    let child = Command::new(&p.program).args(&p.args).spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            daemons.kill();
+            return Err(Error::io(&p.program)(e));
+        }
+    };
+    let exit = wait_attached(p, child, timeout);
+    // They end once QEMU has closed their sockets.
+    daemons.reap(Duration::from_secs(5));
+    exit
+}
+
+/// The virtiofsds of `p`'s virtiofs shares, started before QEMU connects to them.
+fn start_daemons(p: &Prepared) -> Result<super::Daemons> {
+    let c = &p.config;
+    super::virtiofs::start(c.virtiofsd.as_ref(), &c.shares, &c.state_dir)
+}
+
+fn wait_attached(
+    p: &Prepared,
+    mut child: std::process::Child,
+    timeout: Option<Duration>,
+) -> Result<AttachedExit> {
     let exit = |status, timed_out| AttachedExit { status, timed_out };
     let Some(timeout) = timeout else {
         let status = child.wait().map_err(Error::io(&p.program))?;
@@ -358,12 +386,27 @@ pub fn run_detached(p: &Prepared) -> Result<Detached> {
             reason: "run_detached needs a config built with detach(true)".into(),
         });
     }
+    let mut daemons = start_daemons(p)?;
     tracing::debug!(command = %p.display(), "starting QEMU in the background");
     let out = Command::new(&p.program)
         .args(&p.args)
         .stdin(Stdio::null())
-        .output()
-        .map_err(Error::io(&p.program))?;
+        .output();
+    let out = match out {
+        Ok(out) if out.status.success() => {
+            // They stay with the VM and end when its QEMU does.
+            daemons.detach();
+            out
+        }
+        Ok(out) => {
+            daemons.kill();
+            out
+        }
+        Err(e) => {
+            daemons.kill();
+            return Err(Error::io(&p.program)(e));
+        }
+    };
     if !out.status.success() {
         return Err(Error::Command {
             program: p.program.display().to_string(),

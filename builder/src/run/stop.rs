@@ -27,6 +27,35 @@ fn is_forward_helper(cmdline: &[u8]) -> bool {
     args.windows(2).any(|w| w == [&b"run"[..], &b"forward"[..]])
 }
 
+/// Whether a command line is a virtiofsd's (`--share` over virtiofs).
+fn is_virtiofsd(cmdline: &[u8]) -> bool {
+    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    argv0.rsplit(|&b| b == b'/').next() == Some(b"virtiofsd")
+}
+
+/// The virtiofsds a detached VM started: each share's index, and its pid
+/// while it still runs.
+fn virtiofsds(
+    state: &Path,
+    cmdline: &impl Fn(i32) -> Option<Vec<u8>>,
+) -> Result<Vec<(usize, Option<i32>)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(state).map_err(Error::io(state))? {
+        let name = entry.map_err(Error::io(state))?.file_name();
+        let index = name.to_str().and_then(|n| {
+            n.strip_prefix("virtiofs")?
+                .strip_suffix(".pid")?
+                .parse()
+                .ok()
+        });
+        if let Some(i) = index {
+            let pid = live_pid(&super::virtiofs::pid_path(state, i), cmdline, is_virtiofsd)?;
+            out.push((i, pid));
+        }
+    }
+    Ok(out)
+}
+
 /// The pid in `pid_file` when `cmdline` says it is a live process that
 /// `pred` accepts: a pid recycled by another program never counts.
 fn live_pid(
@@ -99,6 +128,7 @@ fn stop_with(
     // Read first: the helper removes its pid file as it ends, before it
     // has exited.
     let helper = live_pid(&state.join(FORWARD_PID), &cmdline, is_forward_helper)?;
+    let daemons = virtiofsds(state, &cmdline)?;
     let how = match live_qemu(state, &cmdline)? {
         Some(pid) => Some(stop_qemu(state, pid, timeout, &cmdline)),
         None => {
@@ -117,7 +147,7 @@ fn stop_with(
             None
         }
     };
-    clean_up(state, helper, &cmdline)?;
+    clean_up(state, helper, &daemons, &cmdline)?;
     Ok(how.unwrap_or(Stopped::AlreadyStopped))
 }
 
@@ -183,12 +213,24 @@ fn stop_qemu(
 
 /// Removes what a stopped VM left: the forward helper (which ends with QEMU
 /// and removes its own sockets; if it died, they are removed here), the
-/// monitor socket, pid files and reach file.
+/// virtiofsds (which end with QEMU too) and their sockets, the monitor
+/// socket, pid files and reach file.
 fn clean_up(
     state: &Path,
     helper: Option<i32>,
+    daemons: &[(usize, Option<i32>)],
     cmdline: &impl Fn(i32) -> Option<Vec<u8>>,
 ) -> Result<()> {
+    for (i, pid) in daemons {
+        if let Some(pid) = *pid {
+            if !wait_gone(pid, Duration::from_secs(5), cmdline, is_virtiofsd) {
+                tracing::warn!(pid, "a virtiofsd outlived QEMU; killing it");
+                kill_if(pid, cmdline, is_virtiofsd);
+            }
+        }
+        remove(&super::virtiofs::socket_path(state, *i))?;
+        remove(&super::virtiofs::pid_path(state, *i))?;
+    }
     if let Some(pid) = helper {
         if !wait_gone(pid, Duration::from_secs(10), cmdline, is_forward_helper) {
             tracing::warn!(pid, "the forward helper outlived QEMU; killing it");
@@ -283,6 +325,9 @@ mod tests {
         fs::write(st.join(PID_FILE), "999999999\n").unwrap();
         fs::write(st.join(FORWARD_PID), "999999998\n").unwrap();
         fs::write(st.join(REACH), "socket x\n").unwrap();
+        // A virtiofsd that ended, and the socket it left.
+        fs::write(st.join("virtiofs0.pid"), "999999997\n").unwrap();
+        fs::write(st.join("virtiofs0.sock"), "").unwrap();
         // The helper died without removing its socket; a plain file stays.
         let sock = st.join("docker.sock");
         let _l = UnixListener::bind(&sock).unwrap();
@@ -296,7 +341,13 @@ mod tests {
         fs::write(st.join(FORWARD_TABLE), table).unwrap();
         let how = stop_with(st, Duration::ZERO, |_| None).unwrap();
         assert_eq!(how, Stopped::AlreadyStopped);
-        for gone in [PID_FILE, FORWARD_PID, REACH] {
+        for gone in [
+            PID_FILE,
+            FORWARD_PID,
+            REACH,
+            "virtiofs0.pid",
+            "virtiofs0.sock",
+        ] {
             assert!(!st.join(gone).exists(), "{gone} left");
         }
         assert!(!sock.exists() && plain.exists());
@@ -312,5 +363,7 @@ mod tests {
         assert!(!is_qemu(b""));
         assert!(is_forward_helper(b"/usr/bin/osk\0run\0forward\0--state\0s"));
         assert!(!is_forward_helper(b"/usr/bin/osk\0run\0qemu\0forward"));
+        assert!(is_virtiofsd(b"/usr/lib/qemu/virtiofsd\0--socket-path=/s"));
+        assert!(!is_virtiofsd(b"/usr/bin/osk\0virtiofsd"));
     }
 }

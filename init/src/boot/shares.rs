@@ -1,15 +1,16 @@
-//! Host folders from `osk run qemu --share`: each virtio-9p tag is mounted
-//! where the table QEMU hands over in fw_cfg says (see `osk_layout::share`).
-//! Runs after modules are loaded (virtio-9p and fw_cfg load by modalias)
-//! and before onboot, so every container can bind a shared folder.
+//! Host folders from `osk run qemu --share`: each virtio-9p or virtiofs tag
+//! is mounted where the table QEMU hands over in fw_cfg says (see
+//! `osk_layout::share`). Runs after modules are loaded (virtio-9p,
+//! virtiofs and fw_cfg load by modalias) and before onboot, so every
+//! container can bind a shared folder.
 
-use osk_layout::share::{self, Share};
+use osk_layout::share::{self, Fs, Share};
 
 use crate::sys::{MsFlags, Sys};
 
 /// 9p options: the virtio transport, Linux semantics, and 256 KiB messages
 /// (the default 8 KiB makes large reads crawl).
-const OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=262144";
+const OPTIONS_9P: &str = "trans=virtio,version=9p2000.L,msize=262144";
 
 /// Mounts the shares in `table` (the fw_cfg file's content, if there is
 /// one). Returns how many were mounted; each failure is logged, naming the
@@ -32,16 +33,26 @@ fn mount_one(sys: &dyn Sys, s: &Share) -> bool {
     if s.readonly {
         flags |= MsFlags::MS_RDONLY;
     }
+    // virtiofs takes no options: the tag names the device.
+    let options = match s.fs {
+        Fs::NineP => Some(OPTIONS_9P),
+        Fs::Virtiofs => None,
+    };
+    let fstype = s.fs.fstype();
     let result = sys
         .mkdir_p(&s.path)
-        .and_then(|()| sys.mount(&s.tag, &s.path, Some("9p"), flags, Some(OPTIONS)));
+        .and_then(|()| sys.mount(&s.tag, &s.path, Some(fstype), flags, options));
     match result {
         Ok(()) => {
-            tracing::info!("shared folder {} mounted on {}", s.tag, s.path);
+            tracing::info!("shared folder {} ({fstype}) mounted on {}", s.tag, s.path);
             true
         }
         Err(e) => {
-            tracing::error!("mounting shared folder {} on {}: {e}", s.tag, s.path);
+            tracing::error!(
+                "mounting shared folder {} ({fstype}) on {}: {e}",
+                s.tag,
+                s.path
+            );
             false
         }
     }
@@ -60,8 +71,11 @@ mod tests {
     #[test]
     fn mounts_each_share_where_the_table_says() {
         let sys = Recorder::default();
-        let n = mount_all(&sys, Some("osk0\trw\t/home/me/My src\nosk1\tro\t/data\n"));
-        assert_eq!(n, 2);
+        let n = mount_all(
+            &sys,
+            Some("osk0\trw\t/home/me/My src\nosk1\tro\t/data\nosk2\trw,virtiofs\t/fast\n"),
+        );
+        assert_eq!(n, 3);
         assert_eq!(
             sys.calls(),
             [
@@ -69,6 +83,8 @@ mod tests {
                 "mount osk0 /home/me/My src 9p MS_NOSUID|MS_NODEV trans=virtio,version=9p2000.L,msize=262144",
                 "mkdir /data",
                 "mount osk1 /data 9p MS_RDONLY|MS_NOSUID|MS_NODEV trans=virtio,version=9p2000.L,msize=262144",
+                "mkdir /fast",
+                "mount osk2 /fast virtiofs MS_NOSUID|MS_NODEV -",
             ]
         );
     }

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use osk_builder::arch::Arch;
 use osk_builder::run::{
     self, Accel, Artifacts, BootImage, DiskSpec, Firmware, Follower, ForwardSocket, Forwarder,
-    MetadataServer, Publish, QemuConfig, Share,
+    MetadataServer, Publish, QemuConfig, Share, ShareFs,
 };
 
 #[derive(Subcommand)]
@@ -57,7 +57,7 @@ pub struct QemuArgs {
     /// sockets go. A VM that already stopped is not an error.
     #[arg(long, value_name = "STATE", conflicts_with_all = [
         "name", "as_disk", "cpus", "mem", "disk", "publish", "forward_socket", "wait_sockets",
-        "follow_ports", "share", "uefi", "data", "data_file", "metadata_server", "state", "qemu",
+        "follow_ports", "share", "share_fs", "virtiofsd", "uefi", "data", "data_file", "metadata_server", "state", "qemu",
         "arch", "append", "detach", "no_reboot", "timeout", "print_command",
     ])]
     stop: Option<PathBuf>,
@@ -95,10 +95,20 @@ pub struct QemuArgs {
     /// does it.
     #[arg(long, value_name = "GUEST_PATH", requires = "forward_socket")]
     follow_ports: Option<String>,
-    /// Share a host folder: HOST_DIR[:GUEST_DIR][,ro], over virtio-9p. It is
-    /// mounted in the guest at GUEST_DIR, by default the host path itself. Repeatable.
+    /// Share a host folder: HOST_DIR[:GUEST_DIR][,ro], over virtiofs or
+    /// virtio-9p (see --share-fs). It is mounted in the guest at GUEST_DIR,
+    /// by default the host path itself. Repeatable.
     #[arg(long, value_parser = parse_from::<Share>, value_name = "HOST_DIR[:GUEST_DIR][,ro]")]
     share: Vec<Share>,
+    /// How --share folders reach the guest: virtiofs (a virtiofsd per
+    /// share, started and ended with the VM), 9p (built into QEMU), or auto:
+    /// virtiofs when a usable virtiofsd is found, else 9p. A read-only share
+    /// goes over 9p unless the virtiofsd enforces read-only itself.
+    #[arg(long, env = "OSK_SHARE_FS", default_value = "auto", value_parser = parse_from::<ShareFs>)]
+    share_fs: ShareFs,
+    /// The virtiofsd to run [default: virtiofsd on PATH, /usr/libexec/virtiofsd, /usr/lib/qemu/virtiofsd].
+    #[arg(long, env = "OSK_VIRTIOFSD", value_name = "PATH")]
+    virtiofsd: Option<PathBuf>,
     /// Accelerator: auto picks kvm when /dev/kvm is usable, else tcg.
     #[arg(long, env = "OSK_QEMU_ACCEL", default_value = "auto", value_parser = parse_from::<Accel>)]
     accel: Accel,
@@ -275,6 +285,7 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     for s in args.share {
         cfg = cfg.share(s);
     }
+    cfg = cfg.share_fs(args.share_fs, args.virtiofsd);
     for f in args.forward_socket {
         cfg = cfg.forward_socket(f);
     }
