@@ -79,7 +79,13 @@ impl Arch {
 
     /// The architecture a kernel image is for, from its boot header: arm64's
     /// `Image` has the magic `ARM\x64` at 0x38, x86's bzImage `HdrS` at 0x202.
+    /// A gzip'd `Image` (`Image.gz`, what osk's arm64 kernel package holds) is
+    /// read through its first inflated bytes; `head` may be a prefix of the file.
     pub fn of_kernel(head: &[u8]) -> Option<Arch> {
+        if is_gzip(head) {
+            let inner = gunzip_prefix(head, 0x40);
+            return (inner.get(0x38..0x3c) == Some(b"ARM\x64")).then_some(Arch::Arm64);
+        }
         if head.get(0x38..0x3c) == Some(b"ARM\x64") {
             Some(Arch::Arm64)
         } else if head.get(0x202..0x206) == Some(b"HdrS") {
@@ -105,6 +111,28 @@ impl Arch {
         }
         Ok(out)
     }
+}
+
+/// Whether `data` starts with gzip's magic (an `Image.gz`).
+pub fn is_gzip(data: &[u8]) -> bool {
+    data.starts_with(&[0x1f, 0x8b])
+}
+
+/// Up to `n` bytes inflated from the start of the gzip stream `data`, which
+/// may be cut short: whatever inflates before the cut.
+pub fn gunzip_prefix(data: &[u8], n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    let mut gz = flate2::read::GzDecoder::new(data);
+    while got < n {
+        match gz.read(&mut out[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k,
+        }
+    }
+    out.truncate(got);
+    out
 }
 
 impl FromStr for Arch {
@@ -165,5 +193,15 @@ mod tests {
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert_eq!(Arch::of_kernel(&bz), Some(Arch::Amd64));
         assert_eq!(Arch::of_kernel(b"bzImage"), None);
+        // Image.gz, read from a prefix of the file as `osk run` does.
+        use std::io::Write;
+        arm.extend(std::iter::repeat_n(7u8, 1 << 16));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&arm).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(Arch::of_kernel(&gz[..gz.len() / 2]), Some(Arch::Arm64));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&bz).unwrap();
+        assert_eq!(Arch::of_kernel(&gz.finish().unwrap()), None);
     }
 }

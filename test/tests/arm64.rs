@@ -88,7 +88,7 @@ fn arm64_minimal_boots_serves_and_powers_off() -> Result<()> {
     let kernel = std::fs::read(out.join("minimal-kernel"))?;
     ensure!(
         osk_builder::arch::Arch::of_kernel(&kernel) == Some(osk_builder::arch::Arch::Arm64),
-        "minimal-kernel is not an arm64 Image"
+        "minimal-kernel is not an arm64 Image(.gz)"
     );
     let sizes = ["minimal-kernel", "minimal-initrd.img"]
         .map(|f| std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0));
@@ -124,9 +124,13 @@ fn arm64_minimal_boots_serves_and_powers_off() -> Result<()> {
     Ok(())
 }
 
-/// Two builds of arm64 minimal write the same bytes.
+/// The size promise, as for amd64: kernel + initrd of minimal.
+const MAX_KERNEL_INITRD: u64 = 30_000_000;
+
+/// Two builds of arm64 minimal write the same bytes, and its kernel (an
+/// Image.gz) + initrd stay within 30 MB.
 #[test]
-fn arm64_minimal_builds_the_same_bytes_twice() -> Result<()> {
+fn arm64_minimal_builds_the_same_bytes_twice_within_30_mb() -> Result<()> {
     let cache = osk_e2e::cache_dir()?;
     let (a, b) = (cache.join("arm64-a"), cache.join("arm64-b"));
     build_minimal(&a)?;
@@ -137,6 +141,19 @@ fn arm64_minimal_builds_the_same_bytes_twice() -> Result<()> {
             "{f} differs between two builds"
         );
     }
+    let kernel = std::fs::read(a.join("minimal-kernel"))?;
+    ensure!(
+        kernel.starts_with(&[0x1f, 0x8b]),
+        "minimal-kernel is not gzip'd (Image.gz)"
+    );
+    let size = |f: &str| std::fs::metadata(a.join(f)).map(|m| m.len());
+    let (k, i) = (size("minimal-kernel")?, size("minimal-initrd.img")?);
+    eprintln!("arm64 minimal: kernel {k} B + initrd {i} B = {} B", k + i);
+    ensure!(
+        k + i <= MAX_KERNEL_INITRD,
+        "arm64 kernel {k} B + initrd {i} B = {} B, over {MAX_KERNEL_INITRD}",
+        k + i
+    );
     Ok(())
 }
 

@@ -546,6 +546,10 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
     field("format", FORMAT.as_bytes());
     if pkg.spec.kernel.is_some() {
         field("kernel-format", KERNEL_FORMAT.as_bytes());
+        // arm64's /kernel became Image.gz; amd64's tags stay.
+        if pkg.arch == Arch::Arm64 {
+            field("kernel-image", b"Image.gz");
+        }
     }
     field("name", pkg.name.as_bytes());
     // amd64 tags stay what they were before other architectures.

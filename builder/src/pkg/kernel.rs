@@ -1,4 +1,5 @@
-//! The kernel image form: `/kernel` (vmlinuz) and `/kernel.tar` holding the
+//! The kernel image form: `/kernel` (vmlinuz; arm64's Image gzip'd, as
+//! LinuxKit's are) and `/kernel.tar` holding the
 //! chosen modules plus their `depends=` closure, a matching `modules.dep`
 //! and osk's list of modules to load at every boot (`kernel.boot`, in load
 //! order; osk-init loads device drivers and on-demand modules itself).
@@ -217,15 +218,14 @@ pub fn kernel_tree(
         ),
     )?;
 
+    let mut vmlinuz = vmlinuz.ok_or_else(|| bad("vmlinuz vanished".into()))?;
+    if crate::arch::Arch::of_kernel(&vmlinuz) == Some(crate::arch::Arch::Arm64)
+        && !crate::arch::is_gzip(&vmlinuz)
+    {
+        vmlinuz = gzip_image(&vmlinuz).map_err(|e| bad(format!("gzip of {kernel}: {e}")))?;
+    }
     let mut tree = Tree::default();
-    put(
-        &mut tree,
-        KERNEL_BINARY,
-        Node::file(
-            vmlinuz.ok_or_else(|| bad("vmlinuz vanished".into()))?,
-            0o644,
-        ),
-    )?;
+    put(&mut tree, KERNEL_BINARY, Node::file(vmlinuz, 0o644))?;
     let tar = super::image::layer_tar(&modtree, mtime).map_err(|e| bad(e.to_string()))?;
     put(&mut tree, KERNEL_TAR, Node::file(tar, 0o644))?;
     tracing::info!(
@@ -234,6 +234,19 @@ pub fn kernel_tree(
         wanted.len()
     );
     Ok(tree)
+}
+
+/// arm64's uncompressed `Image` as `Image.gz`: half the size, and what QEMU's
+/// `-kernel`, U-Boot's `booti` and GRUB load. Reproducible: no name, mtime 0,
+/// a fixed level.
+fn gzip_image(image: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(image.len() / 2),
+        flate2::Compression::best(),
+    );
+    gz.write_all(image)?;
+    gz.finish()
 }
 
 /// `name` and every module it needs, transitively (modules.dep lists the

@@ -159,11 +159,11 @@ fn parse_from<T: std::str::FromStr<Err = run::Error>>(s: &str) -> Result<T, run:
 
 /// What `kernel` was built for; amd64 when it is missing (`prepare` says so).
 fn kernel_arch(kernel: &Path) -> anyhow::Result<Arch> {
-    let mut head = Vec::with_capacity(0x240);
+    let mut head = Vec::with_capacity(0x1000);
     match std::fs::File::open(kernel) {
         Ok(f) => {
             use std::io::Read;
-            f.take(0x240)
+            f.take(0x1000)
                 .read_to_end(&mut head)
                 .with_context(|| format!("reading {}", kernel.display()))?;
         }
