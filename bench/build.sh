@@ -139,7 +139,7 @@ mkdir -p "$W/x"
 "${BUILD[@]}" --compress none 2>/dev/null
 (cd "$W/x" && cpio -idm --quiet <"$W/out/bench-initrd.img")
 raw=$(du -sb --apparent-size "$W/x" | cut -f1)
-floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=24 --single-thread -c >"$W/floor.zst"; }
+floor() { cd "$W/x" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=23 --single-thread -c >"$W/floor.zst"; }
 export -f floor; export W
 flo=$(measure floor bash -c floor)
 size_floor=$(stat -c %s "$W/floor.zst")
@@ -158,7 +158,7 @@ Produced by \`make bench-build\` (\`bench/build.sh\`) on $(date -u +%F), $(nproc
 load average $(cut -d' ' -f1-3 /proc/loadavg) at the end: \`osk build\` of a
 manifest with a kernel, an init image, an onboot container and four
 services, against the floor \`find | cpio -o -H newc | zstd -19 --long=27
---zstd=clog=24 --single-thread\` (zstd-max's parameters) over the same tree.
+--zstd=clog=23 --single-thread\` (zstd-max's parameters) over the same tree.
 "warm": store, spool and segment cache warm, no previous output;
 "segments dropped": every segment compressed again; "rebuild": after a
 one-line change of a \`files\` entry.

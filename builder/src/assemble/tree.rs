@@ -159,6 +159,28 @@ impl<I> Tree<I> {
         }
     }
 
+    /// Takes `path` (with everything below it) out of the tree; false if it
+    /// was not there. Parents are not followed through symlinks.
+    pub fn remove(&mut self, path: &[u8]) -> bool {
+        let Ok(comps) = components(path) else {
+            return false;
+        };
+        let Some((name, parents)) = comps.split_last() else {
+            return false;
+        };
+        let mut cur = ROOT;
+        for c in parents {
+            match self.children(cur).and_then(|m| m.get(*c)) {
+                Some(id) => cur = *id,
+                None => return false,
+            }
+        }
+        match &mut self.nodes[cur].kind {
+            Kind::Dir(c) => c.remove(*name).is_some(),
+            _ => false,
+        }
+    }
+
     /// Looks `path` up without following any symlink.
     pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
         let comps = components(path).ok()?;
@@ -562,6 +584,21 @@ fn meta_of(e: &LayerEntry) -> Meta {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn remove_takes_a_subtree_and_only_what_is_there() {
+        let mut t: Tree<u8> = Tree::default();
+        t.add_inode(b"a/b/c", 1, Meta::root(0o644), Meta::root(0o755))
+            .unwrap();
+        t.add_inode(b"a/d", 2, Meta::root(0o644), Meta::root(0o755))
+            .unwrap();
+        assert!(t.remove(b"a/b"));
+        assert!(t.lookup(b"a/b/c").is_none() && t.lookup(b"a/b").is_none());
+        assert!(t.lookup(b"a/d").is_some());
+        assert!(!t.remove(b"a/b"));
+        assert!(!t.remove(b"x/y"));
+        assert!(!t.remove(b""));
+    }
     use super::*;
 
     fn names<I>(t: &Tree<I>, order: Vec<(Vec<u8>, NodeId)>) -> Vec<String> {

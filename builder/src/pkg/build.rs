@@ -26,10 +26,14 @@ use oci_spec::image::{Descriptor, ImageConfiguration, MediaType, PlatformBuilder
 
 /// Bumped when the builder's output for the same inputs changes.
 const FORMAT: &str = "osk-pkg-1";
-/// The same for kernel packages only (2: `etc/osk/modules` holds `kernel.boot`).
-const KERNEL_FORMAT: &str = "osk-kernel-2";
+/// The same for kernel packages only (2: `etc/osk/modules` holds
+/// `kernel.boot`; 3: modules.order only lists the shipped modules, no
+/// modules.builtin.modinfo).
+const KERNEL_FORMAT: &str = "osk-kernel-3";
 /// Image references are `osk/NAME:TAG`.
 pub const IMAGE_PREFIX: &str = "osk/";
+/// Where Debian's ca-certificates puts the single certificates `ca-bundle` folds together.
+const CA_CERTS_DIR: &str = "usr/share/ca-certificates";
 
 /// How to reach the archive and where to cache.
 #[derive(Debug, Clone)]
@@ -551,6 +555,10 @@ fn prepare(dir: &Path, store: &Store, opts: &Options, depth: usize) -> Result<Pr
             field("kernel-image", b"Image.gz");
         }
     }
+    // A bundle no longer keeps the single certificates beside it.
+    if pkg.spec.ca_bundle.is_some() {
+        field("ca-bundle", b"certificates folded in");
+    }
     field("name", pkg.name.as_bytes());
     // amd64 tags stay what they were before other architectures.
     if pkg.arch != Arch::Amd64 {
@@ -704,7 +712,9 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
         let mut bundle = Vec::new();
         for (path, id) in tree.walk_by_path() {
             if let (true, assemble::Kind::File(ino)) = (
-                path.starts_with(b"usr/share/ca-certificates/") && path.ends_with(b".crt"),
+                path.starts_with(CA_CERTS_DIR.as_bytes())
+                    && path.get(CA_CERTS_DIR.len()) == Some(&b'/')
+                    && path.ends_with(b".crt"),
                 &tree.node(id).kind,
             ) {
                 let d = &tree.inode(*ino).data;
@@ -725,6 +735,10 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
             &normalise(dest, merged_usr).unwrap_or_default(),
             Node::file(bundle, 0o644),
         )?;
+        // The bundle is what TLS clients read; the single certificates are
+        // only update-ca-certificates' input, which no image runs. Kept,
+        // they cost minimal's initrd ~100 kB compressed.
+        tree.remove(CA_CERTS_DIR.as_bytes());
     }
     for d in &spec.directories {
         let mode = d.mode.as_deref().and_then(parse_mode).unwrap_or(0o755);

@@ -51,23 +51,28 @@ fn make_deb_for(arch: &str, files: &[(&str, &[u8], u32)]) -> Vec<u8> {
 
 /// A package folder whose lock points at a .deb already in the cache.
 fn fixture_package(root: &Path) -> (PathBuf, Options) {
-    let deb = make_deb(&[
-        ("./bin/hello", b"#!/bin/sh\necho hello\n", 0o755),
-        ("./usr/share/doc/hello/README", b"docs are excluded", 0o644),
-        ("./usr/share/doc/hello/copyright", b"kept", 0o644),
-    ]);
+    fixture_with(
+        root,
+        &[
+            ("./bin/hello", b"#!/bin/sh\necho hello\n", 0o755),
+            ("./usr/share/doc/hello/README", b"docs are excluded", 0o644),
+            ("./usr/share/doc/hello/copyright", b"kept", 0o644),
+        ],
+        "debian:\n  suites: [bookworm]\n  packages: [hello]\nfiles:\n  - {src: motd, dest: /etc/motd}\n\
+         cmd: [/bin/hello]\nconfig:\n  net: host\n",
+    )
+}
+
+/// A package `hello` of one cached, locked .deb holding `files`, built by `build_yml`.
+fn fixture_with(root: &Path, files: &[(&str, &[u8], u32)], build_yml: &str) -> (PathBuf, Options) {
+    let deb = make_deb(files);
     let sha = hex::encode(Sha256::digest(&deb));
     let cache = root.join("cache");
     std::fs::create_dir_all(&cache).unwrap();
     std::fs::write(cache.join(&sha), &deb).unwrap();
     let dir = root.join("pkgs/hello");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("build.yml"),
-        "debian:\n  suites: [bookworm]\n  packages: [hello]\nfiles:\n  - {src: motd, dest: /etc/motd}\n\
-         cmd: [/bin/hello]\nconfig:\n  net: host\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("build.yml"), build_yml).unwrap();
     std::fs::write(dir.join("motd"), "hi\n").unwrap();
     let spec = osk_builder::pkg::spec::Spec::parse(
         &std::fs::read_to_string(dir.join("build.yml")).unwrap(),
@@ -145,6 +150,47 @@ fn same_inputs_same_image_digest() {
     assert!(names.contains(&"etc/motd".to_string()));
     assert!(names.contains(&"usr/share/doc/hello/copyright".to_string()));
     assert!(!names.contains(&"usr/share/doc/hello/README".to_string()));
+}
+
+#[test]
+fn a_ca_bundle_folds_the_certificates_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, opts) = fixture_with(
+        tmp.path(),
+        &[
+            ("./usr/share/ca-certificates/mozilla/B.crt", b"-----B-----\n", 0o644),
+            ("./usr/share/ca-certificates/mozilla/A.crt", b"-----A-----", 0o644),
+            ("./usr/share/doc/ca-certificates/copyright", b"kept", 0o644),
+        ],
+        "debian:\n  suites: [bookworm]\n  packages: [hello]\nca-bundle: /etc/ssl/certs/ca-certificates.crt\n",
+    );
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let r = pkg::ensure_built(&dir, &store, &opts).unwrap();
+    let img = store.image(&r, "linux", "amd64").unwrap();
+    let (digest, _) = &img.layers().unwrap()[0];
+    let gz = store.read_blob(digest).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+    let mut bundle = None;
+    let mut names = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        if name == "etc/ssl/certs/ca-certificates.crt" {
+            let mut b = String::new();
+            std::io::Read::read_to_string(&mut e, &mut b).unwrap();
+            bundle = Some(b);
+        }
+        names.push(name);
+    }
+    // Sorted by path, each ending in a newline.
+    assert_eq!(bundle.as_deref(), Some("-----A-----\n-----B-----\n"));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("usr/share/ca-certificates")),
+        "the single certificates are still there: {names:?}"
+    );
+    assert!(names.contains(&"usr/share/doc/ca-certificates/copyright".to_string()));
 }
 
 #[test]
