@@ -342,6 +342,7 @@ fn the_hosts_docker_cli_drives_dockerd_in_an_osk_machine() -> Result<()> {
             "-v",
             &format!("{dir}:{dir}"),
             &demo,
+            "/usr/bin/busybox",
             "cat",
             "/proc/mounts",
         ],
