@@ -536,6 +536,25 @@ mod tests {
     }
 
     #[test]
+    fn a_daemon_that_enforces_read_only_serves_read_only_shares_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("virtiofsd");
+        fs::write(
+            &p,
+            "#!/bin/sh\necho '      --shared-dir <DIR>'; echo '      --readonly'\n",
+        )
+        .unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut shares = vec![share("/h/a"), share("/h/b:/b,ro")];
+        // As a user: the Rust daemon runs unprivileged.
+        let d = plan(ShareFs::Auto, Some(&p), false, &mut shares)
+            .unwrap()
+            .expect("a daemon");
+        assert_eq!(d.dialect, Dialect::Rust { readonly: true });
+        assert_eq!((shares[0].fs, shares[1].fs), (Fs::Virtiofs, Fs::Virtiofs));
+    }
+
+    #[test]
     fn a_daemon_that_dies_is_named_with_its_log() {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("virtiofsd");
