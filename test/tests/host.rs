@@ -97,72 +97,33 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
     // A folder that does not exist is named, and no VM starts.
     let missing = work.path().join("no-such-folder");
     let state = work.path().join("bad-state");
-    let o = osk(&[
-        "run".as_ref(),
-        "qemu".as_ref(),
-        "--detach".as_ref(),
-        "--share".as_ref(),
-        missing.as_os_str(),
-        "--state".as_ref(),
-        state.as_os_str(),
-        prefix.as_os_str(),
-    ])?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    ensure!(!o.status.success(), "--share of a missing folder succeeded");
+    let err = refused(&state, &prefix, &["--share".as_ref(), missing.as_os_str()])?;
     ensure!(
         err.contains(&missing.display().to_string()) && err.contains("no such folder"),
         "the error does not name the missing folder: {err}"
     );
-    ensure!(
-        !state.join(osk_builder::run::PID_FILE).exists(),
-        "a VM started anyway"
-    );
 
     // virtiofs when this host has a daemon for it; else its absence is named.
     let virtiofs = osk_e2e::virtiofsd_here();
-    let o = osk(&[
-        "run".as_ref(),
-        "qemu".as_ref(),
-        "--detach".as_ref(),
+    let share_virtiofs = [
         "--share".as_ref(),
         rw.as_os_str(),
         "--share-fs".as_ref(),
         "virtiofs".as_ref(),
-        "--virtiofsd".as_ref(),
-        missing.as_os_str(),
-        "--state".as_ref(),
-        state.as_os_str(),
-        prefix.as_os_str(),
-    ])?;
-    let err = String::from_utf8_lossy(&o.stderr);
+    ];
+    let mut with_missing = share_virtiofs.to_vec();
+    with_missing.extend(["--virtiofsd".as_ref(), missing.as_os_str()]);
+    let err = refused(&state, &prefix, &with_missing)?;
     ensure!(
-        !o.status.success()
-            && err.contains("--share-fs")
-            && err.contains(&missing.display().to_string()),
+        err.contains("--share-fs") && err.contains(&missing.display().to_string()),
         "a missing --virtiofsd was not named: {err}"
-    );
-    ensure!(
-        !state.join(osk_builder::run::PID_FILE).exists(),
-        "a VM started without its virtiofsd"
     );
     let share_fs = if virtiofs {
         "virtiofs"
     } else {
-        let o = osk(&[
-            "run".as_ref(),
-            "qemu".as_ref(),
-            "--detach".as_ref(),
-            "--share".as_ref(),
-            rw.as_os_str(),
-            "--share-fs".as_ref(),
-            "virtiofs".as_ref(),
-            "--state".as_ref(),
-            state.as_os_str(),
-            prefix.as_os_str(),
-        ])?;
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = refused(&state, &prefix, &share_virtiofs)?;
         ensure!(
-            !o.status.success() && err.contains("cargo install virtiofsd"),
+            err.contains("cargo install virtiofsd"),
             "--share-fs virtiofs without a usable virtiofsd does not say what to install: {err}"
         );
         "9p"
@@ -285,6 +246,23 @@ fn shared_folders_and_forwarded_sockets() -> Result<()> {
     }
     stop("already stopped")?;
     Ok(())
+}
+
+/// `osk run qemu --detach EXTRA --state STATE PREFIX` must fail and start no
+/// VM; returns its stderr.
+fn refused(state: &Path, prefix: &Path, extra: &[&std::ffi::OsStr]) -> Result<String> {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["run".as_ref(), "qemu".as_ref(), "--detach".as_ref()];
+    args.extend(extra);
+    args.extend(["--state".as_ref(), state.as_os_str(), prefix.as_os_str()]);
+    let o = osk(&args)?;
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ensure!(!o.status.success(), "osk run qemu {extra:?} succeeded");
+    ensure!(
+        !state.join(osk_builder::run::PID_FILE).exists(),
+        "osk run qemu {extra:?} failed, but a VM started anyway"
+    );
+    Ok(err)
 }
 
 fn shares_work(vm: &Machine, rw: &Path, ro: &Path, page: &str) -> Result<()> {
