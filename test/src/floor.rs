@@ -218,6 +218,12 @@ pub fn busybox_initramfs(body: &str, modules: &[PathBuf]) -> Result<Vec<u8>> {
     let busybox = fs::read(BUSYBOX).with_context(|| {
         format!("reading {BUSYBOX}: install it with `apt-get install busybox-static`")
     })?;
+    busybox_initramfs_of(busybox, body, modules)
+}
+
+/// [`busybox_initramfs`] around the given static busybox (another
+/// architecture's, for instance).
+pub fn busybox_initramfs_of(busybox: Vec<u8>, body: &str, modules: &[PathBuf]) -> Result<Vec<u8>> {
     let mut a = Archive::new();
     for d in [
         "bin",

@@ -18,6 +18,7 @@ use osk_e2e::floor;
 use osk_e2e::{BootOpts, Machine};
 use osk_layout::marker::Event;
 
+mod arm64;
 mod docker;
 mod formats;
 
@@ -38,6 +39,9 @@ struct Args {
     /// is OSK_BENCH_CACHE if set.
     #[arg(long)]
     docker_only: bool,
+    /// Only the floor boots and the arm64 section (store: OSK_BENCH_CACHE if set).
+    #[arg(long, conflicts_with = "docker_only")]
+    arm64_only: bool,
 }
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -71,6 +75,8 @@ fn main() -> Result<()> {
          Floor: Debian's `{}` with a busybox-only initramfs whose /init prints its uptime and powers off.\n",
         if args.docker_only {
             "osk-bench --docker-only"
+        } else if args.arm64_only {
+            "osk-bench --arm64-only"
         } else {
             "make bench"
         },
@@ -83,7 +89,7 @@ fn main() -> Result<()> {
     let floor_prefix = floor::floor_image(work.path())?;
     let mut notes = Vec::new();
     let built = match osk_build_available(&args.manifest) {
-        _ if args.docker_only => None,
+        _ if args.docker_only || args.arm64_only => None,
         Err(why) => {
             notes.push(format!("osk rows skipped: {why}"));
             None
@@ -263,7 +269,7 @@ fn main() -> Result<()> {
         )?;
         writeln!(
             report,
-            "| floor: `find \\| cpio -o -H newc \\| zstd -19 --long=27 --zstd=clog=24 --single-thread` over the same tree | {:.1} s | {} MiB | {} |",
+            "| floor: `find \\| cpio -o -H newc \\| zstd -19 --long=27 --zstd=clog=23 --single-thread` over the same tree | {:.1} s | {} MiB | {} |",
             floor_build.0,
             floor_build.1 / 1024,
             mib(floor_build.2)
@@ -302,6 +308,14 @@ fn main() -> Result<()> {
             floor.wall,
             &mut notes,
         )?);
+    }
+    if built_ok || args.arm64_only {
+        writeln!(report)?;
+        let store = match std::env::var_os("OSK_BENCH_CACHE") {
+            Some(c) if args.arm64_only => PathBuf::from(c),
+            _ => work.path().join("cache-boot"),
+        };
+        report.push_str(&arm64::section(&store, work.path(), args.runs, &mut notes)?);
     }
     if built_ok {
         writeln!(report)?;
@@ -555,7 +569,7 @@ fn unpacked_tree(manifest: &Path, work: &Path) -> Result<PathBuf> {
 fn bench_cpio_floor(tree: &Path, work: &Path) -> Result<(f64, u64, u64)> {
     let stats = work.join("cpio.time");
     let script =
-        "cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=24 --single-thread -o \"$2\"";
+        "cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -19 --long=27 --zstd=clog=23 --single-thread -o \"$2\"";
     let status = Command::new("/usr/bin/time")
         .args(["-f", "%e %M", "-o"])
         .arg(&stats)
