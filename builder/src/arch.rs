@@ -77,6 +77,33 @@ impl Arch {
         }
     }
 
+    /// UEFI's name for it in file names: `x64`, `aa64` (`BOOTAA64.EFI`,
+    /// systemd's `linuxaa64.efi.stub`).
+    pub fn efi(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x64",
+            Arch::Arm64 => "aa64",
+        }
+    }
+
+    /// The removable-media path UEFI firmware boots on this architecture.
+    pub fn efi_boot_path(self) -> String {
+        format!("EFI/BOOT/BOOT{}.EFI", self.efi().to_ascii_uppercase())
+    }
+
+    /// The PE/COFF machine type of its EFI binaries.
+    pub fn pe_machine(self) -> u16 {
+        match self {
+            Arch::Amd64 => 0x8664,
+            Arch::Arm64 => 0xaa64,
+        }
+    }
+
+    /// Whether its firmware may be a PC BIOS (isolinux, MBR boot code).
+    pub fn has_bios(self) -> bool {
+        self == Arch::Amd64
+    }
+
     /// The architecture a kernel image is for, from its boot header: arm64's
     /// `Image` has the magic `ARM\x64` at 0x38, x86's bzImage `HdrS` at 0x202.
     /// A gzip'd `Image` (`Image.gz`, what osk's arm64 kernel package holds) is
@@ -111,6 +138,17 @@ impl Arch {
         }
         Ok(out)
     }
+}
+
+/// Whether `cmdline` names consoles and all are x86 serial ports (`ttyS*`),
+/// as manifests written for amd64 do: an arm64 machine's serial port, the
+/// PL011 `ttyAMA0`, must then be added last, to be `/dev/console`.
+pub fn names_only_x86_serial(cmdline: &str) -> bool {
+    let mut consoles = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("console="))
+        .peekable();
+    consoles.peek().is_some() && consoles.all(|c| c.starts_with("ttyS"))
 }
 
 /// Whether `data` starts with gzip's magic (an `Image.gz`).
@@ -166,6 +204,8 @@ mod tests {
         }
         assert_eq!("aarch64".parse::<Arch>(), Ok(Arch::Arm64));
         assert_eq!(Arch::Arm64.triplet(), "aarch64-linux-gnu");
+        assert_eq!(Arch::Arm64.efi_boot_path(), "EFI/BOOT/BOOTAA64.EFI");
+        assert_eq!(Arch::Amd64.efi_boot_path(), "EFI/BOOT/BOOTX64.EFI");
     }
 
     #[test]
@@ -173,6 +213,13 @@ mod tests {
         let err = "riscv64".parse::<Arch>().unwrap_err().to_string();
         assert!(err.contains("`riscv64`"), "{err}");
         assert!(err.ends_with("osk builds for amd64, arm64"), "{err}");
+    }
+
+    #[test]
+    fn x86_only_serial_consoles_are_told() {
+        assert!(names_only_x86_serial("console=ttyS0 quiet"));
+        assert!(!names_only_x86_serial("console=ttyS0 console=ttyAMA0"));
+        assert!(!names_only_x86_serial("quiet"));
     }
 
     #[test]

@@ -178,3 +178,235 @@ fn arm64_minimal_boots_through_aavmf() -> Result<()> {
     eprintln!("arm64 under AAVMF: all-services-started at {all:.1} s guest time");
     Ok(())
 }
+
+/// arm64's UEFI formats, written by one `osk build --arch arm64`.
+const UEFI_FORMATS: &[&str] = &["uki", "iso", "raw", "qcow2"];
+
+/// `OSK_E2E_CACHE/arm64-images/minimal.*`, built on first use.
+fn built_uefi(ext: &str) -> Result<PathBuf> {
+    static OUT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let dir = OUT
+        .get_or_init(|| build_uefi().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("building arm64's UEFI formats failed: {e}"))?;
+    let file = dir.join(format!("minimal.{ext}"));
+    ensure!(file.is_file(), "osk build wrote no {}", file.display());
+    Ok(file)
+}
+
+fn build_uefi() -> Result<PathBuf> {
+    let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = osk_e2e::cache_dir()?;
+    let out = cache.join("arm64-images");
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    let store = cache.join("store");
+    let minimal = osk_e2e::workspace_root().join("examples/minimal.yml");
+    let mut args = vec![
+        "--cache",
+        store.to_str().unwrap(),
+        "build",
+        "--arch",
+        "arm64",
+        "--dir",
+        out.to_str().unwrap(),
+    ];
+    for f in UEFI_FORMATS {
+        args.extend(["--format", f]);
+    }
+    args.push(minimal.to_str().unwrap());
+    let started = std::time::Instant::now();
+    let o = osk_e2e::osk(&args)?;
+    ensure!(
+        o.status.success(),
+        "osk build --arch arm64 --format {}: {}",
+        UEFI_FORMATS.join(" --format "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("arm64 UEFI formats built in {:.0?}", started.elapsed());
+    Ok(out)
+}
+
+/// `bash -c script`'s output; an error with it when the script fails.
+fn sh(script: &str) -> Result<String> {
+    let o = std::process::Command::new("bash")
+        .args(["-c", script])
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ensure!(o.status.success(), "`{script}` failed:\n{text}");
+    Ok(text)
+}
+
+/// A PE section: name, file offset, length.
+type Section = (String, usize, usize);
+
+/// A PE image's machine type and sections.
+fn pe_sections(pe: &[u8]) -> Option<(u16, Vec<Section>)> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(pe.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(pe.get(o..o + 4)?.try_into().ok()?));
+    let coff = u32_at(0x3c)? as usize + 4;
+    if pe.get(..2)? != b"MZ" || pe.get(coff - 4..coff)? != b"PE\0\0" {
+        return None;
+    }
+    let (machine, count, opt_size) = (u16_at(coff)?, u16_at(coff + 2)?, u16_at(coff + 16)?);
+    let table = coff + 20 + opt_size as usize;
+    let sections = (0..count as usize)
+        .map(|i| {
+            let h = table + i * 40;
+            let raw = pe.get(h..h + 8)?;
+            let name = String::from_utf8_lossy(raw)
+                .trim_end_matches('\0')
+                .to_string();
+            Some((name, u32_at(h + 20)? as usize, u32_at(h + 8)? as usize))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((machine, sections))
+}
+
+/// The arm64 UKI is an AArch64 PE (machine 0xaa64) whose `.linux` is the
+/// uncompressed Image; the ISO's El Torito catalog has only a UEFI image;
+/// the raw disk's ESP holds the UKI as `EFI/BOOT/BOOTAA64.EFI`; the qcow2
+/// is clean and holds the same disk.
+#[test]
+fn arm64_uefi_formats_are_uefi_only_and_well_formed() -> Result<()> {
+    let uki_path = built_uefi("efi")?;
+    let uki = std::fs::read(&uki_path)?;
+    let (machine, sections) = pe_sections(&uki).context("the arm64 UKI is not a PE image")?;
+    ensure!(machine == 0xaa64, "UKI PE machine {machine:#x}, not 0xaa64");
+    let names: Vec<&str> = sections.iter().map(|s| s.0.as_str()).collect();
+    for want in [".osrel", ".cmdline", ".uname", ".initrd", ".linux"] {
+        ensure!(names.contains(&want), "UKI sections {names:?} lack {want}");
+    }
+    let (_, at, len) = sections.iter().find(|s| s.0 == ".linux").unwrap();
+    let linux = &uki[*at..at + len];
+    ensure!(
+        linux.get(0x38..0x3c) == Some(b"ARM\x64") && linux.starts_with(b"MZ"),
+        ".linux is not the uncompressed arm64 Image (its EFI stub's PE)"
+    );
+    // binutils for aarch64 reads the PE too, where it is installed.
+    if sh("command -v aarch64-linux-gnu-objdump").is_ok() {
+        let f = sh(&format!(
+            "aarch64-linux-gnu-objdump -f {}",
+            uki_path.display()
+        ))?;
+        ensure!(f.contains("aarch64"), "objdump -f: {f}");
+        let h = sh(&format!(
+            "aarch64-linux-gnu-objdump -h {}",
+            uki_path.display()
+        ))?;
+        ensure!(h.contains(".linux") && h.contains(".initrd"), "{h}");
+    }
+
+    let iso = built_uefi("iso")?;
+    let report = sh(&format!(
+        "xorriso -indev {} -report_el_torito plain 2>&1",
+        iso.display()
+    ))?;
+    let images: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("El Torito boot img"))
+        .collect();
+    ensure!(
+        images.len() == 1 && images[0].contains("UEFI"),
+        "the arm64 ISO's El Torito images are not one UEFI image:\n{report}"
+    );
+    ensure!(!report.contains("BIOS"), "a BIOS boot image:\n{report}");
+    let listing = sh(&format!("xorriso -indev {} -find / 2>&1", iso.display()))?;
+    ensure!(!listing.to_lowercase().contains("isolinux"), "{listing}");
+
+    let raw = built_uefi("raw")?;
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().display();
+    sh(&format!(
+        "mcopy -i {}@@1M ::/EFI/BOOT/BOOTAA64.EFI {d}/boot.efi && cmp {d}/boot.efi {}",
+        raw.display(),
+        uki_path.display()
+    ))?;
+    sh(&format!("sgdisk -v {}", raw.display()))?;
+
+    let qcow2 = built_uefi("qcow2")?;
+    let check = sh(&format!("qemu-img check -f qcow2 {}", qcow2.display()))?;
+    ensure!(check.contains("No errors"), "{check}");
+    let info = sh(&format!(
+        "qemu-img info --output=json -f qcow2 {}",
+        qcow2.display()
+    ))?;
+    let raw_len = std::fs::metadata(&raw)?.len();
+    ensure!(
+        info.contains(&format!("\"virtual-size\": {raw_len}")),
+        "qcow2 virtual size is not the raw disk's {raw_len} bytes:\n{info}"
+    );
+    sh(&format!(
+        "qemu-img compare -f raw -F qcow2 {} {}",
+        raw.display(),
+        qcow2.display()
+    ))?;
+    Ok(())
+}
+
+/// LinuxKit's BIOS-only formats have no meaning on arm64: refused by name.
+#[test]
+fn arm64_bios_only_formats_are_refused() -> Result<()> {
+    let minimal = osk_e2e::workspace_root().join("examples/minimal.yml");
+    let tmp = tempfile::tempdir()?;
+    let o = osk_e2e::osk(&[
+        "--cache",
+        tmp.path().join("store").to_str().unwrap(),
+        "build",
+        "--arch",
+        "arm64",
+        "--format",
+        "raw-bios",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+        minimal.to_str().unwrap(),
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(!o.status.success(), "raw-bios for arm64 was accepted");
+    ensure!(
+        err.contains("raw-bios") && err.contains("UEFI only") && err.contains("--format raw"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// The arm64 qcow2 disk boots through AAVMF from its ESP (systemd's stub
+/// starting the kernel with the UKI's initrd): every service starts and the
+/// demo page is served through --publish.
+#[test]
+fn arm64_qcow2_boots_through_aavmf_and_serves() -> Result<()> {
+    let image = built_uefi("qcow2")?;
+    // Its own copy: a booted disk is written to.
+    let copy = image.with_file_name("minimal-boot.qcow2");
+    std::fs::copy(&image, &copy)?;
+    let mut vm = Machine::boot(
+        &copy,
+        &BootOpts {
+            publish: vec![80],
+            mem_mib: 1024,
+            ..BootOpts::default()
+        },
+    )?;
+    let all = vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
+    let page = wait_http(vm.port(80), "/", Duration::from_secs(120))?;
+    let demo = std::fs::read_to_string(osk_e2e::workspace_root().join("pkgs/demo/index.html"))?;
+    ensure!(
+        page == demo,
+        "GET / through --publish is not pkgs/demo/index.html"
+    );
+    let console = vm.console();
+    ensure!(
+        console.contains("EFI stub: Booting Linux Kernel"),
+        "no `EFI stub: Booting Linux Kernel` on the console: not booted through UEFI"
+    );
+    eprintln!("arm64 qcow2 under AAVMF: all-services-started at {all:.1} s guest time");
+    vm.monitor("system_powerdown")?;
+    vm.wait_exit(Duration::from_secs(180))?;
+    Ok(())
+}

@@ -106,6 +106,10 @@ impl Format {
         self.needs_boot() && self != Format::Uki
     }
 
+    /// LinuxKit's formats that boot through a PC BIOS only (isolinux).
+    pub const BIOS_ALIASES: &'static [&'static str] =
+        &["iso-bios", "raw-bios", "qcow2-bios", "kernel+iso"];
+
     /// Parses a format or a LinuxKit alias; an alias also returns what it maps to, to tell the user.
     pub fn parse_alias(s: &str) -> Result<(Format, Option<String>), FormatError> {
         if let Ok(f) = s.parse() {
@@ -369,7 +373,7 @@ pub(super) fn write_outputs(
                 let boot = boot.expect("checked by build()");
                 if uki.is_none() {
                     let initrd = initrd.as_deref().expect("made above for bootable formats");
-                    uki = Some(super::boot::uki(spool, a, &boot.stub, initrd)?);
+                    uki = Some(super::boot::uki(spool, a, boot, initrd)?);
                 }
                 let uki = uki.as_deref().expect("set above");
                 let out = format.file_name(name);

@@ -16,7 +16,7 @@ pub use gcp::write_gcp;
 pub use gpt::{efi_disk, ESP_START};
 pub use iso::{hybrid_image, BiosLoader, Medium};
 pub use qcow2::write_qcow2;
-pub use uki::{kernel_release, write_uki, UkiParts};
+pub use uki::{kernel_release, pe_machine, write_uki, UkiParts};
 pub use vhd::write_vhd;
 pub use vmdk::write_vmdk;
 

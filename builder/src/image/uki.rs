@@ -191,19 +191,40 @@ fn checksum(b: &[u8], field: usize) -> u32 {
     (sum as u32).wrapping_add(b.len() as u32)
 }
 
-/// The kernel release of an x86 bzImage (`6.1.0-50-amd64`), from its setup header.
+/// The PE/COFF machine type of `pe` (0x8664 x86-64, 0xaa64 arm64), if it is a PE image.
+pub fn pe_machine(pe: &[u8]) -> Option<u16> {
+    if pe.len() < 0x40 || &pe[..2] != b"MZ" {
+        return None;
+    }
+    let coff = u32_at(pe, 0x3c) as usize + 4;
+    (pe.get(coff - 4..coff)? == b"PE\0\0" && pe.len() >= coff + 2).then(|| u16_at(pe, coff))
+}
+
+/// The kernel release (`6.1.0-50-amd64`) of an x86 bzImage, from its setup
+/// header, or of an uncompressed arm64 Image, from its `Linux version` banner
+/// (arm64's header has no pointer to it).
 pub fn kernel_release(bz: &[u8], name: &str) -> Result<String, ImageError> {
     let bad = |reason: &str| ImageError::Kernel {
         kernel: name.to_string(),
         reason: reason.to_string(),
     };
-    if bz.len() < 0x210 || &bz[0x202..0x206] != b"HdrS" {
-        return Err(bad("not an x86 bzImage (no HdrS setup header)"));
-    }
-    let at = usize::from(u16_at(bz, 0x20e)) + 0x200;
-    let text = bz
-        .get(at..)
-        .ok_or_else(|| bad("kernel version offset is past the end"))?;
+    let text = if bz.get(0x38..0x3c) == Some(b"ARM\x64") {
+        const BANNER: &[u8] = b"Linux version ";
+        let at = bz
+            .windows(BANNER.len())
+            .position(|w| w == BANNER)
+            .ok_or_else(|| bad("no `Linux version` banner in the arm64 Image"))?;
+        &bz[at + BANNER.len()..]
+    } else {
+        if bz.len() < 0x210 || &bz[0x202..0x206] != b"HdrS" {
+            return Err(bad(
+                "neither an x86 bzImage (no HdrS setup header) nor an arm64 Image",
+            ));
+        }
+        let at = usize::from(u16_at(bz, 0x20e)) + 0x200;
+        bz.get(at..)
+            .ok_or_else(|| bad("kernel version offset is past the end"))?
+    };
     let end = text
         .iter()
         .position(|&c| c == b' ' || c == 0)
@@ -330,5 +351,19 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string()
             .contains("bzImage"));
+    }
+
+    #[test]
+    fn release_from_an_arm64_banner_and_the_stubs_machine() {
+        let mut img = vec![0u8; 0x200];
+        img[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        img.extend_from_slice(b"Linux version 6.1.0-50-arm64 (debian-kernel@lists)\0");
+        assert_eq!(kernel_release(&img, "k").unwrap(), "6.1.0-50-arm64");
+        assert!(kernel_release(&img[..0x100], "k")
+            .unwrap_err()
+            .to_string()
+            .contains("banner"));
+        assert_eq!(pe_machine(&fake_stub()), Some(0x8664));
+        assert_eq!(pe_machine(b"MZ"), None);
     }
 }

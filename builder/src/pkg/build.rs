@@ -199,7 +199,7 @@ pub fn lock(dir: &Path, opts: &Options) -> Result<Lock, Error> {
     let requests = debian
         .packages
         .iter()
-        .map(|p| parse_atom(p))
+        .map(|p| parse_atom(p.name()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| Error::Spec {
             at: pkg.dir.join("build.yml").display().to_string(),

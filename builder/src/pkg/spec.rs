@@ -117,9 +117,10 @@ pub struct Debian {
     /// has); none: any, chosen by `--arch`.
     #[serde(default)]
     pub architecture: Option<String>,
-    /// Requested packages, `name` or `name (>= version)`.
+    /// Requested packages, `name` or `name (>= version)`, or `{name, arch}`
+    /// for a package one architecture only needs (isolinux: x86's BIOS).
     #[serde(default)]
-    pub packages: Vec<String>,
+    pub packages: Vec<DebPackage>,
     /// Packages never installed; dependencies on them count as met
     /// (for dependencies that only serve maintainer scripts, e.g. debconf).
     #[serde(default)]
@@ -167,6 +168,35 @@ impl Module {
         match self {
             Module::Any(_) => true,
             Module::Only { arch: a, .. } => a == arch.debian(),
+        }
+    }
+}
+
+/// A `debian.packages` entry: a request, or `{name, arch}` for a request of
+/// one architecture only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DebPackage {
+    Any(String),
+    Only {
+        name: String,
+        /// Debian architecture name, e.g. `amd64`.
+        arch: String,
+    },
+}
+
+impl DebPackage {
+    /// The request, `name` or `name (>= version)`.
+    pub fn name(&self) -> &str {
+        match self {
+            DebPackage::Any(n) | DebPackage::Only { name: n, .. } => n,
+        }
+    }
+
+    fn applies_to(&self, arch: Arch) -> bool {
+        match self {
+            DebPackage::Any(_) => true,
+            DebPackage::Only { arch: a, .. } => a == arch.debian(),
         }
     }
 }
@@ -352,6 +382,13 @@ impl Spec {
                 return bad("a `kernel` package holds only /kernel and /kernel.tar (no files, binaries or from)".into());
             }
         }
+        for p in self.debian.iter().flat_map(|d| &d.packages) {
+            if let DebPackage::Only { name, arch } = p {
+                if let Err(e) = arch.parse::<Arch>() {
+                    return bad(format!("debian.packages: {name}: {e}"));
+                }
+            }
+        }
         for p in self.exclude.iter().chain(&self.keep) {
             if let PathPattern::Only { path, arch } = p {
                 if let Err(e) = arch.parse::<Arch>() {
@@ -368,7 +405,7 @@ impl Spec {
                 self.debian
                     .iter()
                     .flat_map(|d| &d.packages)
-                    .map(String::as_str),
+                    .map(DebPackage::name),
             )
             .chain(self.kernel.iter().map(|k| k.package.as_str()));
         for t in templated {
@@ -456,7 +493,18 @@ impl Spec {
                     });
                 }
             }
-            d.packages.iter_mut().for_each(ex);
+            // This architecture's requests, as plain names: a lock's inputs
+            // hash the same as before `{name, arch}` entries.
+            d.packages = d
+                .packages
+                .iter()
+                .filter(|p| p.applies_to(arch))
+                .map(|p| {
+                    let mut n = p.name().to_string();
+                    ex(&mut n);
+                    DebPackage::Any(n)
+                })
+                .collect();
         }
         if let Some(k) = &mut s.kernel {
             ex(&mut k.package);
@@ -642,6 +690,22 @@ mod tests {
         let bad = text.replace("arch: amd64", "arch: sparc");
         let err = Spec::parse(&bad, p).unwrap_err().to_string();
         assert!(err.contains("ata_piix") && err.contains("sparc"), "{err}");
+    }
+
+    #[test]
+    fn a_debian_package_of_one_arch_is_requested_for_it_only() {
+        let text = "debian:\n  suites: [bookworm]\n  packages:\n    - systemd-boot-efi\n    - {name: isolinux, arch: amd64}\n";
+        let p = Path::new("b/build.yml");
+        let s = Spec::parse(text, p).unwrap();
+        let names = |a| -> Vec<String> {
+            let d = s.for_arch(a, p).unwrap().debian.unwrap();
+            d.packages.iter().map(|m| m.name().to_string()).collect()
+        };
+        assert_eq!(names(Arch::Amd64), ["systemd-boot-efi", "isolinux"]);
+        assert_eq!(names(Arch::Arm64), ["systemd-boot-efi"]);
+        let bad = text.replace("arch: amd64", "arch: mips");
+        let err = Spec::parse(&bad, p).unwrap_err().to_string();
+        assert!(err.contains("isolinux") && err.contains("mips"), "{err}");
     }
 
     #[test]

@@ -582,8 +582,7 @@ impl QemuConfig {
         }
         parts.extend([built, extra].into_iter().filter(|s| !s.is_empty()));
         if self.arch == Arch::Arm64
-            && !consoles.is_empty()
-            && consoles.iter().all(|c| c.starts_with("ttyS"))
+            && crate::arch::names_only_x86_serial(&format!("{built} {extra}"))
         {
             parts.push(serial);
         }
@@ -647,6 +646,11 @@ impl QemuConfig {
             ));
         }
 
+        // arm64's virt machine has no IDE/AHCI: CD-ROMs go on virtio-scsi.
+        let scsi = self.arch == Arch::Arm64 && (cd || self.data.is_some());
+        if scsi {
+            a.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        }
         match &self.image {
             None => {
                 a.arg("-kernel").path(&self.artifacts.kernel);
@@ -659,7 +663,11 @@ impl QemuConfig {
                     "if=none,id=boot,format=raw,media=cdrom,readonly=on",
                     path,
                 ));
-                a.args(["-device", "ide-cd,drive=boot,bus=ide.0,bootindex=0"]);
+                a.args(if scsi {
+                    ["-device", "scsi-cd,drive=boot,bus=scsi0.0,bootindex=0"]
+                } else {
+                    ["-device", "ide-cd,drive=boot,bus=ide.0,bootindex=0"]
+                });
             }
             Some(image) => {
                 let (path, format) = match image {
@@ -689,7 +697,11 @@ impl QemuConfig {
                 "if=none,id=metadata,format=raw,media=cdrom,readonly=on",
                 &self.state_dir.join(METADATA_ISO),
             ));
-            a.args(["-device", "ide-cd,drive=metadata,bus=ide.1"]);
+            a.args(if scsi {
+                ["-device", "scsi-cd,drive=metadata,bus=scsi0.0"]
+            } else {
+                ["-device", "ide-cd,drive=metadata,bus=ide.1"]
+            });
         }
 
         a.0.extend(super::share::argv(
@@ -1147,6 +1159,25 @@ mod tests {
             ]
         );
         assert_eq!(values(&v, "-machine"), ["virt"]);
+    }
+
+    #[test]
+    fn an_arm64_iso_and_metadata_cd_go_on_virtio_scsi() {
+        let v = argv(
+            &base()
+                .arch(Arch::Arm64)
+                .image(crate::run::BootImage::Cd("out/m.iso".into()))
+                .data(b"x".to_vec()),
+        );
+        assert_eq!(
+            values(&v, "-device")[..3],
+            [
+                "virtio-scsi-pci,id=scsi0",
+                "scsi-cd,drive=boot,bus=scsi0.0,bootindex=0",
+                "scsi-cd,drive=metadata,bus=scsi0.0",
+            ]
+        );
+        assert!(!v.iter().any(|a| a.contains("ide")), "{v:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::{Error, Result};
+use crate::arch::Arch;
 use crate::image::{self, FatFile};
 
 /// Where a UKI is put for the firmware: an ESP disk in the state directory.
@@ -99,6 +100,42 @@ impl BootImage {
         })
     }
 
+    /// The architecture the image boots on, where its bytes say: a UKI's PE
+    /// machine; for an ISO or an uncompressed disk (raw, qcow2, vhd), the FAT
+    /// directory entry of UEFI's removable-media loader (`BOOTAA64.EFI`) in
+    /// its first 64 MiB, where osk's images keep their ESP. None: unknown
+    /// (a compressed VMDK, an empty ESP); `--arch` says it.
+    pub fn arch(&self) -> Result<Option<Arch>> {
+        let path = match self {
+            BootImage::Disk { path, .. } | BootImage::Cd(path) | BootImage::Uki(path) => path,
+        };
+        let f = File::open(path).map_err(Error::io(path))?;
+        if let BootImage::Uki(_) = self {
+            let mut head = vec![0u8; 4096];
+            let n = read_full(&mut f.take(4096), &mut head).map_err(Error::io(path))?;
+            let m = image::pe_machine(&head[..n]);
+            return Ok(Arch::ALL.into_iter().find(|a| Some(a.pe_machine()) == m));
+        }
+        let names: Vec<(Arch, [u8; 11])> = Arch::ALL
+            .into_iter()
+            .map(|a| (a, fat_short_name(&a.efi_boot_path())))
+            .collect();
+        let mut r = f.take(64 << 20);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = read_full(&mut r, &mut buf).map_err(Error::io(path))?;
+            // Directory entries are 32 bytes, at 32-byte offsets of a 1 MiB chunk.
+            for entry in buf[..n].chunks_exact(32) {
+                if let Some((a, _)) = names.iter().find(|(_, name)| entry[..11] == name[..]) {
+                    return Ok(Some(*a));
+                }
+            }
+            if n < buf.len() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// The image as a disk, the way a USB stick holding it is seen: a CD becomes a raw disk.
     pub fn as_disk(self) -> BootImage {
         match self {
@@ -114,7 +151,7 @@ impl BootImage {
 /// Where ISO 9660's first volume descriptor says "CD001".
 const ISO_MAGIC_AT: usize = 16 * 2048 + 1;
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
@@ -125,9 +162,25 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Writes `uki` as `\EFI\BOOT\BOOTX64.EFI` of a GPT disk at `dest`.
+/// `EFI/BOOT/BOOTAA64.EFI`'s file name as FAT's 8.3 directory entry holds it.
+fn fat_short_name(path: &str) -> [u8; 11] {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let (stem, ext) = file.split_once('.').unwrap_or((file, ""));
+    let mut n = [b' '; 11];
+    n[..stem.len().min(8)].copy_from_slice(&stem.as_bytes()[..stem.len().min(8)]);
+    n[8..8 + ext.len().min(3)].copy_from_slice(&ext.as_bytes()[..ext.len().min(3)]);
+    n
+}
+
+/// Writes `uki` as UEFI's removable-media loader of its architecture
+/// (`\EFI\BOOT\BOOTX64.EFI`, `BOOTAA64.EFI` for an arm64 PE) of a GPT disk at `dest`.
 pub fn write_uki_esp(uki: &Path, dest: &Path) -> Result<()> {
     let data = fs::read(uki).map_err(Error::io(uki))?;
+    let arch = match image::pe_machine(&data) {
+        Some(m) if m == Arch::Arm64.pe_machine() => Arch::Arm64,
+        _ => Arch::Amd64,
+    };
+    let loader = arch.efi_boot_path();
     let invalid = |e: image::ImageError| Error::InvalidFlag {
         flag: "NAME",
         value: uki.display().to_string(),
@@ -135,7 +188,7 @@ pub fn write_uki_esp(uki: &Path, dest: &Path) -> Result<()> {
     };
     let esp = image::write_fat(
         &[FatFile {
-            path: "EFI/BOOT/BOOTX64.EFI",
+            path: &loader,
             data: &data,
         }],
         "ESP",
@@ -205,9 +258,28 @@ mod tests {
         fs::write(&uki, b"MZ not really").unwrap();
         let disk = dir.path().join("esp.raw");
         write_uki_esp(&uki, &disk).unwrap();
-        match BootImage::detect(&disk).unwrap() {
-            BootImage::Disk { format, .. } => assert_eq!(format, ImageFormat::Raw),
+        let image = BootImage::detect(&disk).unwrap();
+        match &image {
+            BootImage::Disk { format, .. } => assert_eq!(*format, ImageFormat::Raw),
             other => panic!("{other:?}"),
         }
+        assert_eq!(image.arch().unwrap(), Some(Arch::Amd64));
+        // An arm64 UKI: its PE machine says so, and its ESP holds BOOTAA64.EFI.
+        let mut pe = vec![0u8; 0x100];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c] = 0x80;
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        pe[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
+        fs::write(&uki, &pe).unwrap();
+        assert_eq!(
+            BootImage::Uki(uki.clone()).arch().unwrap(),
+            Some(Arch::Arm64)
+        );
+        write_uki_esp(&uki, &disk).unwrap();
+        assert_eq!(
+            BootImage::detect(&disk).unwrap().arch().unwrap(),
+            Some(Arch::Arm64)
+        );
+        assert_eq!(fat_short_name("EFI/BOOT/BOOTX64.EFI"), *b"BOOTX64 EFI");
     }
 }

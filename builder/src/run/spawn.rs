@@ -121,22 +121,6 @@ pub fn prepare(mut config: QemuConfig) -> Result<Prepared> {
             _ => Accel::Tcg,
         }
     };
-    if config.arch == Arch::Arm64 {
-        let unsupported = if config.data.is_some() {
-            Some(("--data", "a metadata CD-ROM"))
-        } else if config.image.is_some() {
-            Some(("NAME", "booting a disk image or UKI"))
-        } else {
-            None
-        };
-        if let Some((flag, what)) = unsupported {
-            return Err(Error::InvalidFlag {
-                flag,
-                value: config.arch.to_string(),
-                reason: format!("{what} is not supported for arm64 guests yet; boot NAME-kernel and NAME-initrd.img (directly or with --uefi)"),
-            });
-        }
-    }
 
     let state = config.state_dir.clone();
     fs::create_dir_all(&state).map_err(Error::io(&state))?;

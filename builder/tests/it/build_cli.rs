@@ -263,7 +263,7 @@ fn osk_build_refuses_images_of_another_arch_and_writes_nothing() {
             "--arch",
             "arm64",
             "--format",
-            "uki",
+            "qcow2-bios",
             "--dir",
             out.to_str().unwrap(),
             manifest.to_str().unwrap(),
@@ -272,7 +272,8 @@ fn osk_build_refuses_images_of_another_arch_and_writes_nothing() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains("--format uki cannot be written for arm64"),
+        err.contains("--format qcow2-bios boots through a PC BIOS")
+            && err.contains("arm64 images boot through UEFI only"),
         "{err}"
     );
 

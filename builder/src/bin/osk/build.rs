@@ -19,7 +19,8 @@ pub struct BuildArgs {
     /// CD or USB stick, BIOS and UEFI), and the BIOS- and UEFI-booting GPT disk as raw,
     /// qcow2, vhd (fixed), vmdk (streamOptimized) or gcp (NAME.img.tar.gz). LinuxKit's
     /// iso-bios, iso-efi, kernel+iso, raw-bios, raw-efi, qcow2-bios, qcow2-efi and
-    /// dynamic-vhd map to these.
+    /// dynamic-vhd map to these. On arm64 the ISO and the disks boot through UEFI only
+    /// (BOOTAA64.EFI); the BIOS-only aliases are refused.
     #[arg(long = "format", short = 'f', default_value = "kernel+initrd")]
     formats: Vec<String>,
     /// Size of the disk formats (e.g. 2G, 512M; rounded up to MiB); the space after the ESP
@@ -78,26 +79,27 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     let mut formats = Vec::new();
     for text in &args.formats {
         let (f, note) = Format::parse_alias(text)?;
+        // arm64 machines have no PC BIOS: their images boot through UEFI only.
+        anyhow::ensure!(
+            args.arch.has_bios() || !Format::BIOS_ALIASES.contains(&text.as_str()),
+            "--format {text} boots through a PC BIOS (isolinux), which {arch} machines do not \
+             have: {arch} images boot through UEFI only; use --format {f}, which writes a UEFI \
+             {f} for {arch}",
+            arch = args.arch
+        );
         if let Some(note) = note {
-            tracing::info!("{note}");
+            if args.arch.has_bios() {
+                tracing::info!("{note}");
+            } else {
+                tracing::info!(
+                    "{text} is written as {f}, which boots through UEFI on {}",
+                    args.arch
+                );
+            }
         }
         formats.push(f);
     }
     let formats = build::unique_formats(formats);
-    // The boot binaries (EFI stub, isolinux) are x86's: say so before any work.
-    let firmware: Vec<String> = formats
-        .iter()
-        .filter(|f| f.needs_boot())
-        .map(|f| f.to_string())
-        .collect();
-    anyhow::ensure!(
-        args.arch == Arch::Amd64 || firmware.is_empty(),
-        "--format {} cannot be written for {} yet: its boot binaries (the UEFI stub, the BIOS \
-         loaders) exist for amd64 only so far; build kernel+initrd or tar for {}",
-        firmware.join(", "),
-        args.arch,
-        args.arch
-    );
     let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
     let plan = build::plan(&m, &mut resolve)?;
     let boot = if formats.iter().any(|f| f.needs_boot()) {

@@ -18,8 +18,9 @@ pub enum RunCommand {
     /// NAME may also be a file `osk build` wrote: an ISO (.iso) is attached as
     /// a CD-ROM (--as-disk: as a disk, the way a USB stick holding it is
     /// seen), a disk (.raw, .qcow2, .vhd, .vmdk) as a virtio disk; both boot
-    /// under BIOS (SeaBIOS), or UEFI with --uefi. A UKI (.efi) goes on a
-    /// generated ESP and always boots through UEFI.
+    /// under BIOS (SeaBIOS), or UEFI with --uefi; arm64 ones (read from the
+    /// image, or --arch arm64) always through UEFI (AAVMF). A UKI (.efi) goes
+    /// on a generated ESP and always boots through UEFI.
     ///
     /// Ctrl-a x quits, Ctrl-a c switches to the QEMU monitor. With --detach
     /// QEMU runs in the background: the console goes to STATE/console.log, the
@@ -133,7 +134,8 @@ pub struct QemuArgs {
     /// or qemu-system-aarch64 for an arm64 guest].
     #[arg(long)]
     qemu: Option<PathBuf>,
-    /// The guest's architecture, amd64 or arm64 [default: read from NAME-kernel].
+    /// The guest's architecture, amd64 or arm64 [default: read from NAME-kernel, or
+    /// from the boot image's UEFI loader].
     #[arg(long)]
     arch: Option<Arch>,
     /// Extra kernel command-line arguments, after NAME-cmdline's.
@@ -245,7 +247,7 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
         );
         if !uefi && matches!(image, BootImage::Uki(_)) {
             tracing::info!(
-                "{} is a UKI, which only UEFI firmware starts: using OVMF",
+                "{} is a UKI, which only UEFI firmware starts",
                 name.display()
             );
             uefi = true;
@@ -255,9 +257,16 @@ fn qemu(args: QemuArgs) -> anyhow::Result<()> {
     let artifacts = Artifacts::from_prefix(&name);
     let arch = match (args.arch, &image) {
         (Some(a), _) => a,
-        (None, Some(_)) => Arch::Amd64,
+        (None, Some(image)) => image.arch()?.unwrap_or(Arch::Amd64),
         (None, None) => kernel_arch(&artifacts.kernel)?,
     };
+    if image.is_some() && !uefi && !arch.has_bios() {
+        tracing::info!(
+            "{} is for {arch}, whose firmware is UEFI (AAVMF)",
+            name.display()
+        );
+        uefi = true;
+    }
     let qemu = args
         .qemu
         .clone()

@@ -17,12 +17,22 @@ pub fn boot_record(catalog_lba: u32) -> Vec<u8> {
 /// Sectors of 512 bytes that BIOSes load of a no-emulation image: isolinux.bin loads the rest itself.
 const BIOS_LOAD_SECTORS: u16 = 4;
 
+/// UEFI's El Torito platform id.
+const PLATFORM_EFI: u8 = 0xef;
+
 /// The boot catalog: a BIOS no-emulation entry for `bios_lba` (isolinux.bin)
-/// and a UEFI section whose entry is the FAT image of `efi_len` bytes at `efi_lba`.
-pub fn catalog(bios_lba: u32, efi_lba: u32, efi_len: u64) -> Vec<u8> {
+/// and a UEFI section whose entry is the FAT image of `efi_len` bytes at
+/// `efi_lba`. Without `bios_lba` (UEFI-only), the FAT image is the default
+/// entry and the catalog's platform is UEFI.
+pub fn catalog(bios_lba: Option<u32>, efi_lba: u32, efi_len: u64) -> Vec<u8> {
     let mut c = vec![0u8; BLOCK as usize];
-    // Validation entry: header, platform x86, then a checksum making the 16 words sum to 0.
+    // The count is 16 bits; above it 0 makes EDK2 take the image up to the volume's end.
+    let efi_sectors = u16::try_from(efi_len.div_ceil(512)).unwrap_or(0);
+    // Validation entry: header, platform (x86: 0), then a checksum making the 16 words sum to 0.
     c[0] = 1;
+    if bios_lba.is_none() {
+        c[1] = PLATFORM_EFI;
+    }
     c[4..7].copy_from_slice(b"OSK");
     c[30] = 0x55;
     c[31] = 0xaa;
@@ -30,6 +40,14 @@ pub fn catalog(bios_lba: u32, efi_lba: u32, efi_len: u64) -> Vec<u8> {
         s.wrapping_add(u16::from_le_bytes([c[2 * i], c[2 * i + 1]]))
     });
     c[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+    let Some(bios_lba) = bios_lba else {
+        // Default entry: the ESP, bootable, no emulation.
+        let e = &mut c[32..64];
+        e[0] = 0x88;
+        e[6..8].copy_from_slice(&efi_sectors.to_le_bytes());
+        e[8..12].copy_from_slice(&efi_lba.to_le_bytes());
+        return c;
+    };
     // Default entry: bootable, no emulation, loaded at the default segment.
     let e = &mut c[32..64];
     e[0] = 0x88;
@@ -38,13 +56,11 @@ pub fn catalog(bios_lba: u32, efi_lba: u32, efi_len: u64) -> Vec<u8> {
     // The last section header: platform EFI, one entry.
     let h = &mut c[64..96];
     h[0] = 0x91;
-    h[1] = 0xef;
+    h[1] = PLATFORM_EFI;
     h[2..4].copy_from_slice(&1u16.to_le_bytes());
     let e = &mut c[96..128];
     e[0] = 0x88;
-    // The count is 16 bits; above it 0 makes EDK2 take the image up to the volume's end.
-    let sectors = u16::try_from(efi_len.div_ceil(512)).unwrap_or(0);
-    e[6..8].copy_from_slice(&sectors.to_le_bytes());
+    e[6..8].copy_from_slice(&efi_sectors.to_le_bytes());
     e[8..12].copy_from_slice(&efi_lba.to_le_bytes());
     c
 }
@@ -87,7 +103,7 @@ mod tests {
 
     #[test]
     fn catalog_validates_and_names_both_images() {
-        let c = catalog(30, 40, 100 << 20);
+        let c = catalog(Some(30), 40, 100 << 20);
         let sum = (0..16).fold(0u16, |s, i| {
             s.wrapping_add(u16::from_le_bytes([c[2 * i], c[2 * i + 1]]))
         });
@@ -97,8 +113,25 @@ mod tests {
         assert_eq!(c[65], 0xef);
         assert_eq!(u32::from_le_bytes(c[104..108].try_into().unwrap()), 40);
         assert_eq!(&c[102..104], &[0, 0]);
-        assert_eq!(catalog(30, 40, 1 << 20)[102..104], 2048u16.to_le_bytes());
+        assert_eq!(
+            catalog(Some(30), 40, 1 << 20)[102..104],
+            2048u16.to_le_bytes()
+        );
         assert_eq!(&boot_record(33)[71..75], &33u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_uefi_only_catalog_defaults_to_the_esp() {
+        let c = catalog(None, 40, 1 << 20);
+        let sum = (0..16).fold(0u16, |s, i| {
+            s.wrapping_add(u16::from_le_bytes([c[2 * i], c[2 * i + 1]]))
+        });
+        assert_eq!(sum, 0);
+        assert_eq!(c[1], 0xef);
+        assert_eq!(c[32], 0x88);
+        assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), 40);
+        assert_eq!(c[38..40], 2048u16.to_le_bytes());
+        assert!(c[64..].iter().all(|&b| b == 0), "no BIOS section");
     }
 
     #[test]

@@ -54,30 +54,38 @@ fn isolinux_cfg(cmdline: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The volume's files; `at` gives the kernel, initrd and ESP extents once known.
+/// The volume's files; `at` gives the kernel, initrd and ESP extents once
+/// known. Without `bios` (UEFI-only architectures) there is no isolinux.
 fn files<'a>(
-    isolinux: &'a [u8],
-    bios: &BiosLoader<'a>,
-    cfg: &'a [u8],
+    bios: Option<(&'a [u8], &BiosLoader<'a>, &'a [u8])>,
     catalog: &'a [u8],
     at: [(u32, u64); 3],
 ) -> Vec<IsoFile<'a>> {
     let ext = |(lba, len)| Data::At { lba, len };
-    vec![
+    let mut v = Vec::new();
+    if let Some((isolinux, bios, cfg)) = bios {
+        v.extend([
+            IsoFile {
+                path: "isolinux/isolinux.bin",
+                data: Data::Stored(isolinux),
+            },
+            IsoFile {
+                path: "isolinux/ldlinux.c32",
+                data: Data::Stored(bios.ldlinux),
+            },
+            IsoFile {
+                path: "isolinux/isolinux.cfg",
+                data: Data::Stored(cfg),
+            },
+        ]);
+    }
+    v.extend([
         IsoFile {
-            path: "isolinux/isolinux.bin",
-            data: Data::Stored(isolinux),
-        },
-        IsoFile {
-            path: "isolinux/ldlinux.c32",
-            data: Data::Stored(bios.ldlinux),
-        },
-        IsoFile {
-            path: "isolinux/isolinux.cfg",
-            data: Data::Stored(cfg),
-        },
-        IsoFile {
-            path: "isolinux/boot.cat",
+            path: if bios.is_some() {
+                "isolinux/boot.cat"
+            } else {
+                "boot/boot.cat"
+            },
             data: Data::Stored(catalog),
         },
         IsoFile {
@@ -92,28 +100,44 @@ fn files<'a>(
             path: "boot/esp.img",
             data: ext(at[2]),
         },
-    ]
+    ]);
+    v
 }
 
+/// Indices in [`files`]: isolinux.bin comes first when there is one.
 const ISOLINUX: usize = 0;
-const CATALOG: usize = 3;
+fn catalog_index(bios: bool) -> usize {
+    if bios {
+        3
+    } else {
+        0
+    }
+}
 
-/// The hybrid image of `uki` booting `cmdline` through isolinux under BIOS.
-/// `seed` derives GUIDs and serials; every timestamp is `mtime`.
+/// The hybrid image of `uki`, which the ESP holds at `efi_path` (UEFI's
+/// removable-media path for its architecture); with `bios`, isolinux boots
+/// the same kernel with `cmdline` under a PC BIOS too. `seed` derives GUIDs
+/// and serials; every timestamp is `mtime`.
 pub fn hybrid_image(
     uki: &[u8],
     cmdline: &str,
-    bios: &BiosLoader,
+    bios: Option<&BiosLoader>,
+    efi_path: &str,
     medium: Medium,
     seed: &[u8],
     mtime: u32,
 ) -> Result<Disk, ImageError> {
     let cfg = isolinux_cfg(cmdline);
     let blank = vec![0u8; BLOCK as usize];
+    let with = |isolinux| bios.map(|b| (isolinux, b, &cfg[..]));
     let mut vol = Volume {
         label: "OSK",
         mtime: i64::from(mtime),
-        files: files(bios.isolinux, bios, &cfg, &blank, [(0, 0); 3]),
+        files: files(
+            with(bios.map_or(&[][..], |b| b.isolinux)),
+            &blank,
+            [(0, 0); 3],
+        ),
         boot_record: true,
     };
     let layout = vol.layout()?;
@@ -125,7 +149,7 @@ pub fn hybrid_image(
     let esp_start = (u64::from(layout.end) * BLOCK).next_multiple_of(align);
     let esp = fat::write_fat_placed(
         &[FatFile {
-            path: "EFI/BOOT/BOOTX64.EFI",
+            path: efi_path,
             data: uki,
         }],
         "ESP",
@@ -162,14 +186,28 @@ pub fn hybrid_image(
         Medium::Disk(Some(given)) => given.next_multiple_of(MIB),
     };
 
-    let isolinux_lba = layout.stored_lba(ISOLINUX).expect("stored");
-    let catalog_lba = layout.stored_lba(CATALOG).expect("stored");
-    let mut isolinux = bios.isolinux.to_vec();
-    eltorito::patch_boot_info(&mut isolinux, isolinux_lba, "isolinux.bin")?;
-    let catalog = eltorito::catalog(isolinux_lba, block(esp_start)?, esp_len);
-    vol.files = files(&isolinux, bios, &cfg, &catalog, at);
+    let catalog_lba = layout
+        .stored_lba(catalog_index(bios.is_some()))
+        .expect("stored");
+    let (catalog, tables, isolinux);
+    match bios {
+        Some(b) => {
+            let isolinux_lba = layout.stored_lba(ISOLINUX).expect("stored");
+            let mut bin = b.isolinux.to_vec();
+            eltorito::patch_boot_info(&mut bin, isolinux_lba, "isolinux.bin")?;
+            isolinux = bin;
+            catalog = eltorito::catalog(Some(isolinux_lba), block(esp_start)?, esp_len);
+            tables = hybrid::tables(b.mbr_code, isolinux_lba, size, esp_start, esp_len, seed)?;
+        }
+        None => {
+            isolinux = Vec::new();
+            catalog = eltorito::catalog(None, block(esp_start)?, esp_len);
+            // A protective MBR without boot code: UEFI reads the GPT.
+            tables = super::gpt::tables(size, esp_start, esp_len, seed);
+        }
+    }
+    vol.files = files(with(&isolinux), &catalog, at);
     let extents = vol.write(&layout, block(esp_end)?);
-    let tables = hybrid::tables(bios.mbr_code, isolinux_lba, size, esp_start, esp_len, seed)?;
 
     let mut disk = Disk::new(size);
     disk.put(0, tables.primary);
@@ -217,7 +255,8 @@ mod tests {
         let disk = hybrid_image(
             &uki,
             "console=ttyS0\nDEFAULT evil",
-            &bios,
+            Some(&bios),
+            "EFI/BOOT/BOOTX64.EFI",
             medium,
             b"seed",
             0,
@@ -278,10 +317,18 @@ mod tests {
             ldlinux: b"",
             mbr_code: &[0; 432],
         };
-        let err = hybrid_image(&uki, "", &bios, Medium::Disk(Some(MIB)), b"", 0)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = hybrid_image(
+            &uki,
+            "",
+            Some(&bios),
+            "EFI/BOOT/BOOTX64.EFI",
+            Medium::Disk(Some(MIB)),
+            b"",
+            0,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("too small"), "{err}");
     }
 }
