@@ -23,11 +23,12 @@ export DEBIAN_FRONTEND=noninteractive
 #   lz4                decompresses the kernel's legacy lz4 initramfs in a round-trip test
 #   binutils           objdump -h: checks the UKI's PE sections (build --format uki)
 #   gdisk              sgdisk -v: checks the GPT of the disk formats
-#   dosfstools, mtools fsck.vfat -n, mcopy: check the ESP and read its UKI back
+#   dosfstools, mtools fsck.vfat -n, mcopy: check the ESP and read its UKI back; the Pi card's boot files (test/tests/rpi.rs)
+#   fdisk              sfdisk --json: check the Pi card's MBR (build --format rpi4)
 #   xorriso            -report_el_torito and -extract: check the hybrid ISO (build --format iso)
 PACKAGES=(protobuf-compiler qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils ovmf cpio zstd lz4 busybox-static
   openssh-client skopeo umoci docker-registry time ca-certificates debian-archive-keyring
-  binutils gdisk dosfstools mtools xorriso)
+  binutils gdisk dosfstools mtools fdisk xorriso)
 
 # --update: refresh apt's lists even when nothing is missing (CI: the e2e
 # tests `apt-get download` Debian's current kernel package, so the lists must

@@ -44,6 +44,9 @@ pub const KERNEL_BINARY: &str = "kernel";
 pub const KERNEL_TAR: &str = "kernel.tar";
 /// Kernel image layout (LinuxKit's): optional early microcode cpio.
 pub const KERNEL_UCODE: &str = "ucode.cpio";
+/// Kernel image layout (osk's): the boards' device trees, `dtbs/NAME.dtb`,
+/// for the formats that hand one to a board's firmware (`--format rpi4`).
+pub const KERNEL_DTBS: &str = "dtbs";
 
 /// Optional root-relative list of module names (one per line) to load at
 /// every boot whatever the hardware. osk-init also loads the drivers of the

@@ -243,7 +243,7 @@ pub fn write_disk(
             image::write_gcp(disk, opts.mtime, &mut w)?;
             w.flush()
         }
-        Format::KernelInitrd | Format::Tar | Format::Uki | Format::Iso => {
+        Format::KernelInitrd | Format::Tar | Format::Uki | Format::Iso | Format::Rpi4 => {
             unreachable!("not a disk format")
         }
     }

@@ -11,6 +11,7 @@ mod files;
 mod output;
 mod plan;
 pub mod resolve;
+mod rpi;
 mod volume;
 
 use std::collections::HashMap;
@@ -181,13 +182,19 @@ pub struct BuildOptions {
     pub disk_size: Option<u64>,
     /// The boot binaries image (`pkgs/bootloader`), needed by `uki` and the disk formats.
     pub boot: Option<Image>,
+    /// The Raspberry Pi firmware image (`pkgs/raspi`), needed by `rpi4`.
+    pub firmware: Option<Image>,
 }
 
 /// The assembled system: the root tree and the kernel pieces beside it.
 #[derive(Debug)]
 pub struct Assembled {
     pub tree: Tree,
+    /// The kernel image's name, for messages.
+    pub kernel_image: String,
     pub kernel: Option<FileInode>,
+    /// The kernel image's device trees (`dtbs/NAME.dtb`), by file name.
+    pub dtbs: Vec<(String, FileInode)>,
     pub ucode: Option<FileInode>,
     pub cmdline: String,
 }
@@ -215,10 +222,12 @@ pub fn build(
     if opts.formats.is_empty() {
         return Err(BuildError::Usage("no output format given".into()));
     }
-    if opts.formats.contains(&Format::KernelInitrd) && plan.kernel.is_none() {
-        return Err(BuildError::Usage(
-            "format kernel+initrd needs a kernel section in the manifest".into(),
-        ));
+    for f in [Format::KernelInitrd, Format::Rpi4] {
+        if opts.formats.contains(&f) && plan.kernel.is_none() {
+            return Err(BuildError::Usage(format!(
+                "format {f} needs a kernel section in the manifest"
+            )));
+        }
     }
     let bootable: Vec<String> = (opts.formats.iter())
         .filter(|f| f.needs_boot())
@@ -241,6 +250,15 @@ pub fn build(
             )))
         }
     };
+    let firmware = match (&opts.firmware, opts.formats.contains(&Format::Rpi4)) {
+        (_, false) => None,
+        (Some(image), true) => Some(rpi::load_firmware(store, spool, image)?),
+        (None, true) => {
+            return Err(BuildError::Usage(
+                "format rpi4 needs the Raspberry Pi firmware image: build it with `osk pkg build --arch arm64 pkgs/raspi` and pass it as `--firmware @pkg:PATH/pkgs/raspi` (or a reference)".into(),
+            ))
+        }
+    };
     for image in plan_images(plan) {
         store
             .check_layer_sizes(image)
@@ -252,8 +270,10 @@ pub fn build(
     }
     let segments = crate::initramfs::SegmentCache::in_store(store.root());
     let attempt = || {
-        assemble(store, spool, plan)
-            .and_then(|a| output::write_outputs(spool, &segments, &a, boot_files.as_ref(), opts))
+        assemble(store, spool, plan).and_then(|a| {
+            let boot = boot_files.as_ref();
+            output::write_outputs(spool, &segments, &a, boot, firmware.as_deref(), opts)
+        })
     };
     match attempt() {
         Err(e) if assemble::spool_damage(&e).is_some() => {
@@ -325,7 +345,9 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
     let mut root = Tree::new();
     let mut out = Assembled {
         tree: Tree::new(),
+        kernel_image: String::new(),
         kernel: None,
+        dtbs: Vec::new(),
         ucode: None,
         cmdline: String::new(),
     };
@@ -347,6 +369,19 @@ pub fn assemble(store: &Store, spool: &Spool, plan: &BuildPlan) -> Result<Assemb
         if let Some(u) = &k.ucode {
             out.ucode = Some(*tree.file(u.as_bytes()).ok_or_else(|| missing("ucode", u))?);
         }
+        let dtb_dir = format!("{}/", osk_layout::KERNEL_DTBS);
+        for (path, _) in tree.walk() {
+            let Some(file) = (path.strip_prefix(dtb_dir.as_bytes()))
+                .filter(|f| !f.contains(&b'/'))
+                .and_then(|f| String::from_utf8(f.to_vec()).ok())
+            else {
+                continue;
+            };
+            if let Some(inode) = tree.file(&path) {
+                out.dtbs.push((file, *inode));
+            }
+        }
+        out.kernel_image = name.clone();
         if let Some(t) = &k.tar {
             let tar = tree
                 .file(t.as_bytes())

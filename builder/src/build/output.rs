@@ -77,6 +77,9 @@ pub enum Format {
     Vmdk,
     /// `NAME.img.tar.gz`: the raw disk as GCE's `disk.raw` in a gzipped tar.
     Gcp,
+    /// `NAME-rpi4.img`: a Raspberry Pi 4 (and 3) SD card booted by the Pi's
+    /// own firmware from its FAT partition (arm64).
+    Rpi4,
 }
 
 impl Format {
@@ -90,11 +93,17 @@ impl Format {
         "vhd",
         "vmdk",
         "gcp",
+        "rpi4",
     ];
 
     /// Whether the format holds the UKI, and so needs the boot binaries image.
     pub fn needs_boot(self) -> bool {
-        !matches!(self, Format::KernelInitrd | Format::Tar)
+        !matches!(self, Format::KernelInitrd | Format::Tar | Format::Rpi4)
+    }
+
+    /// Whether the format holds the compressed initramfs (so it is made once, in memory).
+    fn holds_initrd(self) -> bool {
+        self.needs_boot() || self == Format::Rpi4
     }
 
     fn is_disk(self) -> bool {
@@ -145,6 +154,7 @@ impl Format {
         match self {
             Format::Gcp => format!("{name}.img.tar.gz"),
             Format::Uki => format!("{name}.efi"),
+            Format::Rpi4 => format!("{name}-rpi4.img"),
             _ => format!("{name}.{self}"),
         }
     }
@@ -173,6 +183,7 @@ impl FromStr for Format {
             "vhd" => Ok(Format::Vhd),
             "vmdk" => Ok(Format::Vmdk),
             "gcp" => Ok(Format::Gcp),
+            "rpi4" => Ok(Format::Rpi4),
             other => Err(FormatError::Unknown {
                 name: other.to_string(),
             }),
@@ -192,6 +203,7 @@ impl fmt::Display for Format {
             Format::Vhd => "vhd",
             Format::Vmdk => "vmdk",
             Format::Gcp => "gcp",
+            Format::Rpi4 => "rpi4",
         })
     }
 }
@@ -313,6 +325,7 @@ pub(super) fn write_outputs(
     cache: &SegmentCache,
     a: &Assembled,
     boot: Option<&super::boot::BootFiles>,
+    firmware: Option<&[(String, Vec<u8>)]>,
     opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>, BuildError> {
     std::fs::create_dir_all(&opts.dir).map_err(|source| BuildError::Io {
@@ -325,7 +338,7 @@ pub(super) fn write_outputs(
     };
     let name = &opts.name;
     // Compressed once, in memory, when the UKI needs it too (zstd -19 is most of a build).
-    let initrd = if opts.formats.iter().any(|f| f.needs_boot()) {
+    let initrd = if opts.formats.iter().any(|f| f.holds_initrd()) {
         let in_memory = || -> io::Result<Vec<u8>> {
             // Segments are written to a file they can seek in.
             let mut f = tempfile::tempfile_in(&opts.dir)?;
@@ -361,6 +374,14 @@ pub(super) fn write_outputs(
                 let mut f = pending.create(&out)?;
                 f.write_all(a.cmdline.as_bytes())
                     .map_err(io_at(&opts.dir, &out))?;
+            }
+            Format::Rpi4 => {
+                let firmware = firmware.expect("loaded by build()");
+                let initrd = initrd.as_deref().expect("made above for rpi4");
+                let card = super::rpi::card(spool, a, firmware, initrd, opts)?;
+                let out = format.file_name(name);
+                let mut f = pending.create(&out)?;
+                card.write_sparse(&mut f).map_err(io_at(&opts.dir, &out))?;
             }
             Format::Tar => {
                 let out = format!("{name}.tar");

@@ -1,4 +1,6 @@
-//! A write-once FAT32 file system (an EFI System Partition), laid out deterministically.
+//! A write-once FAT32 file system (an EFI System Partition, a Pi's boot
+//! partition), laid out deterministically; names that are not 8.3 get VFAT
+//! long names.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +13,8 @@ const RESERVED: u64 = 32;
 const FAT32_MIN_CLUSTERS: u64 = 65_525;
 const END_OF_CHAIN: u32 = 0x0fff_ffff;
 
-/// One file of the ESP: a `/`-separated path of 8.3 names.
+/// One file of the volume: a `/`-separated path; a part that is not an 8.3
+/// name (too long, mixed case) is written as a VFAT long name.
 pub struct FatFile<'a> {
     pub path: &'a str,
     pub data: &'a [u8],
@@ -26,7 +29,19 @@ enum Node<'a> {
 struct Entry<'a> {
     /// FAT's NT case bits: the base (0x08) or extension (0x10) shows in lower case.
     case: u8,
+    /// The VFAT long name (UTF-16), for a name that is not 8.3.
+    long: Option<Vec<u16>>,
     node: Node<'a>,
+}
+
+impl Entry<'_> {
+    /// Directory slots: the long name's (13 characters each), then the short entry.
+    fn slots(&self) -> u64 {
+        self.long
+            .as_ref()
+            .map_or(0, |l| (l.len() as u64 + 1).div_ceil(13))
+            + 1
+    }
 }
 
 /// Every file's data starts on a boundary of this many bytes of the volume,
@@ -161,28 +176,130 @@ fn insert<'a>(
     };
     let mut dir = root;
     for d in dirs {
-        let (name, case) = short_name(d).map_err(|e| bad(e.to_string()))?;
-        let e = dir.entry(name).or_insert_with(|| Entry {
-            case,
-            node: Node::Dir(BTreeMap::new()),
-        });
-        dir = match &mut e.node {
+        let key = match find(dir, d) {
+            Some(key) => key,
+            None => {
+                let (key, case, long) = names(dir, d).map_err(|e| bad(e.to_string()))?;
+                let e = Entry {
+                    case,
+                    long,
+                    node: Node::Dir(BTreeMap::new()),
+                };
+                dir.insert(key, e);
+                key
+            }
+        };
+        dir = match &mut dir.get_mut(&key).expect("found or inserted").node {
             Node::Dir(children) => children,
             Node::File(..) => return Err(bad(format!("{d} is a file"))),
         };
     }
-    let (name, case) = short_name(leaf).map_err(|e| bad(e.to_string()))?;
-    if dir.contains_key(&name) {
+    if find(dir, leaf).is_some() {
         return Err(bad("is given twice (FAT names ignore case)".into()));
     }
+    let (key, case, long) = names(dir, leaf).map_err(|e| bad(e.to_string()))?;
     dir.insert(
-        name,
+        key,
         Entry {
             case,
+            long,
             node: Node::File(f.data, index),
         },
     );
     Ok(())
+}
+
+/// The short-name key of the entry called `name` in `dir`, ignoring case as FAT does.
+fn find(dir: &BTreeMap<[u8; 11], Entry>, name: &str) -> Option<[u8; 11]> {
+    let wanted: Vec<u16> = name.to_ascii_uppercase().encode_utf16().collect();
+    dir.iter().find_map(|(key, e)| {
+        let same = match &e.long {
+            Some(l) => String::from_utf16_lossy(l)
+                .to_ascii_uppercase()
+                .encode_utf16()
+                .eq(wanted.iter().copied()),
+            None => short_name(name).is_ok_and(|(k, _)| k == *key),
+        };
+        same.then_some(*key)
+    })
+}
+
+/// A short name, its NT case bits and the long name, if any.
+type Names = ([u8; 11], u8, Option<Vec<u16>>);
+
+/// A new entry's short name, case bits and (for a name that is not 8.3)
+/// long name, its short alias unique in `dir` (`BASENA~1.EXT`).
+fn names(dir: &BTreeMap<[u8; 11], Entry>, name: &str) -> Result<Names, ShortNameError> {
+    match short_name(name) {
+        Ok((key, case)) => return Ok((key, case, None)),
+        Err(ShortNameError::Forbidden(_)) => {
+            return Err(ShortNameError::Forbidden(name.to_string()))
+        }
+        Err(_) => {}
+    }
+    if name.len() > 255
+        || name
+            .chars()
+            .any(|c| c.is_control() || "\"*/:<>?\\|".contains(c))
+    {
+        return Err(ShortNameError::Forbidden(name.to_string()));
+    }
+    let long = Some(name.encode_utf16().collect());
+    // Mixed case that fits 8.3 keeps its upper-case form as the alias.
+    if let Ok((key, _)) = short_name(&name.to_ascii_uppercase()) {
+        if !dir.contains_key(&key) {
+            return Ok((key, 0, long));
+        }
+    }
+    let (base, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+    let keep = |s: &str, n: usize| -> Vec<u8> {
+        s.bytes()
+            .filter(|c| c.is_ascii_alphanumeric() || b"_-~!#$%&'()@^{}".contains(c))
+            .map(|c| c.to_ascii_uppercase())
+            .take(n)
+            .collect()
+    };
+    let (base, ext) = (keep(base, 8), keep(ext, 3));
+    for n in 1u32.. {
+        let tail = format!("~{n}");
+        let mut key = [b' '; 11];
+        let head = base.len().min(8 - tail.len());
+        key[..head].copy_from_slice(&base[..head]);
+        key[head..head + tail.len()].copy_from_slice(tail.as_bytes());
+        key[8..8 + ext.len()].copy_from_slice(&ext);
+        if !dir.contains_key(&key) {
+            return Ok((key, 0, long));
+        }
+    }
+    unreachable!("a directory cannot hold every alias")
+}
+
+/// The checksum of a short name that ties its long-name entries to it.
+fn alias_checksum(name: &[u8; 11]) -> u8 {
+    name.iter()
+        .fold(0u8, |sum, &c| sum.rotate_right(1).wrapping_add(c))
+}
+
+/// The long-name entries of `long` for the short entry `alias`, in on-disk order (last part first).
+fn long_entries(long: &[u16], alias: &[u8; 11]) -> Vec<[u8; 32]> {
+    let sum = alias_checksum(alias);
+    let mut chars = long.to_vec();
+    chars.push(0);
+    let parts = chars.len().div_ceil(13);
+    chars.resize(parts * 13, 0xffff);
+    let mut out = Vec::new();
+    for (i, part) in chars.chunks(13).enumerate().rev() {
+        let mut e = [0u8; 32];
+        e[0] = (i + 1) as u8 | if i + 1 == parts { 0x40 } else { 0 };
+        e[11] = 0x0f;
+        e[13] = sum;
+        let at = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+        for (c, &o) in part.iter().zip(&at) {
+            e[o..o + 2].copy_from_slice(&c.to_le_bytes());
+        }
+        out.push(e);
+    }
+    out
 }
 
 /// Why a path component cannot be a FAT short name; each names the component.
@@ -196,7 +313,7 @@ enum ShortNameError {
     Forbidden(String),
 }
 
-/// An 8.3 name and its NT case bits; mixed case within a part needs long names, which osk does not write.
+/// An 8.3 name and its NT case bits; mixed case within a part needs a long name.
 fn short_name(s: &str) -> Result<([u8; 11], u8), ShortNameError> {
     let (base, ext) = s.split_once('.').unwrap_or((s, ""));
     if base.is_empty() || base.len() > 8 || ext.len() > 3 || ext.contains('.') {
@@ -234,7 +351,8 @@ fn clusters_of(node: &Node, cluster: u64, root: bool) -> u64 {
     match node {
         Node::File(data, _) => (data.len() as u64).div_ceil(cluster),
         Node::Dir(children) => {
-            let entries = children.len() as u64 + if root { 1 } else { 2 };
+            let entries =
+                children.values().map(Entry::slots).sum::<u64>() + if root { 1 } else { 2 };
             (entries * 32).div_ceil(cluster).max(1)
                 + children
                     .values()
@@ -314,9 +432,8 @@ impl Writer {
         label: Option<[u8; 11]>,
     ) -> u64 {
         let extra = if parent.is_none() { 1 } else { 2 };
-        let n = ((children.len() as u64 + extra) * 32)
-            .div_ceil(self.cluster)
-            .max(1);
+        let slots = children.values().map(Entry::slots).sum::<u64>();
+        let n = ((slots + extra) * 32).div_ceil(self.cluster).max(1);
         let first = self.alloc(n);
         let mut entries = Vec::new();
         if let Some(l) = label {
@@ -329,6 +446,9 @@ impl Writer {
             entries.push(self.entry(b"..         ", 0x10, 0, up, 0));
         }
         for (name, e) in children {
+            if let Some(long) = &e.long {
+                entries.extend(long_entries(long, name));
+            }
             match &e.node {
                 Node::File(data, index) => {
                     // Skipped clusters stay free.
@@ -411,7 +531,7 @@ mod tests {
         assert_eq!(&a[510..512], &[0x55, 0xaa]);
         let err = write_fat(
             &[FatFile {
-                path: "EFI/Boot/x",
+                path: "EFI/a*b/x",
                 data: b"",
             }],
             "ESP",
@@ -419,6 +539,51 @@ mod tests {
             0,
             0,
         );
-        assert!(err.unwrap_err().to_string().contains("EFI/Boot/x"));
+        assert!(err.unwrap_err().to_string().contains("EFI/a*b/x"));
+    }
+
+    #[test]
+    fn long_names_get_unique_aliases_and_their_entries() {
+        let mut root = BTreeMap::new();
+        for (i, path) in ["bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb", "Boot/x"]
+            .iter()
+            .enumerate()
+        {
+            let f = FatFile { path, data: b"x" };
+            insert(&mut root, &f, i).unwrap();
+        }
+        let keys: Vec<&[u8; 11]> = root.keys().collect();
+        assert_eq!(keys, [b"BCM271~1DTB", b"BCM283~1DTB", b"BOOT       "]);
+        let e = &root[b"BCM271~1DTB"];
+        assert_eq!(e.slots(), 3);
+        let twice = FatFile {
+            path: "BCM2711-rpi-4-b.DTB",
+            data: b"",
+        };
+        assert!(insert(&mut root, &twice, 3).is_err());
+        // The same directory, whatever its case.
+        insert(
+            &mut root,
+            &FatFile {
+                path: "BOOT/y",
+                data: b"",
+            },
+            4,
+        )
+        .unwrap();
+        assert_eq!(root.len(), 3);
+
+        let long: Vec<u16> = "bcm2711-rpi-4-b.dtb".encode_utf16().collect();
+        let entries = long_entries(&long, b"BCM271~1DTB");
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0][0], entries[1][0]), (0x42, 0x01));
+        assert!(entries
+            .iter()
+            .all(|e| e[11] == 0x0f && e[13] == alias_checksum(b"BCM271~1DTB")));
+        // The second part: "-b.dtb", the terminator, then 0xffff padding.
+        assert_eq!(&entries[0][1..3], &[b'-', 0]);
+        assert_eq!(&entries[0][14..16], &[b'b', 0]);
+        assert_eq!(&entries[0][16..18], &[0, 0]);
+        assert_eq!(&entries[0][18..20], &[0xff, 0xff]);
     }
 }

@@ -1,4 +1,4 @@
-//! Bootable images written in-process and reproducibly: UKI, FAT ESP, hybrid ISO/GPT disk and its containers.
+//! Bootable images written in-process and reproducibly: UKI, FAT ESP, hybrid ISO/GPT disk and its containers, the Raspberry Pi's card.
 
 mod disk;
 mod fat;
@@ -6,6 +6,7 @@ mod gcp;
 mod gpt;
 pub mod iso;
 mod qcow2;
+mod rpi;
 mod uki;
 mod vhd;
 mod vmdk;
@@ -16,6 +17,9 @@ pub use gcp::write_gcp;
 pub use gpt::{efi_disk, ESP_START};
 pub use iso::{hybrid_image, BiosLoader, Medium};
 pub use qcow2::write_qcow2;
+pub use rpi::{
+    cmdline_txt, config_txt, rpi_image, RpiParts, RPI_BOOT_START, RPI_INITRD, RPI_KERNEL,
+};
 pub use uki::{kernel_release, pe_machine, write_uki, UkiParts};
 pub use vhd::write_vhd;
 pub use vmdk::write_vmdk;

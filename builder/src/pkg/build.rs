@@ -659,7 +659,8 @@ fn assemble(p: &Prepared, store: &Store, opts: &Options) -> Result<Tree, Error> 
             ),
         })?;
         let modules: Vec<String> = k.modules.iter().map(|m| m.name().to_string()).collect();
-        return kernel::kernel_tree(deb, &modules, &k.boot, opts.source_date_epoch);
+        let dtbs: Vec<String> = k.dtbs.iter().map(|d| d.name().to_string()).collect();
+        return kernel::kernel_tree(deb, &modules, &k.boot, &dtbs, opts.source_date_epoch);
     }
     let mut tree = match &p.base {
         Some(PreparedBase::Package(b)) => assemble(b, store, opts)?,

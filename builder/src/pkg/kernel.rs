@@ -2,13 +2,14 @@
 //! LinuxKit's are) and `/kernel.tar` holding the
 //! chosen modules plus their `depends=` closure, a matching `modules.dep`
 //! and osk's list of modules to load at every boot (`kernel.boot`, in load
-//! order; osk-init loads device drivers and on-demand modules itself).
+//! order; osk-init loads device drivers and on-demand modules itself), and
+//! the device trees `build.yml` names as `/dtbs/NAME.dtb` (for board formats).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
-use osk_layout::{modinfo, KERNEL_BINARY, KERNEL_TAR, MODULES_LIST};
+use osk_layout::{modinfo, KERNEL_BINARY, KERNEL_DTBS, KERNEL_TAR, MODULES_LIST};
 
 use super::debian::deb::with_data_tar;
 use super::tree::{normalise, Node, Tree};
@@ -61,6 +62,7 @@ pub fn kernel_tree(
     deb: &Path,
     wanted: &[String],
     boot: &[String],
+    dtbs: &[String],
     mtime: u64,
 ) -> Result<Tree, Error> {
     let bad = |m: String| Error::Kernel {
@@ -135,13 +137,15 @@ pub fn kernel_tree(
     }
     let boot_order: Vec<&String> = order.iter().filter(|m| at_boot.contains(*m)).collect();
 
-    // Pass 2: the kernel and the kept modules' bytes.
+    // Pass 2: the kernel, the kept modules' and device trees' bytes.
     let put = |t: &mut Tree, path: &str, node: Node| {
         t.insert(path, node)
             .map_err(|e| bad(format!("cannot put {path} in the image: it {e}")))
     };
     let mut modtree = Tree::default();
     let mut vmlinuz = None;
+    let dtb_dir = format!("usr/lib/linux-image-{version}/");
+    let mut found_dtbs: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
     let moddir = format!("lib/modules/{version}");
     let kernel = format!("boot/vmlinuz-{version}");
     // modules.builtin tells osk-init's modprobe what needs no loading.
@@ -152,6 +156,10 @@ pub fn kernel_tree(
     for_each_entry(deb, &bad, |path, read| {
         if path == kernel {
             vmlinuz = Some(read()?);
+        } else if let Some(d) = (path.strip_prefix(&dtb_dir))
+            .and_then(|rel| dtbs.iter().find(|d| d.trim_matches('/') == rel))
+        {
+            found_dtbs.insert(d, read()?);
         } else if path == order_file {
             let all = read()?;
             let kept: Vec<&[u8]> = all
@@ -228,6 +236,19 @@ pub fn kernel_tree(
     put(&mut tree, KERNEL_BINARY, Node::file(vmlinuz, 0o644))?;
     let tar = super::image::layer_tar(&modtree, mtime).map_err(|e| bad(e.to_string()))?;
     put(&mut tree, KERNEL_TAR, Node::file(tar, 0o644))?;
+    for d in dtbs {
+        let data = found_dtbs.remove(d.as_str()).ok_or_else(|| {
+            bad(format!(
+                "`kernel.dtbs` lists `{d}`, which is not in {dtb_dir} of the package"
+            ))
+        })?;
+        let name = d.rsplit('/').next().unwrap_or(d);
+        put(
+            &mut tree,
+            &format!("{KERNEL_DTBS}/{name}"),
+            Node::file(data, 0o644),
+        )?;
+    }
     tracing::info!(
         "kernel {version}: {} modules ({} requested)",
         order.len(),
@@ -288,6 +309,10 @@ mod tests {
             tar.append_data(&mut h, path, data.as_slice()).unwrap();
         };
         add(format!("./boot/vmlinuz-{v}"), b"kernel".to_vec());
+        add(
+            format!("./usr/lib/linux-image-{v}/broadcom/board.dtb"),
+            b"\xd0\x0d\xfe\xed".to_vec(),
+        );
         let m = format!("./lib/modules/{v}/kernel");
         add(format!("{m}/a.ko"), fake_ko("alias=fs-a;depends=b;"));
         add(format!("{m}/b.ko"), fake_ko("depends=;"));
@@ -308,7 +333,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let deb = fake_deb(dir.path());
         let wanted = ["a".to_string(), "c_d".to_string()];
-        let tree = kernel_tree(&deb, &wanted, &["a".into()], 0).unwrap();
+        let tree = kernel_tree(&deb, &wanted, &["a".into()], &[], 0).unwrap();
         let tar = tree.bytes(KERNEL_TAR).unwrap();
         let mut list = String::new();
         let mut shipped = Vec::new();
@@ -325,7 +350,7 @@ mod tests {
         assert_eq!(shipped, ["a.ko", "b.ko", "c-d.ko"]);
         assert_eq!(list, "b\na\n");
         // Nothing at boot: an empty list, every module still shipped.
-        let tree = kernel_tree(&deb, &wanted, &[], 0).unwrap();
+        let tree = kernel_tree(&deb, &wanted, &[], &[], 0).unwrap();
         let n = tar::Archive::new(tree.bytes(KERNEL_TAR).unwrap())
             .entries()
             .unwrap()
@@ -338,8 +363,24 @@ mod tests {
     fn a_boot_module_that_is_not_shipped_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let deb = fake_deb(dir.path());
-        let e = kernel_tree(&deb, &["c-d".into()], &["a".into()], 0).unwrap_err();
+        let e = kernel_tree(&deb, &["c-d".into()], &["a".into()], &[], 0).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("kernel.boot") && msg.contains("`a`"), "{msg}");
+    }
+
+    #[test]
+    fn named_device_trees_are_kept_under_dtbs_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = fake_deb(dir.path());
+        let tree = kernel_tree(&deb, &[], &[], &["broadcom/board.dtb".into()], 0).unwrap();
+        assert_eq!(tree.bytes("dtbs/board.dtb").unwrap(), b"\xd0\x0d\xfe\xed");
+        let tree = kernel_tree(&deb, &[], &[], &[], 0).unwrap();
+        assert!(tree.bytes("dtbs/board.dtb").is_none());
+        let e = kernel_tree(&deb, &[], &[], &["broadcom/other.dtb".into()], 0).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("kernel.dtbs") && msg.contains("broadcom/other.dtb"),
+            "{msg}"
+        );
     }
 }

@@ -142,6 +142,11 @@ pub struct Kernel {
     /// Modules loaded at every boot whatever the hardware (must be shipped).
     #[serde(default)]
     pub boot: Vec<String>,
+    /// Device trees to keep, as `/dtbs/NAME.dtb`: paths below the package's
+    /// `usr/lib/linux-image-VERSION/` (`broadcom/bcm2711-rpi-4-b.dtb`), or
+    /// `{name, arch}` for one architecture's (only arm64's packages have any).
+    #[serde(default)]
+    pub dtbs: Vec<Module>,
 }
 
 /// A `kernel.modules` entry: a module name, or `{name, arch}` for a module
@@ -509,6 +514,7 @@ impl Spec {
         if let Some(k) = &mut s.kernel {
             ex(&mut k.package);
             k.modules.retain(|m| m.applies_to(arch));
+            k.dtbs.retain(|d| d.applies_to(arch));
         }
         Ok(s)
     }

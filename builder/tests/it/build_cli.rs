@@ -277,6 +277,28 @@ fn osk_build_refuses_images_of_another_arch_and_writes_nothing() {
         "{err}"
     );
 
+    let o = osk(
+        &store_dir,
+        d.path(),
+        d.path(),
+        &[
+            "build",
+            "--arch",
+            "amd64",
+            "--format",
+            "rpi4",
+            "--dir",
+            out.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--format rpi4") && err.contains("--arch arm64"),
+        "{err}"
+    );
+
     let o = build("riscv64");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());

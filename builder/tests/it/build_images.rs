@@ -130,6 +130,7 @@ fn opts(f: &Fixture, dir: &Path) -> BuildOptions {
         mtime: 1_700_000_000,
         disk_size: None,
         boot: Some(f.boot.clone()),
+        firmware: None,
     }
 }
 

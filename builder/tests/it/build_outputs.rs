@@ -126,6 +126,7 @@ fn opts(dir: &Path, compress: Compression) -> BuildOptions {
         mtime: 0,
         disk_size: None,
         boot: None,
+        firmware: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod assemble_layers;
 mod build_cli;
 mod build_images;
 mod build_outputs;
+mod build_rpi;
 mod cache_trust;
 mod pkg_build;
 mod pkg_from_image;

@@ -125,6 +125,7 @@ fn build_tar(f: &Fixture, yaml: &str, out: &str) -> Result<PathBuf, BuildError> 
         mtime: 0,
         disk_size: None,
         boot: None,
+        firmware: None,
     };
     build(&f.store, &spool, &p, &opts)?;
     Ok(dir.join("node.tar"))

@@ -21,6 +21,8 @@ pub struct BuildArgs {
     /// iso-bios, iso-efi, kernel+iso, raw-bios, raw-efi, qcow2-bios, qcow2-efi and
     /// dynamic-vhd map to these. On arm64 the ISO and the disks boot through UEFI only
     /// (BOOTAA64.EFI); the BIOS-only aliases are refused.
+    /// rpi4 (NAME-rpi4.img, --arch arm64): a Raspberry Pi 4 (and 3) SD card booted by
+    /// the Pi's own firmware.
     #[arg(long = "format", short = 'f', default_value = "kernel+initrd")]
     formats: Vec<String>,
     /// Size of the disk formats (e.g. 2G, 512M; rounded up to MiB); the space after the ESP
@@ -31,6 +33,10 @@ pub struct BuildArgs {
     /// pkgs/bootloader found beside or above the first manifest, or in the working directory).
     #[arg(long, value_name = "IMAGE")]
     bootloader: Option<String>,
+    /// The Raspberry Pi firmware image for rpi4 (default: `@pkg:` of the pkgs/raspi found
+    /// beside or above the first manifest, or in the working directory).
+    #[arg(long, value_name = "IMAGE")]
+    firmware: Option<String>,
     /// Directory the outputs go to.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -100,11 +106,23 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
         formats.push(f);
     }
     let formats = build::unique_formats(formats);
+    anyhow::ensure!(
+        args.arch == Arch::Arm64 || !formats.contains(&Format::Rpi4),
+        "--format rpi4 is a Raspberry Pi's 64-bit card: build it with --arch arm64, not {}",
+        args.arch
+    );
     let mut resolve = Resolver::new(provider, args.arch).refresh(args.pull);
     let plan = build::plan(&m, &mut resolve)?;
     let boot = if formats.iter().any(|f| f.needs_boot()) {
-        let image = bootloader_ref(args.bootloader.as_deref(), &args.manifests)?;
+        let image = package_ref(args.bootloader.as_deref(), &args.manifests, "bootloader")?;
         tracing::info!("boot binaries {image}");
+        Some(resolve.image(&image)?)
+    } else {
+        None
+    };
+    let firmware = if formats.contains(&Format::Rpi4) {
+        let image = package_ref(args.firmware.as_deref(), &args.manifests, "raspi")?;
+        tracing::info!("Raspberry Pi firmware {image}");
         Some(resolve.image(&image)?)
     } else {
         None
@@ -119,6 +137,7 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
         mtime: build::source_date_epoch()?,
         disk_size: args.disk_size,
         boot,
+        firmware,
     };
     let written = build::build(&store, &spool, &plan, &opts)?;
     for path in written {
@@ -127,8 +146,9 @@ pub fn run(args: BuildArgs, store_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--bootloader`, else the `pkgs/bootloader` package nearest the first manifest or the working directory.
-fn bootloader_ref(given: Option<&str>, manifests: &[PathBuf]) -> anyhow::Result<ImageRef> {
+/// The image given (`--bootloader`, `--firmware`), else the `pkgs/NAME`
+/// package nearest the first manifest or the working directory.
+fn package_ref(given: Option<&str>, manifests: &[PathBuf], name: &str) -> anyhow::Result<ImageRef> {
     if let Some(text) = given {
         let mut r = ImageRef::parse(text).map_err(anyhow::Error::msg)?;
         r.anchor(&std::env::current_dir()?);
@@ -141,7 +161,7 @@ fn bootloader_ref(given: Option<&str>, manifests: &[PathBuf]) -> anyhow::Result<
         .and_then(|m| cwd.join(m).parent().map(Path::to_path_buf));
     for start in first.iter().chain(std::iter::once(&cwd)) {
         for dir in start.ancestors() {
-            let pkg = dir.join("pkgs/bootloader");
+            let pkg = dir.join("pkgs").join(name);
             if pkg.join("build.yml").is_file() {
                 return Ok(ImageRef {
                     text: format!("@pkg:{}", pkg.display()),
@@ -150,10 +170,20 @@ fn bootloader_ref(given: Option<&str>, manifests: &[PathBuf]) -> anyhow::Result<
             }
         }
     }
+    let (what, flag) = match name {
+        "raspi" => (
+            "rpi4 format needs the Raspberry Pi firmware image",
+            "firmware",
+        ),
+        _ => (
+            "bootable formats need osk's boot binaries image",
+            "bootloader",
+        ),
+    };
     anyhow::bail!(
-        "the bootable formats need osk's boot binaries image (pkgs/bootloader in osk's source tree), \
-         and none was found beside or above the manifest or the working directory: pass \
-         `--bootloader @pkg:PATH/pkgs/bootloader` or an image reference already in the store"
+        "the {what} (pkgs/{name} in osk's source tree), and none was found beside or above the \
+         manifest or the working directory: pass `--{flag} @pkg:PATH/pkgs/{name}` or an image \
+         reference already in the store"
     )
 }
 
