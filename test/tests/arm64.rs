@@ -411,6 +411,35 @@ fn arm64_qcow2_boots_through_aavmf_and_serves() -> Result<()> {
     Ok(())
 }
 
+/// The arm64 ISO as a CD-ROM (virtio-scsi) and the UKI (on the ESP `osk run`
+/// makes for it) each boot through AAVMF to every service.
+#[test]
+fn arm64_iso_and_uki_boot_through_aavmf() -> Result<()> {
+    for ext in ["iso", "efi"] {
+        let image = built_uefi(ext)?;
+        let copy = image.with_file_name(format!("minimal-boot.{ext}"));
+        std::fs::copy(&image, &copy)?;
+        let mut vm = Machine::boot(
+            &copy,
+            &BootOpts {
+                mem_mib: 1024,
+                ..BootOpts::default()
+            },
+        )?;
+        let all = vm.wait_for_marker(&Event::AllServicesStarted, BOOT)?;
+        let console = vm.console();
+        ensure!(
+            console.contains("BdsDxe: starting Boot")
+                && console.contains("EFI stub: Booting Linux Kernel"),
+            "{ext}: AAVMF did not start the UKI's kernel"
+        );
+        eprintln!("arm64 {ext} under AAVMF: all-services-started at {all:.1} s guest time");
+        vm.monitor("quit")?;
+        vm.wait_exit(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
 /// The hostname `--data` gives the arm64 guest.
 const DATA_HOSTNAME: &str = "arm64-from-data";
 
