@@ -186,7 +186,7 @@ const UEFI_FORMATS: &[&str] = &["uki", "iso", "raw", "qcow2"];
 fn built_uefi(ext: &str) -> Result<PathBuf> {
     static OUT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let dir = OUT
-        .get_or_init(|| build_uefi().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| build_uefi("arm64-images").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!("building arm64's UEFI formats failed: {e}"))?;
     let file = dir.join(format!("minimal.{ext}"));
@@ -194,10 +194,10 @@ fn built_uefi(ext: &str) -> Result<PathBuf> {
     Ok(file)
 }
 
-fn build_uefi() -> Result<PathBuf> {
+fn build_uefi(dir: &str) -> Result<PathBuf> {
     let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let cache = osk_e2e::cache_dir()?;
-    let out = cache.join("arm64-images");
+    let out = cache.join(dir);
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
     }
@@ -272,10 +272,18 @@ fn pe_sections(pe: &[u8]) -> Option<(u16, Vec<Section>)> {
 /// The arm64 UKI is an AArch64 PE (machine 0xaa64) whose `.linux` is the
 /// uncompressed Image; the ISO's El Torito catalog has only a UEFI image;
 /// the raw disk's ESP holds the UKI as `EFI/BOOT/BOOTAA64.EFI`; the qcow2
-/// is clean and holds the same disk.
+/// is clean and holds the same disk. A second build writes the same bytes.
 #[test]
 fn arm64_uefi_formats_are_uefi_only_and_well_formed() -> Result<()> {
     let uki_path = built_uefi("efi")?;
+    let again = build_uefi("arm64-images-again")?;
+    for ext in ["efi", "iso", "raw", "qcow2"] {
+        let f = format!("minimal.{ext}");
+        ensure!(
+            std::fs::read(built_uefi(ext)?)? == std::fs::read(again.join(&f))?,
+            "{f} differs between two arm64 builds"
+        );
+    }
     let uki = std::fs::read(&uki_path)?;
     let (machine, sections) = pe_sections(&uki).context("the arm64 UKI is not a PE image")?;
     ensure!(machine == 0xaa64, "UKI PE machine {machine:#x}, not 0xaa64");
