@@ -1,8 +1,8 @@
 //! The Raspberry Pi card, `osk build --arch arm64 --format rpi4`: its
 //! partition table and boot partition read back with sfdisk and mtools, and
 //! the kernel, Pi 3 device tree and initrd taken out of that partition
-//! booted on QEMU's `raspi3b` (QEMU cannot run the Pi's GPU firmware, so
-//! QEMU loads them as the firmware would).
+//! booted on QEMU's `raspi3b` with the card in its SD slot (QEMU cannot run
+//! the Pi's GPU firmware, so QEMU loads them as the firmware would).
 //!
 //! Run under the VM lock: `flock /tmp/osk-team/vm.lock cargo test -p osk-e2e --test rpi`.
 
@@ -91,9 +91,22 @@ fn check_partition_table(card: &Path) -> Result<()> {
 }
 
 /// Boots the card's kernel, Pi 3 device tree, initrd and cmdline.txt on
-/// raspi3b until `all-services-started`; returns the console.
-fn boot_raspi3b(dir: &Path) -> Result<String> {
+/// raspi3b, with the card itself in the SD slot, until
+/// `all-services-started` and the card's partition on the console; returns
+/// the console.
+fn boot_raspi3b(dir: &Path, card: &Path) -> Result<String> {
+    // `loglevel=7`: osk-init keeps the kernel's info lines (the SD card's
+    // partitions among them) off the console otherwise.
     let cmdline = std::fs::read_to_string(dir.join("cmdline.txt"))?;
+    let cmdline = format!("{} loglevel=7", cmdline.trim());
+    // QEMU's SD cards are a power of two in size.
+    let sd = dir.join("sd.img");
+    std::fs::copy(card, &sd)?;
+    let len = std::fs::metadata(&sd)?.len().next_power_of_two();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sd)?
+        .set_len(len)?;
     let console = dir.join("console.log");
     // raspi3b's first serial port is the PL011 (ttyAMA0, Bluetooth on a
     // real Pi 3), its second the mini UART (ttyS1): the card's console.
@@ -101,7 +114,9 @@ fn boot_raspi3b(dir: &Path) -> Result<String> {
         .current_dir(dir)
         .args(["-M", "raspi3b", "-m", "1G", "-accel", "tcg"])
         .args(["-kernel", "kernel8.img", "-dtb", "bcm2837-rpi-3-b.dtb"])
-        .args(["-initrd", "initrd.img", "-append", cmdline.trim()])
+        .args(["-initrd", "initrd.img", "-append", &cmdline])
+        .arg("-drive")
+        .arg(format!("file={},if=sd,format=raw", sd.display()))
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .args(["-serial", "null", "-serial"])
         .arg(format!("file:{}", console.display()))
@@ -117,7 +132,7 @@ fn boot_raspi3b(dir: &Path) -> Result<String> {
             .map_while(Result::ok)
             .filter_map(|l| marker::parse(&l))
             .find(|(_, e)| *e == Event::AllServicesStarted);
-        if let Some((at, _)) = done {
+        if let Some((at, _)) = done.filter(|_| text.contains("mmcblk0: p1")) {
             eprintln!(
                 "raspi3b: all-services-started at {at:.1} s guest time, {:.0} s wall",
                 start.elapsed().as_secs_f64()
@@ -132,7 +147,7 @@ fn boot_raspi3b(dir: &Path) -> Result<String> {
         }
         if start.elapsed() > BOOT {
             break Err(anyhow::anyhow!(
-                "no all-services-started within {BOOT:?}; console:\n{}",
+                "no all-services-started and `mmcblk0: p1` within {BOOT:?}; console:\n{}",
                 tail(&text)
             ));
         }
@@ -152,7 +167,9 @@ fn tail(text: &str) -> String {
 /// (sfdisk, mdir, fsck.fat), the build's own kernel and initrd, and a
 /// second build writes the same bytes; the kernel, Pi 3 device tree,
 /// initrd and cmdline.txt copied out of it (mcopy) reach
-/// `all-services-started` on QEMU's raspi3b, console on the mini UART.
+/// `all-services-started` on QEMU's raspi3b, console on the mini UART, and
+/// the kernel reads the card's partition in the SD slot through the SD host
+/// driver osk-init loaded.
 #[test]
 fn rpi4_card_holds_the_boot_files_and_boots_on_raspi3b() -> Result<()> {
     let cache = osk_e2e::cache_dir()?;
@@ -222,10 +239,15 @@ fn rpi4_card_holds_the_boot_files_and_boots_on_raspi3b() -> Result<()> {
         bail!("two builds of minimal-rpi4.img differ");
     }
 
-    let console = boot_raspi3b(&dir)?;
+    let console = boot_raspi3b(&dir, &card)?;
     ensure!(
         console.contains("Machine model: Raspberry Pi 3 Model B"),
         "not booted with the card's Pi 3 device tree"
+    );
+    // The Pi 3's SD host driver, a module osk-init loaded for the device.
+    ensure!(
+        console.contains("sdhost-bcm2835"),
+        "the card was not read through the Pi 3's SD host (bcm2835)"
     );
     Ok(())
 }
