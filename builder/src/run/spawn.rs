@@ -606,6 +606,14 @@ mod tests {
         let fake = dir.path().join("qemu-system-x86_64");
         fs::copy("/bin/sleep", &fake).unwrap();
         let mut vm = Command::new(&fake).arg("30").spawn().unwrap();
+        // Until the child has exec'd, its cmdline is still this test's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !crate::run::proc_cmdline(vm.id() as i32)
+            .is_some_and(|c| c.windows(4).any(|w| w == b"qemu"))
+        {
+            assert!(Instant::now() < deadline, "the stand-in VM never exec'd");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         fs::write(st.join(crate::run::PID_FILE), format!("{}\n", vm.id())).unwrap();
         fs::write(st.join(CONSOLE_LOG), "running VM").unwrap();
         let cfg = QemuConfig::new(artifacts(dir.path()), &st).qemu("/bin/sh");
