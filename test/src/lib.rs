@@ -104,6 +104,32 @@ fn build_bin(package: &str, bin: &str, env: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `osk --cache E2E_STORE build ARGS... --dir OUT MANIFEST` into an emptied
+/// `out`; an error naming the command and quoting osk's stderr if it fails.
+pub fn build_into(out: &Path, args: &[&str], manifest: &Path) -> Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out)?;
+    }
+    let store = cache_dir()?.join("store");
+    let mut all = vec![
+        "--cache",
+        store.to_str().context("store path is not UTF-8")?,
+        "build",
+    ];
+    all.extend(args);
+    all.extend(["--dir", out.to_str().context("output path is not UTF-8")?]);
+    all.push(manifest.to_str().context("manifest path is not UTF-8")?);
+    let o = osk(&all)?;
+    ensure!(
+        o.status.success(),
+        "osk build {} {}: {}",
+        args.join(" "),
+        manifest.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
 /// Runs `osk ARGS...` to completion and returns its output (stdout, stderr, status).
 pub fn osk(args: &[&str]) -> Result<std::process::Output> {
     let bin = osk_bin()?;

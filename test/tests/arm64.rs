@@ -54,26 +54,8 @@ static BUILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// `osk build --arch arm64 examples/minimal.yml` into the shared cache's store.
 fn build_minimal(out: &Path) -> Result<PathBuf> {
     let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = osk_e2e::cache_dir()?;
-    if out.exists() {
-        std::fs::remove_dir_all(out)?;
-    }
     let minimal = osk_e2e::workspace_root().join("examples/minimal.yml");
-    let o = osk_e2e::osk(&[
-        "--cache",
-        cache.join("store").to_str().unwrap(),
-        "build",
-        "--arch",
-        "arm64",
-        "--dir",
-        out.to_str().unwrap(),
-        minimal.to_str().unwrap(),
-    ])?;
-    ensure!(
-        o.status.success(),
-        "osk build --arch arm64 examples/minimal.yml: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    osk_e2e::build_into(out, &["--arch", "arm64"], &minimal)?;
     Ok(out.join("minimal"))
 }
 
@@ -196,34 +178,14 @@ fn built_uefi(ext: &str) -> Result<PathBuf> {
 
 fn build_uefi(dir: &str) -> Result<PathBuf> {
     let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = osk_e2e::cache_dir()?;
-    let out = cache.join(dir);
-    if out.exists() {
-        std::fs::remove_dir_all(&out)?;
-    }
-    let store = cache.join("store");
+    let out = osk_e2e::cache_dir()?.join(dir);
     let minimal = osk_e2e::workspace_root().join("examples/minimal.yml");
-    let mut args = vec![
-        "--cache",
-        store.to_str().unwrap(),
-        "build",
-        "--arch",
-        "arm64",
-        "--dir",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["--arch", "arm64"];
     for f in UEFI_FORMATS {
         args.extend(["--format", f]);
     }
-    args.push(minimal.to_str().unwrap());
     let started = std::time::Instant::now();
-    let o = osk_e2e::osk(&args)?;
-    ensure!(
-        o.status.success(),
-        "osk build --arch arm64 --format {}: {}",
-        UEFI_FORMATS.join(" --format "),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    osk_e2e::build_into(&out, &args, &minimal)?;
     eprintln!("arm64 UEFI formats built in {:.0?}", started.elapsed());
     Ok(out)
 }
@@ -488,27 +450,9 @@ fn arm64_data_reaches_the_guest_on_a_virtio_scsi_cdrom() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let manifest = metadata_manifest(tmp.path())?;
     let out = osk_e2e::cache_dir()?.join("arm64-metadata");
-    if out.exists() {
-        std::fs::remove_dir_all(&out)?;
-    }
-    let store = osk_e2e::cache_dir()?.join("store");
     {
         let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let o = osk_e2e::osk(&[
-            "--cache",
-            store.to_str().unwrap(),
-            "build",
-            "--arch",
-            "arm64",
-            "--dir",
-            out.to_str().unwrap(),
-            manifest.to_str().unwrap(),
-        ])?;
-        ensure!(
-            o.status.success(),
-            "osk build --arch arm64 metadata.yml: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        osk_e2e::build_into(&out, &["--arch", "arm64"], &manifest)?;
     }
     let data = osk_e2e::metadata::linuxkit_json(&[("hostname", 0o644, DATA_HOSTNAME)]);
     let mut vm = Machine::boot(

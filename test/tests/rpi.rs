@@ -36,30 +36,19 @@ const CARD_FILES: &[&str] = &[
 
 /// `osk build --arch arm64 --format rpi4 --format kernel+initrd` of minimal into `out`.
 fn build(out: &Path) -> Result<PathBuf> {
-    let cache = osk_e2e::cache_dir()?;
-    if out.exists() {
-        std::fs::remove_dir_all(out)?;
-    }
     let minimal = osk_e2e::workspace_root().join("examples/minimal.yml");
-    let o = osk_e2e::osk(&[
-        "--cache",
-        cache.join("store").to_str().unwrap(),
-        "build",
-        "--arch",
-        "arm64",
-        "--format",
-        "rpi4",
-        "--format",
-        "kernel+initrd",
-        "--dir",
-        out.to_str().unwrap(),
-        minimal.to_str().unwrap(),
-    ])?;
-    ensure!(
-        o.status.success(),
-        "osk build --arch arm64 --format rpi4 examples/minimal.yml: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    osk_e2e::build_into(
+        out,
+        &[
+            "--arch",
+            "arm64",
+            "--format",
+            "rpi4",
+            "--format",
+            "kernel+initrd",
+        ],
+        &minimal,
+    )?;
     Ok(out.join("minimal-rpi4.img"))
 }
 
