@@ -367,15 +367,6 @@ fn start_one(
 }
 
 impl Daemons {
-    /// How many run.
-    pub fn len(&self) -> usize {
-        self.children.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.children.is_empty()
-    }
-
     /// After QEMU exited: up to `grace` for each to end (they do once QEMU
     /// has gone), then SIGKILL; then their sockets and pid files go.
     pub fn reap(mut self, grace: Duration) {
