@@ -149,11 +149,13 @@ pub struct Kernel {
     pub dtbs: Vec<Module>,
 }
 
-/// A `kernel.modules` entry: a module name, or `{name, arch}` for a module
-/// only one architecture has or needs (its place in the list is kept).
+/// A name, or `{name, arch}` for one architecture only (its place in the
+/// list is kept): `kernel.modules` (a module only one architecture has or
+/// needs), `kernel.dtbs`, and `debian.packages` (a request of one
+/// architecture only, `name` or `name (>= version)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Module {
+pub enum Named {
     Any(String),
     Only {
         name: String,
@@ -162,46 +164,22 @@ pub enum Module {
     },
 }
 
-impl Module {
+/// A `kernel.modules` or `kernel.dtbs` entry.
+pub type Module = Named;
+/// A `debian.packages` entry.
+pub type DebPackage = Named;
+
+impl Named {
     pub fn name(&self) -> &str {
         match self {
-            Module::Any(n) | Module::Only { name: n, .. } => n,
+            Named::Any(n) | Named::Only { name: n, .. } => n,
         }
     }
 
     fn applies_to(&self, arch: Arch) -> bool {
         match self {
-            Module::Any(_) => true,
-            Module::Only { arch: a, .. } => a == arch.debian(),
-        }
-    }
-}
-
-/// A `debian.packages` entry: a request, or `{name, arch}` for a request of
-/// one architecture only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum DebPackage {
-    Any(String),
-    Only {
-        name: String,
-        /// Debian architecture name, e.g. `amd64`.
-        arch: String,
-    },
-}
-
-impl DebPackage {
-    /// The request, `name` or `name (>= version)`.
-    pub fn name(&self) -> &str {
-        match self {
-            DebPackage::Any(n) | DebPackage::Only { name: n, .. } => n,
-        }
-    }
-
-    fn applies_to(&self, arch: Arch) -> bool {
-        match self {
-            DebPackage::Any(_) => true,
-            DebPackage::Only { arch: a, .. } => a == arch.debian(),
+            Named::Any(_) => true,
+            Named::Only { arch: a, .. } => a == arch.debian(),
         }
     }
 }
