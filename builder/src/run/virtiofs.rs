@@ -469,14 +469,10 @@ mod tests {
         );
     }
 
-    /// A fake virtiofsd: a script that prints the C one's help line.
-    fn fake_qemu_virtiofsd(dir: &Path) -> PathBuf {
+    /// A fake `DIR/virtiofsd`: a shell script running `body`.
+    fn fake_virtiofsd(dir: &Path, body: &str) -> PathBuf {
         let p = dir.join("virtiofsd");
-        fs::write(
-            &p,
-            "#!/bin/sh\necho '    -o source=PATH             shared directory tree'\n",
-        )
-        .unwrap();
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         p
     }
@@ -484,7 +480,11 @@ mod tests {
     #[test]
     fn plan_picks_per_share_and_falls_back_to_9p() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = fake_qemu_virtiofsd(dir.path());
+        // It prints the C daemon's help line.
+        let fake = fake_virtiofsd(
+            dir.path(),
+            "echo '    -o source=PATH             shared directory tree'",
+        );
         let mut shares = vec![share("/h/a"), share("/h/b:/b,ro")];
         // The C daemon as root: the read-write share goes virtiofs, the
         // read-only one stays 9p (the daemon has no read-only mode).
@@ -529,13 +529,10 @@ mod tests {
     #[test]
     fn a_daemon_that_enforces_read_only_serves_read_only_shares_too() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("virtiofsd");
-        fs::write(
-            &p,
-            "#!/bin/sh\necho '      --shared-dir <DIR>'; echo '      --readonly'\n",
-        )
-        .unwrap();
-        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let p = fake_virtiofsd(
+            dir.path(),
+            "echo '      --shared-dir <DIR>'; echo '      --readonly'",
+        );
         let mut shares = vec![share("/h/a"), share("/h/b:/b,ro")];
         // As a user: the Rust daemon runs unprivileged.
         let d = plan(ShareFs::Auto, Some(&p), false, &mut shares)
@@ -548,13 +545,7 @@ mod tests {
     #[test]
     fn a_daemon_that_dies_is_named_with_its_log() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = dir.path().join("virtiofsd");
-        fs::write(
-            &bad,
-            "#!/bin/sh\necho 'fuse: \x1b[31mno\x1b[0m' >&2; exit 3\n",
-        )
-        .unwrap();
-        fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let bad = fake_virtiofsd(dir.path(), "echo 'fuse: \x1b[31mno\x1b[0m' >&2; exit 3");
         let d = Virtiofsd {
             program: bad,
             dialect: Dialect::Rust { readonly: false },
